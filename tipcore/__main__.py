@@ -1,0 +1,5 @@
+import sys
+
+from tipcore.cli import main
+
+sys.exit(main())

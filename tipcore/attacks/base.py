@@ -1,0 +1,217 @@
+"""What every attack shares: the progress stream, the result, the registry, and the gradient-matching setup.
+
+An attack is a generator: it yields a ``Snapshot`` every ``report_every`` steps, checks ``should_stop()``,
+and returns an ``AttackResult``. The CLI and the app consume the same stream through ``drive()``.
+Attacks receive a ``ServerView`` and a ``SharedUpdate`` and nothing else: no private image, no client context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar, Generator, Iterator, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from tipcore.fl import ServerView, SharedUpdate
+
+StopHook = Callable[[], bool]
+SMALL_MODEL_PARAMS = 1_000_000
+
+
+def never_stop() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    step: int
+    loss: float
+    images: np.ndarray  # (B, H, W, 3) float32 in [0, 1]
+    elapsed_s: float
+    eta_s: float
+    restart: int = 0
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    images: np.ndarray  # (B, H, W, 3) float32 in [0, 1]
+    labels: tuple[int, ...]
+    iterations: int  # optimisation steps of the run that produced ``images`` (L-BFGS: outer steps)
+    restarts: int  # how many times a diverging run was restarted with fresh random numbers
+    seconds: float
+    stopped: bool
+    final_loss: float
+    diverged: bool = False  # still diverging after the last allowed restart
+    evaluations: int = 0  # gradient-matching loss evaluations (L-BFGS closure calls), all runs together
+    history: tuple[Snapshot, ...] = ()
+
+
+AttackStream = Generator[Snapshot, None, AttackResult]
+
+
+class Attack(Protocol):
+    name: ClassVar[str]
+
+    def reconstruct(self, view: ServerView, update: SharedUpdate, *, generator: torch.Generator,
+                    should_stop: StopHook = never_stop, report_every: int = 10) -> AttackStream: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    config_cls: type
+    factory: Callable[[Any], Attack]
+    summary: str
+
+
+ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register(name: str, config_cls: type, summary: str) -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        cls.name = name
+        ATTACKS[name] = AttackSpec(name, config_cls, cls, summary)
+        return cls
+
+    return decorate
+
+
+def config_from_dict(config_cls: type, values: Mapping[str, Any]) -> Any:
+    """Build a frozen config, rejecting unknown keys with a message that names them."""
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {config_cls.__name__}; known: {', '.join(sorted(known))}")
+    return config_cls(**values)
+
+
+def create(name: str, options: Mapping[str, Any] | None = None) -> Attack:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack '{name}'; choose one of: {', '.join(ATTACKS)}")
+    spec = ATTACKS[name]
+    return spec.factory(config_from_dict(spec.config_cls, dict(options or {})))
+
+
+def drive(stream: AttackStream, on_snapshot: Callable[[Snapshot], None] | None = None) -> AttackResult:
+    """Consume an attack stream, handing each snapshot to ``on_snapshot``; return the result."""
+    while True:
+        try:
+            snap = next(stream)
+        except StopIteration as done:
+            return done.value
+        if on_snapshot is not None:
+            on_snapshot(snap)
+
+
+def to_images(x: torch.Tensor) -> np.ndarray:
+    return x.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+
+
+@contextlib.contextmanager
+def _without_onednn() -> Iterator[None]:
+    # A process-wide switch: a concurrent run on a big model may briefly take the native kernels too,
+    # which changes only its speed, never its numbers' meaning.
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+class MatchingProblem:
+    """The attacker's model at the point the update refers to, and the target gradient to match.
+
+    FedSGD: gradients at θ_global. FedAvg (the TIP paper's attack protocol): the client's model is
+    θ_local = θ_global − U, dummy gradients are taken there, and the target is U / (steps · lr), a
+    gradient-unit stand-in (the scale matters for L2 matching, not for cosine).
+    """
+
+    def __init__(self, view: ServerView, update: SharedUpdate, device: torch.device | None = None) -> None:
+        device = device or next(iter(update.tensors.values())).device
+        model = view.build_model().to(device)
+        if update.mode == "fedavg":
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.sub_(update.tensors[name].to(device))
+        self.model: nn.Module = model.eval()
+        self.device = device
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        missing = [n for n in self.names if n not in update.tensors]
+        if missing:
+            raise ValueError(f"the update lacks tensors for {len(missing)} parameters (e.g. {missing[0]})")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        self.params = [p for n, p in model.named_parameters() if n in set(self.names)]
+        grad_units = update.as_gradient()
+        self.targets = [grad_units[n].to(device).detach() for n in self.names]
+        self.batch = update.num_examples
+        self.shape = (self.batch, 3, 32, 32)
+
+    def backend(self) -> contextlib.AbstractContextManager:
+        """oneDNN convolutions pay a fixed cost per call that dominates on tiny models (LeNet's closure
+        runs 1.7x faster without them on 2 cores), so small models use PyTorch's native kernels."""
+        small = sum(p.numel() for p in self.params) < SMALL_MODEL_PARAMS
+        if small and self.device.type == "cpu":
+            return _without_onednn()
+        return contextlib.nullcontext()
+
+    def gradients(self, x: torch.Tensor, label: torch.Tensor, soft: bool) -> tuple[torch.Tensor, ...]:
+        out = self.model(x)
+        if soft:  # a learnable label: softmax over free logits, as DLG does
+            loss = torch.mean(torch.sum(-torch.softmax(label, -1) * torch.log_softmax(out, -1), -1))
+        else:
+            loss = nn.functional.cross_entropy(out, label)
+        return torch.autograd.grad(loss, self.params, create_graph=True)
+
+    def fc_weight_target(self) -> torch.Tensor:
+        fc = self.model.fc.weight
+        return self.targets[[i for i, p in enumerate(self.params) if p is fc][0]]
+
+
+def infer_labels(problem: MatchingProblem) -> torch.Tensor:
+    """iDLG: the true label's row of the fc weight gradient is the only negative one, because the
+    features feeding fc are non-negative (sigmoid or ReLU). For B > 1, the B most negative rows."""
+    row_sums = problem.fc_weight_target().sum(dim=1)
+    order = torch.argsort(row_sums)
+    labels = order[: problem.batch]
+    return labels.to(problem.device).long()
+
+
+class DivergenceGuard:
+    """Detects a diverging run: a NaN / inf loss, or a loss that exploded far above where it started."""
+
+    def __init__(self, explode_factor: float) -> None:
+        self.explode_factor = explode_factor
+        self.initial: float | None = None
+
+    def reset(self) -> None:
+        self.initial = None
+
+    def diverged(self, loss: float) -> bool:
+        if not np.isfinite(loss):
+            return True
+        if self.initial is None:
+            self.initial = max(loss, 1e-12)
+            return False
+        return loss > self.explode_factor * self.initial
+
+
+class Clock:
+    def __init__(self, total_steps: int) -> None:
+        self.start = time.perf_counter()
+        self.total = total_steps
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def eta(self, done_steps: int) -> float:
+        if done_steps <= 0:
+            return float("nan")
+        return self.elapsed() / done_steps * max(self.total - done_steps, 0)

@@ -1,0 +1,173 @@
+"""One federated round from the victim client's side, and the exact message the server receives.
+
+The client trains on its private batch and sends a ``SharedUpdate``: named tensors plus public metadata.
+FedSGD sends the gradient of the batch loss; FedAvg runs local SGD steps and sends θ_global − θ_local
+(gradient-aligned, as the TIP authors' attack uses it). The private batch lives only in ``ClientContext``,
+which defenses see and attacks never do: attacks get a ``ServerView`` and the ``SharedUpdate``.
+The round runs the model in eval() mode (BatchNorm on running statistics), as the paper's attack study does,
+so the update never changes BN buffers.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from tipcore import models
+
+Mode = Literal["fedsgd", "fedavg"]
+MODES: tuple[str, ...] = ("fedsgd", "fedavg")
+MAX_BATCH = 64
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """How the victim computes its update. FedAvg: ``local_steps`` full-batch SGD steps at ``lr``;
+    ``clip`` is the global L2 norm each step's gradient is clipped to (None: no clipping)."""
+
+    mode: Mode = "fedsgd"
+    batch_size: int = 1
+    local_steps: int = 1
+    lr: float = 1e-3
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        if not 1 <= self.local_steps <= 1000:
+            raise ValueError(f"local_steps must be in [1, 1000], got {self.local_steps}")
+        if self.mode == "fedsgd" and self.local_steps != 1:
+            raise ValueError(f"local_steps must be 1 in fedsgd mode, got {self.local_steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be > 0 (or None for no clipping), got {self.clip}")
+
+    @property
+    def steps(self) -> int:
+        """T, the number of SGD steps behind the update (1 in FedSGD)."""
+        return self.local_steps if self.mode == "fedavg" else 1
+
+
+@dataclass(frozen=True)
+class SharedUpdate:
+    """Exactly what the honest-but-curious server receives."""
+
+    mode: Mode
+    tensors: Mapping[str, torch.Tensor]  # gradient (fedsgd) or θ_global − θ_local (fedavg), per parameter
+    num_examples: int
+    local_steps: int
+    lr: float
+    labels: tuple[int, ...] | None = None  # only when the threat model shares them
+
+    def with_tensors(self, tensors: Mapping[str, torch.Tensor]) -> "SharedUpdate":
+        return replace(self, tensors=dict(tensors))
+
+    def as_gradient(self) -> dict[str, torch.Tensor]:
+        """The update in gradient units: a FedAvg difference divided by (steps × lr)."""
+        scale = 1.0 if self.mode == "fedsgd" else 1.0 / (self.local_steps * self.lr)
+        return {k: v * scale for k, v in self.tensors.items()}
+
+
+@dataclass(frozen=True)
+class AttackerCapabilities:
+    labels_known: bool = False
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """The attacker's knowledge besides the update: the architecture and the global weights."""
+
+    model_name: str
+    num_classes: int
+    global_weights: Mapping[str, torch.Tensor]
+    capabilities: AttackerCapabilities = field(default_factory=AttackerCapabilities)
+
+    def build_model(self) -> nn.Module:
+        model = models.build(self.model_name, num_classes=self.num_classes)
+        model.load_state_dict(self.global_weights)
+        return model.eval()
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """Private to the client: only defenses see it."""
+
+    model: nn.Module  # the model the update refers to: θ_global (fedsgd) or θ_local (fedavg)
+    global_model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    round: RoundConfig
+    generator: torch.Generator
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def clip_by_global_norm(grads: list[torch.Tensor], clip: float | None) -> list[torch.Tensor]:
+    """g · min(1, C / (‖g‖₂ + 1e-6)) over all tensors together, as the paper's clipping."""
+    if clip is None:
+        return grads
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
+    return [g * factor for g in grads]
+
+
+def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float | None = None) -> list[torch.Tensor]:
+    """∇θ of the mean cross-entropy over the batch, clipped to global norm ``clip``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = nn.functional.cross_entropy(model(x), y)
+    return clip_by_global_norm(list(torch.autograd.grad(loss, params)), clip)
+
+
+def local_sgd(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lr: float,
+              clip: float | None) -> None:
+    """Plain SGD in place: gradients fresh every step (no accumulation), no momentum, no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for xb, yb in batches:
+        grads = batch_gradient(model, xb, yb, clip)
+        with torch.no_grad():
+            torch._foreach_add_(params, grads, alpha=-lr)
+
+
+def client_update(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: RoundConfig, *,
+                  generator: torch.Generator, share_labels: bool = False) -> tuple[SharedUpdate, ClientContext]:
+    """Run the victim's round on its private batch; return what it would send and its private context."""
+    if x.ndim != 4 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"expected images [B, 3, H, W] and B labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+    global_model = copy.deepcopy(global_model).eval()
+    names = trainable_names(global_model)
+    if cfg.mode == "fedsgd":
+        grads = batch_gradient(global_model, x, y, cfg.clip)
+        tensors = {n: g.detach() for n, g in zip(names, grads)}
+        local_model = global_model
+    else:
+        local_model = copy.deepcopy(global_model)
+        local_sgd(local_model, ((x, y) for _ in range(cfg.local_steps)), cfg.lr, cfg.clip)
+        before, after = dict(global_model.named_parameters()), dict(local_model.named_parameters())
+        tensors = {n: (before[n] - after[n]).detach() for n in names}
+    update = SharedUpdate(
+        mode=cfg.mode, tensors=tensors, num_examples=int(x.shape[0]), local_steps=cfg.steps, lr=cfg.lr,
+        labels=tuple(int(v) for v in y.tolist()) if share_labels else None,
+    )
+    ctx = ClientContext(model=local_model, global_model=global_model, x=x, y=y, round=cfg, generator=generator)
+    return update, ctx
+
+
+def apply_update(global_model: nn.Module, update: SharedUpdate, server_lr: float | None = None) -> nn.Module:
+    """The server's step with one client's update: θ_g − U (FedAvg) or θ_g − lr·U (FedSGD); a new module."""
+    model = copy.deepcopy(global_model)
+    lr = update.lr if server_lr is None else server_lr
+    scale = 1.0 if update.mode == "fedavg" else lr
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in update.tensors:
+                p.sub_(update.tensors[name].to(p.device), alpha=scale)
+    return model
