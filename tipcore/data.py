@@ -319,7 +319,8 @@ def load_digits(split: Literal["train", "test", "all"] = "train") -> tuple[torch
     """The 5000 MNIST digits (4000 train / 1000 test, a fixed split) as CIFAR-shaped tensors.
 
     Returns x float32 [N, 3, 32, 32] in [0, 1] (28x28 zero-padded by 2 px, gray repeated to 3
-    channels) and y int64 [N]. Both are fresh tensors on every call; changing them is safe.
+    channels) and y int64 [N], in stored order, which is sorted by label: shuffle before training.
+    Both are fresh tensors on every call; changing them is safe.
     """
     images, labels, test_mask = _digits()
     if split == "train":

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Generator, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from tipcore.config import from_dict
 from tipcore.fl import ServerView, SharedUpdate
 
 StopHook = Callable[[], bool]
@@ -82,20 +83,11 @@ def register(name: str, config_cls: type, summary: str) -> Callable[[type], type
     return decorate
 
 
-def config_from_dict(config_cls: type, values: Mapping[str, Any]) -> Any:
-    """Build a frozen config, rejecting unknown keys with a message that names them."""
-    known = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {config_cls.__name__}; known: {', '.join(sorted(known))}")
-    return config_cls(**values)
-
-
 def create(name: str, options: Mapping[str, Any] | None = None) -> Attack:
     if name not in ATTACKS:
         raise ValueError(f"unknown attack '{name}'; choose one of: {', '.join(ATTACKS)}")
     spec = ATTACKS[name]
-    return spec.factory(config_from_dict(spec.config_cls, dict(options or {})))
+    return spec.factory(from_dict(spec.config_cls, options))
 
 
 def drive(stream: AttackStream, on_snapshot: Callable[[Snapshot], None] | None = None) -> AttackResult:

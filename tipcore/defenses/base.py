@@ -1,0 +1,91 @@
+"""One interface for every defense: turn the update a client is about to send into the one it sends.
+
+``protect(update, ctx)`` sees the client's private context (model, batch, generator) and returns the
+defended ``SharedUpdate`` plus diagnostics the app draws and ``defense.json`` records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Protocol
+
+import numpy as np
+
+from tipcore.config import from_dict
+from tipcore.fl import ClientContext, SharedUpdate
+
+
+@dataclass(frozen=True)
+class LayerDiagnostics:
+    name: str
+    kernel_size: tuple[int, int]
+    alpha: np.ndarray  # (n_cam, C_out): signed Grad-CAM weight per Grad-CAM sample
+    selected: tuple[tuple[int, ...], ...]  # chosen output channels, ascending, per Grad-CAM sample
+    cutoff: float
+    beta: float
+    mask: np.ndarray  # (kH, kW) 0/1: the noised bins of the centred spectrum
+    effective_std: float  # per-element std of the noise on a selected kernel
+    noise_energy: float  # Σ ΔW² over the layer (all samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kernel_size": list(self.kernel_size), "alpha": self.alpha.tolist(),
+            "selected": [list(s) for s in self.selected], "cutoff": self.cutoff, "beta": self.beta,
+            "mask": self.mask.astype(int).tolist(), "effective_std": self.effective_std,
+            "noise_energy": self.noise_energy,
+        }
+
+
+@dataclass(frozen=True)
+class DefenseDiagnostics:
+    defense: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    layers: tuple[LayerDiagnostics, ...] = ()
+    summary: Mapping[str, float] = field(default_factory=dict)  # e.g. sigma, beta, pruned fraction
+    notes: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "defense": self.defense, "config": dict(self.config), "summary": dict(self.summary),
+            "notes": self.notes, "layers": [layer.as_dict() for layer in self.layers],
+        }
+
+
+class Defense(Protocol):
+    name: ClassVar[str]
+
+    def protect(self, update: SharedUpdate, ctx: ClientContext) -> tuple[SharedUpdate, DefenseDiagnostics]: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    name: str
+    config_cls: type
+    factory: Callable[[Any], Defense]
+    summary: str
+    uses_budget: bool  # takes epsilon / delta, so a comparison can hand every defense the same budget
+
+
+DEFENSES: dict[str, DefenseSpec] = {}
+
+
+def register(name: str, config_cls: type, summary: str, uses_budget: bool = False) -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        cls.name = name
+        DEFENSES[name] = DefenseSpec(name, config_cls, cls, summary, uses_budget)
+        return cls
+
+    return decorate
+
+
+def create(name: str, options: Mapping[str, Any] | None = None) -> Defense:
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense '{name}'; choose one of: {', '.join(DEFENSES)}")
+    spec = DEFENSES[name]
+    return spec.factory(from_dict(spec.config_cls, options))
+
+
+def describe(name: str) -> str:
+    return create(name).describe()
