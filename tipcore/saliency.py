@@ -14,6 +14,8 @@ it: a copy of ResNet-18 cost more than the Grad-CAM pass itself.)
 from __future__ import annotations
 
 
+import copy
+
 import numpy as np
 import torch
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients

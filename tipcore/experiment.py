@@ -1,0 +1,302 @@
+"""One experiment end to end: image → client round → defense → attack → metrics → one artifact format.
+
+Only this layer holds both the private images and the reconstruction (to score them). ``stream`` is a
+generator of attack snapshots returning a ``RunRecord``; the CLI and the app both consume it, and both
+write or offer the same bytes from ``artifact_files``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Generator, Mapping
+
+import numpy as np
+import torch
+
+from tipcore import __version__, attacks, data, defenses, metrics, models
+from tipcore.attacks.base import AttackResult, Snapshot, StopHook, never_stop
+from tipcore.config import from_dict
+from tipcore.defenses.base import DefenseDiagnostics
+from tipcore.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
+from tipcore.seeding import generator, pick_device
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    seed: int = 0
+    model: str = "lenet"
+    weights: str = "random"  # "random" (seeded init) or "digits" (bundled checkpoint)
+    image_ids: tuple[str, ...] = ("cifar10-00",)  # gallery ids; ignored when images are passed in
+    labels: tuple[int, ...] | None = None  # override the gallery labels (required for uploads)
+    num_classes: int | None = None  # None: 10 for digits weights, else what the images' datasets need
+    round: RoundConfig = field(default_factory=RoundConfig)
+    defense: str = "none"
+    defense_cfg: Mapping[str, Any] = field(default_factory=dict)
+    attack: str = "idlg"
+    attack_cfg: Mapping[str, Any] = field(default_factory=dict)
+    labels_known: bool = False  # threat model: the server is told the labels
+    report_every: int = 10
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.model not in models.MODELS:
+            raise ValueError(f"unknown model '{self.model}'; choose one of: {', '.join(models.MODELS)}")
+        if self.weights not in models.WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(models.WEIGHTS)}, got '{self.weights}'")
+        if self.defense not in defenses.DEFENSES:
+            raise ValueError(f"unknown defense '{self.defense}'; choose one of: {', '.join(defenses.DEFENSES)}")
+        if self.attack not in attacks.ATTACKS:
+            raise ValueError(f"unknown attack '{self.attack}'; choose one of: {', '.join(attacks.ATTACKS)}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if not 1 <= self.report_every <= 100_000:
+            raise ValueError(f"report_every must be in [1, 100000], got {self.report_every}")
+        # Validate option dicts now, so a bad value fails before any compute.
+        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_cfg)
+        from_dict(attacks.ATTACKS[self.attack].config_cls, self.attack_cfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_ids"] = list(self.image_ids)
+        d["labels"] = None if self.labels is None else list(self.labels)
+        d["defense_cfg"], d["attack_cfg"] = dict(self.defense_cfg), dict(self.attack_cfg)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        d = dict(d)
+        if "round" in d and isinstance(d["round"], Mapping):
+            d["round"] = from_dict(RoundConfig, d["round"])
+        for key in ("image_ids", "labels"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class PreparedRound:
+    """Everything up to the attack: what the client computed and what it sent."""
+
+    config: ExperimentConfig
+    images: np.ndarray  # (B, 32, 32, 3) private images in [0, 1]
+    labels: tuple[int, ...]
+    num_classes: int
+    clean: SharedUpdate
+    defended: SharedUpdate
+    diagnostics: DefenseDiagnostics
+    view: ServerView
+    round_seconds: float
+    defense_seconds: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    prepared: PreparedRound
+    result: AttackResult
+    scores: metrics.Scores
+    environment: Mapping[str, str]
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.prepared.config
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    import torchvision
+
+    versions = {"tipcore": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "torchvision": torchvision.__version__, "numpy": np.__version__}
+    for pkg, mod in (("grad-cam", "pytorch_grad_cam"), ("torchmetrics", "torchmetrics")):
+        try:
+            from importlib.metadata import version
+
+            versions[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - a missing distribution only means "unknown"
+            versions[pkg] = "unknown"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    return {**versions, "device": name, "threads": str(torch.get_num_threads())}
+
+
+def resolve_images(cfg: ExperimentConfig, images: np.ndarray | None) -> tuple[np.ndarray, tuple[int, ...], int]:
+    """The private batch, its labels and the model's class count."""
+    if images is None:
+        samples = [data.get_sample(i) for i in cfg.image_ids]
+        if not samples:
+            raise ValueError("no image given: pass at least one gallery id or image")
+        arrays = np.stack([data.sample_image(s.id) for s in samples])
+        labels = tuple(cfg.labels) if cfg.labels is not None else tuple(s.label for s in samples)
+        needed = max(s.num_classes for s in samples)
+    else:
+        arrays = np.asarray(images, dtype=np.float32)
+        if arrays.ndim == 3:
+            arrays = arrays[None]
+        if cfg.labels is None:
+            raise ValueError("labels are required for images that are not from the gallery")
+        labels = tuple(cfg.labels)
+        needed = 10
+    if len(labels) != len(arrays):
+        raise ValueError(f"got {len(arrays)} images but {len(labels)} labels")
+    if len(arrays) != cfg.round.batch_size:
+        raise ValueError(f"the round's batch_size is {cfg.round.batch_size} but {len(arrays)} images were given")
+    if cfg.num_classes is not None:
+        num_classes = cfg.num_classes
+    elif cfg.weights == "digits":
+        num_classes = 10
+    else:
+        num_classes = max(needed, max(labels) + 1 if max(labels) >= 10 else 10)
+    bad = [lab for lab in labels if not 0 <= lab < num_classes]
+    if bad:
+        raise ValueError(f"label {bad[0]} is out of range for a {num_classes}-class model (labels must be in [0, {num_classes - 1}])")
+    return arrays, labels, num_classes
+
+
+def prepare(cfg: ExperimentConfig, images: np.ndarray | None = None) -> PreparedRound:
+    """Run the client's round and its defense; build the server's view."""
+    device = pick_device(cfg.device)
+    arrays, labels, num_classes = resolve_images(cfg, images)
+    model = models.build(cfg.model, num_classes=num_classes, weights=cfg.weights, seed=cfg.seed).to(device).eval()
+    x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
+    y = torch.tensor(labels, dtype=torch.long, device=device)
+    t0 = time.perf_counter()
+    clean, ctx = client_update(model, x, y, cfg.round, generator=generator(cfg.seed, "defense"),
+                               share_labels=cfg.labels_known)
+    t1 = time.perf_counter()
+    defended, diagnostics = defenses.create(cfg.defense, cfg.defense_cfg).protect(clean, ctx)
+    t2 = time.perf_counter()
+    view = ServerView(cfg.model, num_classes, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                      AttackerCapabilities(labels_known=cfg.labels_known))
+    return PreparedRound(cfg, arrays, labels, num_classes, clean, defended, diagnostics, view, t1 - t0, t2 - t1)
+
+
+def stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
+           should_stop: StopHook = never_stop) -> Generator[Snapshot, None, RunRecord]:
+    prepared = prepare(cfg, images)
+    attack = attacks.create(cfg.attack, cfg.attack_cfg)
+    result = yield from attack.reconstruct(
+        prepared.view, prepared.defended, generator=generator(cfg.seed, "attack"),
+        should_stop=should_stop, report_every=cfg.report_every,
+    )
+    scores = metrics.score(prepared.images, result.images, prepared.labels, result.labels)
+    return RunRecord(prepared, result, scores, environment(pick_device(cfg.device)))
+
+
+def run(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
+        on_snapshot: Callable[[Snapshot], None] | None = None) -> RunRecord:
+    return attacks.drive(stream(cfg, images, should_stop=should_stop), on_snapshot)
+
+
+# ---------------------------------------------------------------- artifacts (one format for CLI and app)
+
+def image_grid(rows: list[np.ndarray], scale: int = 4, pad: int = 2) -> np.ndarray:
+    """Rows of (N, H, W, 3) images into one uint8 picture, upscaled nearest-neighbour (pixels stay pixels)."""
+    rows = [np.asarray(r, dtype=np.float32) for r in rows]
+    h, w = rows[0].shape[1] * scale, rows[0].shape[2] * scale
+    cols = max(len(r) for r in rows)
+    canvas = np.ones((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            big = np.kron(np.clip(img, 0, 1), np.ones((scale, scale, 1), dtype=np.float32))
+            canvas[pad + i * (h + pad): pad + i * (h + pad) + h, pad + j * (w + pad): pad + j * (w + pad) + w] = big
+    return (canvas * 255 + 0.5).astype(np.uint8)
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def result_dict(record: RunRecord) -> dict[str, Any]:
+    p, r, s = record.prepared, record.result, record.scores
+    return {
+        "psnr": s.psnr, "ssim": s.ssim, "mse": s.mse, "lpips": s.lpips, "lpips_note": s.lpips_note,
+        "label_accuracy": s.label_accuracy, "per_image_psnr": list(s.per_image_psnr),
+        "label_true": list(p.labels), "label_pred": list(r.labels),
+        "iterations": r.iterations, "evaluations": r.evaluations, "restarts": r.restarts,
+        "diverged": r.diverged, "stopped": r.stopped, "final_loss": r.final_loss, "seconds": r.seconds,
+        "round_seconds": p.round_seconds, "defense_seconds": p.defense_seconds,
+        "model": p.config.model, "weights": p.config.weights, "num_classes": p.num_classes,
+        "attack": p.config.attack, "defense": p.config.defense, "seed": p.config.seed,
+        "defense_summary": dict(p.diagnostics.summary), "config": p.config.to_dict(),
+        "versions": {k: v for k, v in record.environment.items() if k not in ("device", "threads")},
+        "device": record.environment.get("device"), "threads": record.environment.get("threads"),
+    }
+
+
+def metrics_csv(records: list[RunRecord]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["defense", "attack", "model", "seed", "psnr", "ssim", "mse", "label_accuracy",
+                     "iterations", "restarts", "seconds"])
+    for rec in records:
+        d = result_dict(rec)
+        writer.writerow([d["defense"], d["attack"], d["model"], d["seed"], f"{d['psnr']:.4f}", f"{d['ssim']:.4f}",
+                         f"{d['mse']:.6g}", f"{d['label_accuracy']:.3f}", d["iterations"], d["restarts"],
+                         f"{d['seconds']:.2f}"])
+    return buf.getvalue().encode()
+
+
+def progress_picture(record: RunRecord, max_frames: int = 8) -> np.ndarray:
+    history = record.result.history
+    if not history:
+        return image_grid([record.result.images[:1]])
+    idx = np.unique(np.linspace(0, len(history) - 1, min(max_frames, len(history))).round().astype(int))
+    return image_grid([np.stack([history[i].images[0] for i in idx])])
+
+
+def artifact_files(record: RunRecord) -> dict[str, bytes]:
+    """The files a run produces, as bytes: written by the CLI, offered for download by the app."""
+    return {
+        "result.json": json.dumps(result_dict(record), indent=2, default=float).encode(),
+        "defense.json": json.dumps(record.prepared.diagnostics.as_dict(), indent=1, default=float).encode(),
+        "metrics.csv": metrics_csv([record]),
+        "original.png": png_bytes(image_grid([record.prepared.images])),
+        "reconstruction.png": png_bytes(image_grid([record.result.images[list(record.scores.order)]])),
+        "progress.png": png_bytes(progress_picture(record)),
+    }
+
+
+def write_artifacts(out: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
+    """Write into a fresh sibling directory, then rename it over ``out``: never half-written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, payload in files.items():
+            (tmp / name).write_bytes(payload)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def with_budget(defense: str, options: Mapping[str, Any], epsilon: float, delta: float) -> dict[str, Any]:
+    """The same (ε, δ) for every defense of a comparison that takes a budget."""
+    options = dict(options)
+    if defenses.DEFENSES[defense].uses_budget:
+        options.update(epsilon=epsilon, delta=delta)
+    return options
+
+
+def variant(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    return replace(cfg, **changes)
