@@ -65,6 +65,7 @@ class SharedUpdate:
     local_steps: int
     lr: float
     labels: tuple[int, ...] | None = None  # only when the threat model shares them
+    clip: float | None = None  # the protocol's clipping norm: public, like lr and the step count
 
     def with_tensors(self, tensors: Mapping[str, torch.Tensor]) -> "SharedUpdate":
         return replace(self, tensors=dict(tensors))
@@ -155,7 +156,7 @@ def client_update(global_model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg
         tensors = {n: (before[n] - after[n]).detach() for n in names}
     update = SharedUpdate(
         mode=cfg.mode, tensors=tensors, num_examples=int(x.shape[0]), local_steps=cfg.steps, lr=cfg.lr,
-        labels=tuple(int(v) for v in y.tolist()) if share_labels else None,
+        labels=tuple(int(v) for v in y.tolist()) if share_labels else None, clip=cfg.clip,
     )
     ctx = ClientContext(model=local_model, global_model=global_model, x=x, y=y, round=cfg, generator=generator)
     return update, ctx

@@ -144,6 +144,9 @@ class MatchingProblem:
         grad_units = update.as_gradient()
         self.targets = [grad_units[n].to(device).detach() for n in self.names]
         self.batch = update.num_examples
+        # The protocol's clipping is public: an attacker on a FedSGD gradient clips its dummy gradient the
+        # same way, or L2 matching would chase a rescaled target it can never reach.
+        self.clip = update.clip if update.mode == "fedsgd" else None
         self.shape = (self.batch, 3, 32, 32)
 
     def backend(self) -> contextlib.AbstractContextManager:
@@ -160,7 +163,12 @@ class MatchingProblem:
             loss = torch.mean(torch.sum(-torch.softmax(label, -1) * torch.log_softmax(out, -1), -1))
         else:
             loss = nn.functional.cross_entropy(out, label)
-        return torch.autograd.grad(loss, self.params, create_graph=True)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True)
+        if self.clip is not None:
+            norm = torch.sqrt(sum((g * g).sum() for g in grads))
+            factor = torch.clamp(self.clip / (norm + 1e-6), max=1.0)
+            grads = tuple(g * factor for g in grads)
+        return grads
 
     def fc_weight_target(self) -> torch.Tensor:
         fc = self.model.fc.weight

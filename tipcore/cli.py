@@ -1,0 +1,388 @@
+"""Command line: ``python -m tipcore {attack,update,train,fl,utility,showcase,table} --help``.
+
+Every failure the user can cause (bad flag value, unknown name, missing or broken image) ends with one
+line ``error: ...`` on stderr and exit code 2; nothing is half-written in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from tipcore import attacks, data, defenses, models
+from tipcore.fl import MODES, RoundConfig
+
+EXIT_USAGE = 2
+
+
+class CLIError(ValueError):
+    pass
+
+
+def parse_value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise CLIError(f"{flag} expects KEY=VALUE, got '{pair}'")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ arguments
+
+def add_round_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the victim's round")
+    g.add_argument("--model", default="lenet", choices=list(models.MODELS), help="architecture the client trains")
+    g.add_argument("--weights", default="random", choices=list(models.WEIGHTS),
+                   help="random: seeded init; digits: the bundled checkpoint trained on MNIST digits")
+    g.add_argument("--image", action="append", metavar="PATH",
+                   help="private image file (any format PIL reads; centre-cropped, resized to 32x32); repeat for a batch")
+    g.add_argument("--image-id", action="append", metavar="ID",
+                   help="gallery image id (see assets/samples/index.json), e.g. cifar10-00; repeat for a batch")
+    g.add_argument("--label", action="append", type=int, metavar="N",
+                   help="true label of each image (default: the gallery label; 0 for files)")
+    g.add_argument("--mode", default="fedsgd", choices=list(MODES), help="fedsgd: send one gradient; fedavg: local SGD steps, send θ_g − θ")
+    g.add_argument("--local-steps", type=int, default=None, help="FedAvg local SGD steps (default 4 in fedavg, 1 in fedsgd)")
+    g.add_argument("--lr", type=float, default=1e-3, help="client learning rate (FedAvg)")
+    g.add_argument("--clip", type=float, default=None, help="global L2 clip norm of each step's gradient (default: none)")
+    g.add_argument("--seed", type=int, default=0, help="one seed for model init, defense noise and attack start")
+    g.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+
+
+def add_defense_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("defense")
+    g.add_argument("--defense", default="none", choices=list(defenses.DEFENSES),
+                   help="; ".join(f"{n}: {s.summary}" for n, s in defenses.DEFENSES.items()))
+    g.add_argument("--defense-opt", action="append", metavar="KEY=VALUE",
+                   help="any field of the defense's config, e.g. ratio=0.3 (see the config classes in tipcore/defenses)")
+    g.add_argument("--ratio", type=float, help="tip*: channel ratio p in [0, 1]; prune/soteria: pruned fraction")
+    g.add_argument("--k", type=int, help="tip*: absolute channels per layer (overrides --ratio)")
+    g.add_argument("--cutoff", type=float, help="tip*: frequency cutoff r in [0, 1]")
+    g.add_argument("--beta", type=float, help="tip*: direct per-element noise scale β >= 0 (instead of calibration)")
+    g.add_argument("--layers", help="tip*: all, last, or comma-separated conv layer names")
+    g.add_argument("--abs-alpha", action="store_true", help="tip*: rank channels by |α| instead of signed α")
+    g.add_argument("--noise-multiplier", type=float, help="dp: noise multiplier z (instead of calibration)")
+    g.add_argument("--sigma", type=float, help="dp_paper: direct noise std")
+    g.add_argument("--epsilon", type=float, help="privacy budget ε > 0 for dp, dp_paper and tip* (default 5)")
+    g.add_argument("--delta", type=float, help="privacy budget δ in (0, 1) (default 1e-5)")
+
+
+def defense_options(args: argparse.Namespace) -> dict[str, Any]:
+    spec = defenses.DEFENSES[args.defense]
+    known = {f.name for f in fields(spec.config_cls)}
+    opts = parse_options(args.defense_opt, "--defense-opt")
+    shortcuts = {"ratio": args.ratio, "k": args.k, "cutoff": args.cutoff, "layers": args.layers,
+                 "noise_multiplier": args.noise_multiplier, "sigma": args.sigma,
+                 "epsilon": args.epsilon, "delta": args.delta}
+    if args.beta is not None:
+        shortcuts.update(beta=args.beta, noise="direct")
+    if args.abs_alpha:
+        shortcuts["signed"] = False
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key not in known:
+            raise CLIError(f"--{key.replace('_', '-')} does not apply to defense '{args.defense}' (its options: {', '.join(sorted(known)) or 'none'})")
+        opts[key] = value
+    return opts
+
+
+def round_config(args: argparse.Namespace, batch: int) -> RoundConfig:
+    steps = args.local_steps if args.local_steps is not None else (4 if args.mode == "fedavg" else 1)
+    return RoundConfig(mode=args.mode, batch_size=batch, local_steps=steps, lr=args.lr, clip=args.clip)
+
+
+def load_batch(args: argparse.Namespace):
+    """(image_ids, images or None, labels or None) from --image / --image-id / --label."""
+    import numpy as np
+
+    if args.image and args.image_id:
+        raise CLIError("give either --image or --image-id, not both")
+    if args.image:
+        arrays = [data.load_image(Path(p)) for p in args.image]
+        labels = args.label or [0] * len(arrays)
+        if not args.label:
+            print("note: no --label given, assuming label 0 for each image", file=sys.stderr)
+        if len(labels) != len(arrays):
+            raise CLIError(f"got {len(arrays)} --image but {len(labels)} --label")
+        return (), np.stack(arrays), tuple(labels)
+    ids = tuple(args.image_id or ["cifar10-00"])
+    for i in ids:
+        data.get_sample(i)
+    labels = tuple(args.label) if args.label else None
+    if labels is not None and len(labels) != len(ids):
+        raise CLIError(f"got {len(ids)} --image-id but {len(labels)} --label")
+    return ids, None, labels
+
+
+def experiment_config(args: argparse.Namespace, attack: str = "idlg", attack_cfg: dict | None = None):
+    from tipcore.experiment import ExperimentConfig
+
+    ids, images, labels = load_batch(args)
+    batch = len(images) if images is not None else len(ids)
+    cfg = ExperimentConfig(
+        seed=args.seed, model=args.model, weights=args.weights, image_ids=ids or ("cifar10-00",), labels=labels,
+        round=round_config(args, batch), defense=args.defense, defense_cfg=defense_options(args),
+        attack=attack, attack_cfg=attack_cfg or {}, labels_known=getattr(args, "labels_known", False),
+        report_every=getattr(args, "report_every", 10), device=args.device,
+    )
+    return cfg, images
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from tipcore.experiment import artifact_files, run, write_artifacts
+
+    attack_cfg = parse_options(args.attack_opt, "--attack-opt")
+    if args.iters is not None:
+        attack_cfg["iterations"] = args.iters
+    cfg, images = experiment_config(args, args.attack, attack_cfg)
+    total = attack_cfg.get("iterations") or attacks.ATTACKS[args.attack].config_cls().iterations
+
+    def show(snap) -> None:
+        if not args.quiet:
+            print(f"step {snap.step}/{total}  loss {snap.loss:.4g}  elapsed {snap.elapsed_s:.1f}s  eta {snap.eta_s:.1f}s"
+                  + (f"  restart {snap.restart}" if snap.restart else ""), file=sys.stderr)
+
+    record = run(cfg, images, on_snapshot=show)
+    out = write_artifacts(args.out, artifact_files(record))
+    s = record.scores
+    print(f"psnr {s.psnr:.2f} dB  ssim {s.ssim:.4f}  mse {s.mse:.3g}  labels true {list(record.prepared.labels)} "
+          f"predicted {list(record.result.labels)}  iterations {record.result.iterations}  restarts {record.result.restarts}  "
+          f"{record.result.seconds:.1f}s  -> {out}")
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    import io
+
+    import torch
+
+    from tipcore.experiment import prepare, write_artifacts
+
+    cfg, images = experiment_config(args)
+    prepared = prepare(cfg, images)
+
+    def tensor_bytes(update) -> bytes:
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in update.tensors.items()}, buf)
+        return buf.getvalue()
+
+    diag = prepared.diagnostics.as_dict()
+    diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels))
+    files = {"update_clean.pt": tensor_bytes(prepared.clean), "update_defended.pt": tensor_bytes(prepared.defended),
+             "defense.json": json.dumps(diag, indent=1, default=float).encode()}
+    out = write_artifacts(args.out, files)
+    print(f"defense {cfg.defense}: {json.dumps(dict(prepared.diagnostics.summary), default=float)} -> {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tipcore import training
+
+    stream = training.train(args.model, args.epochs, lr=args.lr, seed=args.seed)
+    last = None
+
+    def show(p) -> None:
+        nonlocal last
+        last = p
+        print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  held-out accuracy {p.test_accuracy:.3f}  {p.elapsed_s:.0f}s", file=sys.stderr)
+
+    model = attacks.drive(stream, show)
+    meta = {"model": args.model, "epochs": last.epochs, "lr": args.lr, "seed": args.seed,
+            "test_accuracy": last.test_accuracy, "seconds": round(last.elapsed_s, 1),
+            "command": f"python -m tipcore train --model {args.model} --epochs {last.epochs} --seed {args.seed}",
+            "data": "assets/digits/mnist5k.npz (4000 train / 1000 held out)"}
+    training.save_checkpoint(args.model, model, meta)
+    print(f"{args.model}: held-out accuracy {last.test_accuracy:.3f} -> {models.checkpoint_path(args.model)}")
+    return 0
+
+
+def cmd_fl(args: argparse.Namespace) -> int:
+    from tipcore import flsim
+    from tipcore.experiment import write_artifacts
+
+    names = [n.strip() for n in args.defenses.split(",") if n.strip()]
+    results = []
+    for name in names:
+        if name not in defenses.DEFENSES:
+            raise CLIError(f"unknown defense '{name}' in --defenses; choose from: {', '.join(defenses.DEFENSES)}")
+        opts = {}
+        if defenses.DEFENSES[name].uses_budget:
+            opts = {"epsilon": args.epsilon, "delta": args.delta}
+            if "clip" in {f.name for f in fields(defenses.DEFENSES[name].config_cls)}:
+                opts["clip"] = args.clip
+        cfg = flsim.FLConfig(model=args.model, clients=args.clients, rounds=args.rounds, local_epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, clip=args.clip, defense=name,
+                             defense_cfg=opts, seed=args.seed)
+        result = attacks.drive(flsim.simulate(cfg), lambda r, n=name: print(
+            f"{n}: round {r.round}/{args.rounds}  accuracy {r.accuracy:.3f}  {r.elapsed_s:.0f}s", file=sys.stderr))
+        results.append(result)
+    table = ["round," + ",".join(names)]
+    for i in range(args.rounds):
+        table.append(f"{i + 1}," + ",".join(f"{r.rounds[i].accuracy:.4f}" for r in results))
+    payload = {"defenses": names, "runs": [r.as_dict() for r in results]}
+    files = {"fl.json": json.dumps(payload, indent=1, default=float).encode(), "fl.csv": ("\n".join(table) + "\n").encode()}
+    out = write_artifacts(args.out, files)
+    print("\n".join(table))
+    print(f"-> {out}")
+    return 0
+
+
+def cmd_utility(args: argparse.Namespace) -> int:
+    from tipcore import utility
+    from tipcore.experiment import write_artifacts
+
+    names = [n.strip() for n in args.defenses.split(",") if n.strip()]
+    rows = utility.compare(args.model, names, batch=args.batch, local_steps=args.local_steps, lr=args.lr,
+                           clip=args.clip, epsilon=args.epsilon, delta=args.delta, seed=args.seed)
+    out = write_artifacts(args.out, {"utility.json": json.dumps([r.as_dict() for r in rows], indent=1).encode()})
+    for r in rows:
+        print(f"{r.defense:13s} accuracy {r.accuracy:.4f} (clean update {r.clean_accuracy:.4f})  "
+              f"Grad-CAM similarity {r.heatmap_similarity:.3f}  update cosine {r.update_cosine:.3f}")
+    print(f"-> {out}")
+    return 0
+
+
+def cmd_showcase(args: argparse.Namespace) -> int:
+    from tipcore import showcase
+
+    if args.what in ("punchline", "all"):
+        showcase.make_punchline(log=lambda m: print(m, file=sys.stderr))
+    if args.what in ("frontier", "all"):
+        showcase.make_frontier(log=lambda m: print(m, file=sys.stderr), quick=args.quick)
+    print(f"-> {showcase.SHOWCASE_DIR}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from tipcore import showcase
+    from tipcore.experiment import write_artifacts
+
+    names = [n.strip() for n in args.defenses.split(",") if n.strip()]
+    markdown, csv_bytes = showcase.results_table(names, images=args.images, attack=args.attack, iterations=args.iters,
+                                                 epsilon=args.epsilon, seed=args.seed,
+                                                 log=lambda m: print(m, file=sys.stderr))
+    out = write_artifacts(args.out, {"table.md": markdown.encode(), "table.csv": csv_bytes})
+    print(markdown)
+    print(f"-> {out}")
+    return 0
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse prints the whole usage block on a bad flag; one line says more."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrors(prog="python -m tipcore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
+
+    p = sub.add_parser("attack", help="run one client round, a defense and an attack; write result.json and PNGs")
+    add_round_args(p)
+    add_defense_args(p)
+    g = p.add_argument_group("attack")
+    g.add_argument("--attack", default="idlg", choices=list(attacks.ATTACKS),
+                   help="; ".join(f"{n}: {s.summary}" for n, s in attacks.ATTACKS.items()))
+    g.add_argument("--iters", type=int, help="optimisation steps (L-BFGS outer steps for dlg/idlg)")
+    g.add_argument("--attack-opt", action="append", metavar="KEY=VALUE", help="any field of the attack's config, e.g. tv=1e-3")
+    g.add_argument("--labels-known", action="store_true", help="threat model: the server is told the labels")
+    g.add_argument("--report-every", type=int, default=10, help="progress line and snapshot every N steps")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("update", help="write the clean and defended updates and defense.json")
+    add_round_args(p)
+    add_defense_args(p)
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.set_defaults(func=cmd_update)
+
+    p = sub.add_parser("train", help="train a digits checkpoint into assets/checkpoints")
+    p.add_argument("--model", default="lenet", choices=list(models.MODELS))
+    p.add_argument("--epochs", type=int, default=None, help="default: lenet 30, convnet 10, resnet18 1")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fl", help="multi-round FedAvg on the bundled digits: accuracy per round per defense")
+    p.add_argument("--model", default="convnet", choices=list(models.MODELS))
+    p.add_argument("--defenses", default="none,dp_paper,tip", help="comma-separated defenses, run one after another")
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--clip", type=float, default=5.0)
+    p.add_argument("--epsilon", type=float, default=5.0, help="the same ε for every budgeted defense")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/fl", help="output directory (replaced atomically)")
+    p.set_defaults(func=cmd_fl)
+
+    p = sub.add_parser("utility", help="accuracy and Grad-CAM similarity of a digits checkpoint after clean vs defended updates")
+    p.add_argument("--model", default="convnet", choices=list(models.MODELS))
+    p.add_argument("--defenses", default="none,dp,dp_paper,prune,soteria,tip,tip_random,tip_fullband")
+    p.add_argument("--batch", type=int, default=32, help="private digits in the client's batch")
+    p.add_argument("--local-steps", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--clip", type=float, default=5.0)
+    p.add_argument("--epsilon", type=float, default=5.0)
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/utility")
+    p.set_defaults(func=cmd_utility)
+
+    p = sub.add_parser("showcase", help="regenerate the app's precomputed results in assets/showcase")
+    p.add_argument("what", choices=["punchline", "frontier", "all"])
+    p.add_argument("--quick", action="store_true", help="frontier: a smaller grid (for tests)")
+    p.set_defaults(func=cmd_showcase)
+
+    p = sub.add_parser("table", help="attack results per defense over the gallery's CIFAR-10 images (README table)")
+    p.add_argument("--defenses", default="none,dp,prune,soteria,tip,tip_random,tip_fullband")
+    p.add_argument("--images", type=int, default=20, help="first N gallery CIFAR-10 images")
+    p.add_argument("--attack", default="idlg", choices=list(attacks.ATTACKS))
+    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--epsilon", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/table")
+    p.set_defaults(func=cmd_table)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from tipcore.runtime import configure_threads
+
+    configure_threads()
+    try:
+        return args.func(args)
+    except (CLIError, ValueError, FileNotFoundError, data.ImageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
