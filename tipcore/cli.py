@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--clip", type=float, default=5.0)
     p.add_argument("--epsilon", type=float, default=5.0, help="the same ε for every budgeted defense")
     p.add_argument("--delta", type=float, default=1e-5)
