@@ -78,10 +78,7 @@ PHOTOS = [
     ("rocket", "rocket.jpg", 69, 100,
      "scikit-image data.rocket(): launch of DSCOVR on Falcon 9, SpaceX Photos",
      "public domain (released by SpaceX)"),
-    ("motorcycle", "motorcycle_left.png", 48, 100,
-     "scikit-image data.stereo_motorcycle() left view: Middlebury 2014 stereo benchmark "
-     "(Scharstein et al., GCPR 2014)",
-     "no licence stated by scikit-image or Middlebury; research use, cite Scharstein et al. 2014"),
+    # stereo_motorcycle is left out: neither scikit-image nor Middlebury states a licence for it.
 ]  # fmt: skip
 
 NAME_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9]+)_(?P<index>\d\d)_(?P<label>\d+)\.png$")
@@ -201,7 +198,7 @@ Regenerate with `python scripts/make_gallery.py` (needs `requirements-assets.txt
 | CIFAR-100 (20, 32x32) | `cifar100_XX_L.png` | first 20 images of the CIFAR-100 test set (Krizhevsky 2009), fine labels, via foolbox 3.3.4 | foolbox: MIT. CIFAR-100 states no licence; cite Krizhevsky 2009. |
 | MNIST (20, 28x28) | `mnist_XX_L.png` | first 20 images of the MNIST test set (LeCun, Cortes, Burges), via foolbox 3.3.4 | MNIST: CC BY-SA 3.0. foolbox: MIT. |
 | Fashion-MNIST (20, 28x28) | `fashionMNIST_XX_L.png` | first 20 images of the Fashion-MNIST test set (Xiao, Rasul, Vollgraf, Zalando Research, 2017), via foolbox 3.3.4 | Fashion-MNIST: MIT. foolbox: MIT. |
-| Photos (5, 128x128) | `photo_NAME.png` | bundled with scikit-image 0.26 (`skimage/data/`), centre-cropped to a square and resized with LANCZOS | per photo, below |
+| Photos (4, 128x128) | `photo_NAME.png` | bundled with scikit-image 0.26 (`skimage/data/`), centre-cropped to a square and resized with LANCZOS | per photo, below |
 
 `XX` is the index in the test set and `L` the label. The CIFAR and MNIST files are byte-for-byte
 copies of foolbox's.
@@ -214,7 +211,6 @@ Photos, with the licence scikit-image's `skimage.data` docstrings state (scikit-
 | `photo_coffee.png` | CIFAR-100 28 `cup` | `data.coffee()`, courtesy of Pikolo Espresso Bar, photo by Rachel Michetti | CC0 |
 | `photo_astronaut.png` | CIFAR-100 98 `woman` | `data.astronaut()`, Eileen Collins, NASA Great Images database | public domain (NASA) |
 | `photo_rocket.png` | CIFAR-100 69 `rocket` | `data.rocket()`, launch of DSCOVR on Falcon 9, SpaceX Photos | public domain (released by SpaceX) |
-| `photo_motorcycle.png` | CIFAR-100 48 `motorcycle` | `data.stereo_motorcycle()` left view, Middlebury 2014 stereo benchmark (Scharstein et al., GCPR 2014), downsampled by scikit-image | **no licence stated** by scikit-image or Middlebury; research use, cite Scharstein et al. 2014 |
 """
 
 DIGITS_README = """\

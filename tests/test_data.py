@@ -41,12 +41,12 @@ def _assert_one_line_image_error(excinfo: pytest.ExceptionInfo) -> str:
 # --------------------------------------------------------------------------- gallery
 
 
-def test_gallery_has_85_unique_entries_in_order():
+def test_gallery_has_84_unique_entries_in_order():
     samples = data.gallery()
-    assert len(samples) == 85
-    assert len({s.id for s in samples}) == 85
+    assert len(samples) == 84
+    assert len({s.id for s in samples}) == 84
     counts = {d: sum(s.dataset == d for s in samples) for d in ("cifar10", "cifar100", "mnist", "fashion_mnist", "photo")}
-    assert counts == {"cifar10": 20, "cifar100": 20, "mnist": 20, "fashion_mnist": 20, "photo": 5}
+    assert counts == {"cifar10": 20, "cifar100": 20, "mnist": 20, "fashion_mnist": 20, "photo": 4}
     order = [s.dataset for s in samples]
     assert order == sorted(order, key=["cifar10", "cifar100", "mnist", "fashion_mnist", "photo"].index)
     assert samples[0].id == "cifar10-00" and samples[20].id == "cifar100-00"
@@ -93,7 +93,7 @@ def test_unknown_sample_id_is_one_line():
     with pytest.raises(ValueError) as excinfo:
         data.get_sample("nope")
     msg = _assert_one_line_image_error(excinfo)
-    assert msg.startswith("unknown image id 'nope'; choose one of: cifar10-00") and "(85 in all)" in msg
+    assert msg.startswith("unknown image id 'nope'; choose one of: cifar10-00") and "(84 in all)" in msg
 
 
 # --------------------------------------------------------------------------- rejected inputs
