@@ -232,7 +232,7 @@ def cmd_fl(args: argparse.Namespace) -> int:
             opts = {"epsilon": args.epsilon, "delta": args.delta}
             if "clip" in {f.name for f in fields(defenses.DEFENSES[name].config_cls)}:
                 opts["clip"] = args.clip
-        cfg = flsim.FLConfig(model=args.model, clients=args.clients, rounds=args.rounds, local_epochs=args.epochs,
+        cfg = flsim.FLConfig(model=args.model, weights=args.weights, clients=args.clients, rounds=args.rounds, local_epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, clip=args.clip, defense=name,
                              defense_cfg=opts, seed=args.seed)
         result = attacks.drive(flsim.simulate(cfg), lambda r, n=name: print(
@@ -329,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fl", help="multi-round FedAvg on the bundled digits: accuracy per round per defense")
     p.add_argument("--model", default="convnet", choices=list(models.MODELS))
+    p.add_argument("--weights", default="random", choices=list(models.WEIGHTS), help="start from random init or the digits checkpoint")
     p.add_argument("--defenses", default="none,dp_paper,tip", help="comma-separated defenses, run one after another")
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=10)

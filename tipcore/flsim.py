@@ -28,6 +28,7 @@ from tipcore.training import accuracy
 @dataclass(frozen=True)
 class FLConfig:
     model: str = "convnet"
+    weights: str = "random"  # "digits": start from the bundled checkpoint (how much do defended rounds cost it?)
     clients: int = 10
     rounds: int = 10
     local_epochs: int = 1
@@ -41,6 +42,8 @@ class FLConfig:
     def __post_init__(self) -> None:
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model '{self.model}'; choose one of: {', '.join(models.MODELS)}")
+        if self.weights not in models.WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(models.WEIGHTS)}, got '{self.weights}'")
         if not 1 <= self.clients <= 400:
             raise ValueError(f"clients must be in [1, 400], got {self.clients}")
         if not 1 <= self.rounds <= 10_000:
@@ -92,7 +95,7 @@ def shards(y: torch.Tensor, clients: int, gen: torch.Generator) -> list[torch.Te
 def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[RoundResult, None, FLResult]:
     x_train, y_train = data.load_digits("train")
     x_test, y_test = data.load_digits("test")
-    global_model = models.build(cfg.model, seed=cfg.seed).eval()
+    global_model = models.build(cfg.model, weights=cfg.weights, seed=cfg.seed).eval()
     split = shards(y_train, cfg.clients, generator(cfg.seed, "fl-split"))
     batch_gen = generator(cfg.seed, "fl-batches")
     noise_gen = generator(cfg.seed, "defense")
