@@ -1,0 +1,289 @@
+"""Render-only helpers: numpy in, pictures and plotly figures out. No engine calls, no state.
+
+Colours: the Okabe-Ito palette (safe for the common colour-vision deficiencies) for categories,
+Cividis / Viridis for magnitudes, and a blue-white-red diverging scale centred on zero for signed values.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+SELECTED = "#D55E00"  # vermillion: channels TIP noises
+UNSELECTED = "#9AA5B1"  # grey-blue: the rest
+DIVERGING = "RdBu_r"  # blue (negative) – white – red (positive); readable with red-green deficiencies
+
+DEFENSE_LABELS = {
+    "none": "No defense",
+    "dp": "DP-SGD",
+    "dp_paper": "DP (paper)",
+    "prune": "Pruning",
+    "soteria": "Soteria",
+    "tip": "TIP",
+    "tip_random": "TIP, random channels",
+    "tip_fullband": "TIP, full band",
+}
+ATTACK_LABELS = {"dlg": "DLG", "idlg": "iDLG", "ig": "Inverting Gradients"}
+MODEL_LABELS = {"lenet": "LeNet (DLG)", "convnet": "ConvNet", "resnet18": "ResNet-18"}
+
+
+def defense_label(name: str) -> str:
+    return DEFENSE_LABELS.get(name, name)
+
+
+def defense_colour(name: str) -> str:
+    names = list(DEFENSE_LABELS)
+    i = names.index(name) if name in names else len(names)
+    return OKABE_ITO[i % len(OKABE_ITO)]
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def upscale(image: np.ndarray, scale: int = 4) -> np.ndarray:
+    """Nearest-neighbour upscaling (pixels stay pixels) of an (H, W, 3) [0, 1] image, as uint8."""
+    img = to_uint8(image)
+    return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
+
+
+def png(image_uint8: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 (H, W, 3) picture."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image_uint8).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return "…"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def fmt_db(psnr: float) -> str:
+    """PSNR for a metric tile whose label already says dB."""
+    return "∞" if not np.isfinite(psnr) else f"{psnr:.1f}"
+
+
+def fmt_psnr(psnr: float) -> str:
+    return "∞ dB" if not np.isfinite(psnr) else f"{psnr:.1f} dB"
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+_MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+def _square_axes(fig: go.Figure, row: int | None = None, col: int | None = None) -> None:
+    """Square pixels, row 0 at the top, no ticks (for images and kernels)."""
+    kw = {} if row is None else dict(row=row, col=col)
+    anchor = "x" if col in (None, 1) else f"x{col}"
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain", **kw)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed",
+                     scaleanchor=anchor, constrain="domain", **kw)
+
+
+def _tickformat(magnitude: float) -> str:
+    """Readable ticks for values that may be tiny (gradients) or large (noise)."""
+    return "~s" if 0 < magnitude < 1e-2 else ".2~g"  # "~s": SI prefixes, e.g. 20µ
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, title: str = "Grad-CAM", opacity: float = 0.55) -> go.Figure:
+    """The private image with a Grad-CAM heatmap (Cividis, [0, 1]) laid over it."""
+    img = to_uint8(image)
+    h, w = heat.shape
+    fig = go.Figure()
+    fig.add_trace(go.Image(z=img, hoverinfo="skip"))
+    fig.add_trace(go.Heatmap(
+        z=np.asarray(heat, dtype=float), x=np.arange(w), y=np.arange(h), colorscale="Cividis", zmin=0, zmax=1,
+        opacity=opacity, colorbar=dict(thickness=8, len=0.8),
+        hovertemplate="x %{x}, y %{y}<br>relevance %{z:.2f}<extra></extra>",
+    ))
+    fig.update_layout(title=title, margin=dict(l=0, r=0, t=40, b=0), height=300)
+    _square_axes(fig)
+    return fig
+
+
+def alpha_bars(alpha: np.ndarray, selected: Iterable[int], layer: str, k: int) -> go.Figure:
+    """Signed Grad-CAM weight α per output channel; the channels TIP noises in vermillion."""
+    alpha = np.asarray(alpha, dtype=float).reshape(-1)
+    chosen = set(int(c) for c in selected)
+    idx = np.arange(alpha.size)
+    is_sel = np.array([i in chosen for i in idx])
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=idx[~is_sel], y=alpha[~is_sel], name="left clean", marker_color=UNSELECTED,
+        hovertemplate="channel %{x}<br>α = %{y:.3g}<extra>clean</extra>",
+    ))
+    fig.add_trace(go.Bar(
+        x=idx[is_sel], y=alpha[is_sel], name=f"selected: noised (k = {k})", marker_color=SELECTED,
+        marker_line=dict(color="#000000", width=1),
+        hovertemplate="channel %{x}<br>α = %{y:.3g}<extra>selected</extra>",
+    ))
+    fig.update_layout(
+        title=f"Grad-CAM channel weight α in {layer}", barmode="overlay", bargap=0.1,
+        margin=dict(l=10, r=10, t=40, b=10), height=320, xaxis_title="output channel", yaxis_title="α (signed)",
+        yaxis_tickformat=_tickformat(float(np.abs(alpha).max()) if alpha.size else 1.0),
+        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0),
+    )
+    return fig
+
+
+def mask_outline(mask: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """Line segments around the bins the mask leaves clean (mask == 0), in cell coordinates."""
+    m = np.asarray(mask) > 0.5
+    h, w = m.shape
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+
+    def clean(i: int, j: int) -> bool:
+        return 0 <= i < h and 0 <= j < w and not m[i, j]
+
+    for i in range(h):
+        for j in range(w):
+            if not clean(i, j):
+                continue
+            # one segment for every side that borders a noised bin or the edge
+            if not clean(i - 1, j):
+                xs += [j - 0.5, j + 0.5, None]; ys += [i - 0.5, i - 0.5, None]  # noqa: E702
+            if not clean(i + 1, j):
+                xs += [j - 0.5, j + 0.5, None]; ys += [i + 0.5, i + 0.5, None]  # noqa: E702
+            if not clean(i, j - 1):
+                xs += [j - 0.5, j - 0.5, None]; ys += [i - 0.5, i + 0.5, None]  # noqa: E702
+            if not clean(i, j + 1):
+                xs += [j + 0.5, j + 0.5, None]; ys += [i - 0.5, i + 0.5, None]  # noqa: E702
+    return xs, ys
+
+
+def _colorbar_x(fig: go.Figure, col: int) -> float:
+    axis = "xaxis" if col == 1 else f"xaxis{col}"
+    return float(fig.layout[axis].domain[1]) + 0.01
+
+
+def kernel_figure(before: np.ndarray, after: np.ndarray, difference: np.ndarray, title: str) -> go.Figure:
+    """A kernel slice before and after the defense, and their difference; each with its own symmetric scale
+    (the noise can be orders of magnitude larger than the update itself)."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("before", "after", "difference (noise)"),
+                        horizontal_spacing=0.12)
+    for col, z in enumerate((before, after, difference), 1):
+        z = np.asarray(z, dtype=float)
+        zmax = float(max(np.abs(z).max(), 1e-12))
+        fig.add_trace(go.Heatmap(
+            z=z, colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax,
+            colorbar=dict(thickness=8, len=0.85, x=_colorbar_x(fig, col), tickformat=_tickformat(zmax)),
+            hovertemplate="row %{y}, col %{x}<br>%{z:.3g}<extra></extra>",
+        ), row=1, col=col)
+        _square_axes(fig, 1, col)
+    fig.update_layout(title=title, margin=dict(l=10, r=30, t=60, b=10), height=270)
+    return fig
+
+
+def spectrum_figure(before: np.ndarray, after: np.ndarray, mask: np.ndarray, title: str) -> go.Figure:
+    """Centred DFT magnitude before and after on one log colour scale (bins TIP leaves alone look identical);
+    the clean low-frequency bins outlined."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("|DFT| before", "|DFT| after"), horizontal_spacing=0.08)
+    b, a = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    positive = np.concatenate([b[b > 0], a[a > 0]])
+    floor = float(positive.min()) if positive.size else 1e-12
+    logs = [np.log10(np.maximum(z, floor)) for z in (b, a)]
+    zmin, zmax = float(min(l.min() for l in logs)), float(max(l.max() for l in logs))
+    if zmax - zmin < 1e-9:
+        zmax = zmin + 1.0
+    xs, ys = mask_outline(mask)
+    for col, (raw, z) in enumerate(zip((b, a), logs), 1):
+        fig.add_trace(go.Heatmap(
+            z=z, colorscale="Viridis", zmin=zmin, zmax=zmax, showscale=col == 2,
+            colorbar=dict(thickness=8, len=0.85, title="log₁₀|F|", tickformat=".1f"),
+            customdata=np.stack([raw, np.asarray(mask, dtype=float)], axis=-1),
+            hovertemplate="bin (%{y}, %{x})<br>|F| = %{customdata[0]:.3g}<br>noised: %{customdata[1]}<extra></extra>",
+        ), row=1, col=col)
+        if xs:
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines", line=dict(color="#FFFFFF", width=3), hoverinfo="skip",
+                name="clean low-frequency bins (white outline)", showlegend=col == 1,
+            ), row=1, col=col)
+        _square_axes(fig, 1, col)
+    fig.update_layout(title=title, margin=dict(l=10, r=10, t=60, b=10), height=300,
+                      legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0.0))
+    return fig
+
+
+def noise_energy_bars(names: Sequence[str], energy: Sequence[float], std: Sequence[float]) -> go.Figure:
+    """Σ ΔW² per layer (log scale) with the per-element noise std in the hover."""
+    e = np.asarray(energy, dtype=float)
+    log = bool(np.all(e > 0)) and e.max() / max(e.min(), 1e-300) > 50
+    fig = go.Figure(go.Bar(
+        x=list(names), y=e, marker_color=OKABE_ITO[0], customdata=np.asarray(std, dtype=float),
+        hovertemplate="%{x}<br>noise energy %{y:.3g}<br>per-element std %{customdata:.3g}<extra></extra>",
+    ))
+    fig.update_layout(title="Noise energy per layer (Σ ΔW²)", margin=_MARGIN, height=300,
+                      xaxis_title="conv layer", yaxis_title="Σ ΔW²", yaxis_type="log" if log else "linear")
+    return fig
+
+
+def loss_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]]) -> go.Figure:
+    fig = go.Figure()
+    for name, (steps, losses) in curves.items():
+        fig.add_trace(go.Scatter(x=list(steps), y=list(losses), mode="lines+markers", name=defense_label(name),
+                                 line=dict(color=defense_colour(name))))
+    positive = all(min(losses, default=1) > 0 for _, losses in curves.values())
+    fig.update_layout(title="Attack loss (gradient mismatch)", xaxis_title="attack step", yaxis_title="loss",
+                      yaxis_type="log" if positive else "linear", margin=_MARGIN, height=300,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    return fig
+
+
+def _strength_text(point: object) -> str:
+    name = str(getattr(point, "strength_name", "") or "")
+    if not name:
+        return ""
+    short = {"epsilon": "ε", "ratio": "", "noise_multiplier": "z", "beta": "β"}.get(name, name)
+    value = f"{float(getattr(point, 'strength')):.3g}"
+    return f"{short} {value}".strip()
+
+
+def frontier_scatter(points: Sequence[object]) -> go.Figure:
+    """Attack PSNR (lower is more private) against model accuracy, one line per defense as strength varies."""
+    by_defense: dict[str, list[object]] = {}
+    for p in points:
+        by_defense.setdefault(getattr(p, "defense"), []).append(p)
+    fig = go.Figure()
+    symbols = ("circle", "square", "diamond", "triangle-up", "x", "star", "hexagon", "cross")
+    for i, (name, pts) in enumerate(by_defense.items()):
+        pts = sorted(pts, key=lambda p: float(getattr(p, "strength")))
+        fig.add_trace(go.Scatter(
+            x=[float(getattr(p, "accuracy")) for p in pts], y=[float(getattr(p, "psnr")) for p in pts],
+            mode="lines+markers+text", name=defense_label(name), line=dict(color=defense_colour(name)),
+            marker=dict(symbol=symbols[i % len(symbols)], size=10),
+            text=[_strength_text(p) for p in pts], textposition="top center",
+            textfont=dict(size=10, color=defense_colour(name)),
+            customdata=[[getattr(p, "strength_name"), float(getattr(p, "strength")), float(getattr(p, "ssim"))]
+                        for p in pts],
+            hovertemplate=(f"<b>{defense_label(name)}</b><br>%{{customdata[0]}} = %{{customdata[1]:.3g}}"
+                           "<br>accuracy %{x:.3f}<br>attack PSNR %{y:.1f} dB<br>SSIM %{customdata[2]:.3f}"
+                           "<extra></extra>"),
+        ))
+    fig.update_layout(
+        title="Privacy–utility frontier", xaxis_title="model accuracy (utility: higher is better)",
+        yaxis_title="attack PSNR in dB (leakage: lower is more private)", margin=_MARGIN, height=480,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+    )
+    return fig

@@ -1,0 +1,32 @@
+"""Entry point: `streamlit run app/main.py`. Page config and navigation; the pages live in app/views/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run app/main.py` puts app/ on sys.path, not the repository root: add the root so that
+# `import app.…` and `import tipcore` work even without `pip install -e .`.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(
+    page_title="TIP explorer: gradient inversion in federated learning",
+    page_icon=":material/shield:",
+    layout="wide",
+    initial_sidebar_state="expanded",
+)
+
+PAGES = [
+    st.Page("views/punchline.py", title="Punchline", icon=":material/bolt:", default=True),
+    st.Page("views/live.py", title="Live attack", icon=":material/play_circle:", url_path="live"),
+    st.Page("views/tip.py", title="How TIP works", icon=":material/tune:", url_path="how-tip-works"),
+    st.Page("views/frontier.py", title="Privacy–utility frontier", icon=":material/scatter_plot:",
+            url_path="frontier"),
+    st.Page("views/teach.py", title="Teach", icon=":material/school:", url_path="teach"),
+]
+
+st.navigation(PAGES).run()

@@ -1,0 +1,247 @@
+"""Things shared by every visitor of one server process, all read-only once built.
+
+* ``st.cache_resource``: thread setup, the attack slots (a global semaphore capping concurrent attacks
+  across sessions at ``TIP_MAX_CONCURRENT_ATTACKS``, default 2), Grad-CAM explainers and TIP previews,
+  the precomputed showcase assets.
+* ``st.cache_data``: the gallery index and its thumbnails.
+
+The engine is imported lazily, inside the functions, so the first page draws before torch has loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+DEFAULT_MAX_ATTACKS = 2
+
+
+# ------------------------------------------------------------------------------------------ process
+
+
+@st.cache_resource(show_spinner=False)
+def configure_threads() -> int | None:
+    """Torch's thread count, set once per process through tipcore (skipped if tipcore has no runtime)."""
+    try:
+        from tipcore.runtime import configure_threads as configure
+    except ImportError:
+        return None
+    return configure()
+
+
+def max_concurrent_attacks() -> int:
+    raw = os.environ.get("TIP_MAX_CONCURRENT_ATTACKS", "")
+    try:
+        value = int(raw)
+    except ValueError:
+        return DEFAULT_MAX_ATTACKS
+    return value if value >= 1 else DEFAULT_MAX_ATTACKS
+
+
+class AttackSlots:
+    """A bounded semaphore that also knows how many attacks hold a slot (for the waiting message)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._sem = threading.BoundedSemaphore(capacity)
+        self._lock = threading.Lock()
+        self._active = 0
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._sem.acquire(timeout=timeout):
+            return False
+        with self._lock:
+            self._active += 1
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._active -= 1
+        self._sem.release()
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return self._active
+
+
+@st.cache_resource(show_spinner=False)
+def attack_slots() -> AttackSlots:
+    return AttackSlots(max_concurrent_attacks())
+
+
+# ------------------------------------------------------------------------------------------ gallery
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    id: str
+    dataset: str
+    label: int
+    class_name: str
+    num_classes: int
+    source: str
+    licence: str
+
+
+DATASET_NAMES = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "photo": "Photos (scikit-image)",
+}
+
+
+@st.cache_data(show_spinner=False)
+def gallery() -> tuple[GalleryItem, ...]:
+    from tipcore import data
+
+    return tuple(
+        GalleryItem(s.id, s.dataset, s.label, s.class_name, s.num_classes, s.source, s.licence)
+        for s in data.gallery()
+    )
+
+
+def gallery_item(sample_id: str) -> GalleryItem | None:
+    for item in gallery():
+        if item.id == sample_id:
+            return item
+    return None
+
+
+def datasets() -> list[str]:
+    seen: list[str] = []
+    for item in gallery():
+        if item.dataset not in seen:
+            seen.append(item.dataset)
+    return seen
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def sample_image(sample_id: str) -> np.ndarray:
+    """(32, 32, 3) float32 in [0, 1]."""
+    from tipcore import data
+
+    return data.sample_image(sample_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def thumbnail_png(sample_id: str, scale: int = 3) -> bytes:
+    """A nearest-neighbour upscaled thumbnail, encoded once (PNG bytes are cheap to send on reruns)."""
+    from app.components import png
+
+    return png(upscale_sample(sample_id, scale))
+
+
+def upscale_sample(sample_id: str, scale: int) -> np.ndarray:
+    from app.components import upscale
+
+    return upscale(sample_image(sample_id), scale)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def class_name(dataset: str, num_classes: int, label: int) -> str:
+    """A readable class name, or the number when the dataset's label space does not fit."""
+    from tipcore import data
+
+    try:
+        names = data.class_names(dataset, num_classes)
+    except ValueError:
+        return str(label)
+    return names[label] if 0 <= label < len(names) else str(label)
+
+
+# ------------------------------------------------------------------------------------------ engine
+
+
+@st.cache_data(show_spinner=False)
+def registries() -> dict[str, Any]:
+    """Names, summaries and help text of models, defenses and attacks (plain data)."""
+    from tipcore import attacks, defenses, models
+
+    return {
+        "models": {n: {"description": m.description, "cpu_attack_ms": m.cpu_attack_ms,
+                       "digits": models.has_checkpoint(n)} for n, m in models.MODELS.items()},
+        "weights": tuple(models.WEIGHTS),
+        "defenses": {n: {"summary": d.summary, "uses_budget": d.uses_budget, "help": _describe_defense(n)}
+                     for n, d in defenses.DEFENSES.items()},
+        "attacks": {n: {"summary": a.summary, "help": _describe_attack(n)} for n, a in attacks.ATTACKS.items()},
+    }
+
+
+def _describe_defense(name: str) -> str:
+    from tipcore import defenses
+
+    try:
+        return defenses.describe(name)
+    except Exception:  # noqa: BLE001 - help text only; the summary still shows
+        return defenses.DEFENSES[name].summary
+
+
+def _describe_attack(name: str) -> str:
+    from tipcore import attacks
+
+    try:
+        return attacks.create(name).describe()
+    except Exception:  # noqa: BLE001 - help text only
+        return attacks.ATTACKS[name].summary
+
+
+@st.cache_resource(show_spinner="Computing Grad-CAM on the private image …", max_entries=8)
+def explainer(model: str, weights: str, image_key: str, label: int, num_classes: int, mode: str,
+              local_steps: int, lr: float, clip: float | None, seed: int, _image: np.ndarray) -> Any:
+    """A ``TipExplainer`` per (model, image, round): the Grad-CAM α is computed once and shared read-only.
+
+    ``image_key`` identifies ``_image`` (a gallery id or the upload's hash), which is not hashed itself.
+    """
+    from tipcore.explain import TipExplainer
+    from tipcore.fl import RoundConfig
+
+    round_cfg = RoundConfig(mode=mode, batch_size=1, local_steps=local_steps, lr=lr, clip=clip)
+    return TipExplainer(model, _image, label, weights=weights, num_classes=num_classes, round_cfg=round_cfg,
+                        seed=seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def tip_preview(explainer_key: tuple, options: tuple, variant: str, _explainer: Any) -> Any:
+    """``explainer.preview`` for these slider values (cheap; cached so reruns of a view cost nothing)."""
+    return _explainer.preview(dict(options), defense=variant)
+
+
+# ------------------------------------------------------------------------------------------ showcase
+
+
+def showcase_module() -> Any:
+    try:
+        from tipcore import showcase
+    except ImportError:
+        return None
+    return showcase
+
+
+@st.cache_resource(show_spinner=False, ttl=300)
+def punchline() -> Any:
+    mod = showcase_module()
+    return None if mod is None else mod.load_punchline()
+
+
+@st.cache_resource(show_spinner=False, ttl=300)
+def frontier() -> Any:
+    mod = showcase_module()
+    return None if mod is None else mod.load_frontier()
+
+
+def showcase_command(kind: str) -> str:
+    """The command that generates a missing showcase asset, as the engine names it (or a best guess)."""
+    mod = showcase_module()
+    for attr in (f"{kind.upper()}_COMMAND", "COMMAND"):
+        value = getattr(mod, attr, None) if mod is not None else None
+        if isinstance(value, str):
+            return value
+    return f"python -m tipcore showcase --{kind}"

@@ -1,0 +1,259 @@
+"""Live attack: one federated round, each chosen defense, the same attack; streamed, stoppable, downloadable."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import streamlit as st
+
+from app import controls, jobs, resources, state
+from app.components import (
+    ATTACK_LABELS, MODEL_LABELS, defense_label, fmt_db, fmt_psnr, fmt_seconds, loss_curves, upscale,
+)
+
+resources.configure_threads()
+s = state.current()
+
+# ------------------------------------------------------------------------------------------ sidebar
+preset_slot = controls.preset_picker()
+image = controls.image_picker()
+controls.model_picker()
+controls.round_picker()
+st.sidebar.subheader("Defenses")
+controls.defense_picker()
+controls.budget_picker()
+with st.sidebar.expander("TIP settings", expanded=False):
+    controls.tip_picker(st)
+controls.other_defense_picker()
+controls.attack_picker()
+controls.preset_note(preset_slot)
+state.publish()
+
+# ------------------------------------------------------------------------------------------ header
+st.title("Live attack")
+st.markdown(
+    "The client computes one update on its private image; each defense transforms it; the server runs the "
+    "same attack (same seed, so the same initial guess) on every defended update. Watch the reconstruction "
+    "form, stop whenever you like, and download what you got."
+)
+for problem in state.url_problems():
+    st.warning(problem)
+
+job: jobs.Job | None = st.session_state.get("job")
+
+# A finished job becomes plain results (numpy and bytes) in session state; the job and its tensors go.
+if job is not None and job.done:
+    meta = st.session_state.get("job_meta", (state.snapshot(), "", ""))
+    st.session_state["results"] = jobs.collect(job, *meta)
+    del st.session_state["job"]
+    job = None
+running = job is not None
+if running:
+    job.touch()
+
+top_left, top_right = st.columns([1, 3], gap="large")
+with top_left:
+    if image is not None:
+        st.image(upscale(image.image, 6), caption=image.caption, width=192)
+    elif controls.upload_error():
+        st.error(controls.upload_error())
+with top_right:
+    seconds, how = controls.estimate(s)
+    protocol = f"FedAvg, {s.local_steps} local steps" if s.mode == "fedavg" else "FedSGD"
+    chosen = ", ".join(defense_label(d) for d in s.defenses) or "—"
+    st.markdown(
+        f"**{MODEL_LABELS.get(s.model, s.model)}** ({s.weights} weights) · **{protocol}** · "
+        f"**{ATTACK_LABELS.get(s.attack, s.attack)}**, {s.iterations} iterations, seed {s.seed} · "
+        f"defenses: {chosen} · ε = {s.epsilon:g}, δ = {s.delta:.0e}"
+    )
+    st.markdown(f"Estimated time: **≈ {fmt_seconds(seconds)}** on 2 CPU cores")
+    st.caption(how + ". The first run of a server process also loads the engine (a few seconds).")
+    if seconds > 300:
+        st.warning("This will take a while. Lower the iterations or the number of defenses for a quick look; "
+                   "Stop keeps whatever has been reached.")
+    problem = controls.image_problem(s, image) if image is not None else None
+    if problem:
+        st.error(problem)
+    if not s.defenses:
+        st.info("Pick at least one defense in the sidebar.")
+    c1, _ = st.columns([1, 1])
+    run_clicked = c1.button(
+        "Run attack", type="primary", icon=":material/play_arrow:", width="stretch",
+        disabled=running or image is None or bool(problem) or not s.defenses,
+        help="Start the comparison: one attack per defense, one after the other. One run per visitor at a time.",
+    )
+
+if run_clicked and image is not None and not running:
+    try:
+        plan = controls.build_plan(s, image)
+    except ValueError as exc:
+        st.error(f"Cannot run with these settings: {exc}")
+    else:
+        job = jobs.Job(plan=plan, images=None if image.gallery_id else image.image[None],
+                       slots=resources.attack_slots(), iterations=int(s.iterations),
+                       step_seconds=controls.step_seconds(s))
+        st.session_state["job"] = job
+        st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
+        st.session_state.pop("results", None)
+        job.start()
+        running = True
+        st.rerun()  # redraw: Run disabled, the live panel with its Stop button
+
+controls.gallery_browser()
+
+
+# ------------------------------------------------------------------------------------------ live panel
+@st.fragment(run_every=0.75)
+def live_panel() -> None:
+    job: jobs.Job | None = st.session_state.get("job")
+    if job is None:
+        return
+    job.touch()
+    if job.done:
+        st.rerun()  # the whole page: collect and show the results
+    st.subheader("Running")
+    frac, eta = job.progress()
+    slots = resources.attack_slots()
+    if job.status == "waiting":
+        st.progress(0, text=f"Waiting for a free attack slot: {slots.active} of {slots.capacity} running on "
+                            "this server. Your run starts as soon as one finishes.")
+    else:
+        snap = job.latest.get(job.current) if job.current else None
+        step = f"step {snap.step}/{job.iterations}" if snap is not None else "preparing the client's round"
+        text = f"{defense_label(job.current or '')}: {step} · about {fmt_seconds(eta)} left"
+        st.progress(min(max(frac, 0.0), 1.0), text=text)
+    st.button("Stop", icon=":material/stop:", on_click=job.stop, key="stop_live", disabled=job.stop_event.is_set(),
+              help="Stop the attack now and keep what it reached; defenses not started yet are skipped.")
+    cols = st.columns(max(len(job.plan), 1))
+    for col, (name, _) in zip(cols, job.plan):
+        with col:
+            st.markdown(f"**{defense_label(name)}**")
+            rec = job.records.get(name)
+            snap = job.latest.get(name)
+            if rec is not None:
+                st.image(upscale(rec.result.images[list(rec.scores.order)][0], 5), width="stretch")
+                st.caption(f"done · PSNR {fmt_psnr(rec.scores.psnr)}")
+            elif name in job.errors:
+                st.error(job.errors[name])
+            elif snap is not None:
+                st.image(upscale(snap.images[0], 5), width="stretch")
+                st.caption(f"step {snap.step} · loss {snap.loss:.3g}")
+            else:
+                st.caption("queued")
+
+
+if running:
+    live_panel()
+
+
+# ------------------------------------------------------------------------------------------ results
+def _zip(res: jobs.Results) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for d in res.defenses:
+            for fname, payload in d.files.items():
+                zf.writestr(f"{d.defense}/{fname}", payload)
+        zf.writestr("metrics.csv", res.metrics_csv)
+        zf.writestr("comparison.png", res.grid_png)
+    return buf.getvalue()
+
+
+def _label_text(res: jobs.Results, labels: tuple[int, ...]) -> str:
+    ds = "cifar10" if res.dataset == "upload" else res.dataset
+    return ", ".join(f"{resources.class_name(ds, res.num_classes, int(v))} ({int(v)})" for v in labels)
+
+
+def show_results(res: jobs.Results) -> None:
+    st.subheader("Results")
+    cfg = res.settings
+    st.caption(
+        f"{res.image_caption} · {MODEL_LABELS.get(cfg.model, cfg.model)} ({cfg.weights}) · "
+        f"{'FedAvg ' + str(cfg.local_steps) + ' steps' if cfg.mode == 'fedavg' else 'FedSGD'} · "
+        f"{ATTACK_LABELS.get(cfg.attack, cfg.attack)} · seed {cfg.seed} · ε = {cfg.epsilon:g}, δ = {cfg.delta:.0e}"
+    )
+    if res.stopped:
+        st.warning("Stopped early: these are the reconstructions reached so far"
+                   + (f"; not run: {', '.join(defense_label(n) for n in res.skipped)}." if res.skipped else "."))
+    for name, msg in res.errors.items():
+        st.error(f"{defense_label(name) if name != 'job' else 'Run'} failed: {msg}")
+    if not res.defenses:
+        return
+
+    cols = st.columns(1 + len(res.defenses))
+    with cols[0]:
+        st.markdown("**Private image**")
+        st.image(upscale(res.original[0], 5), width="stretch")
+        st.caption(f"label: {_label_text(res, res.defenses[0].label_true)}")
+    for col, d in zip(cols[1:], res.defenses):
+        with col:
+            st.markdown(f"**{defense_label(d.defense)}**")
+            st.image(upscale(d.images[0], 5), width="stretch")
+            m1, m2 = st.columns(2)
+            m1.metric("PSNR (dB)", fmt_db(d.psnr), help="Between private image and reconstruction, data range 1; "
+                      "higher means more leakage (above ~25 dB the image is recognisable).")
+            m2.metric("SSIM", f"{d.ssim:.2f}", help="Structural similarity: 1 identical, ~0 unrelated.")
+            ok = d.label_pred == d.label_true
+            st.caption(f"label inferred: {_label_text(res, d.label_pred)} {'✓' if ok else '✗'}")
+            extra = []
+            if d.stopped:
+                extra.append("stopped")
+            if d.restarts:
+                extra.append(f"{d.restarts} restart{'s' if d.restarts > 1 else ''}")
+            if d.diverged:
+                extra.append("diverged")
+            tail = f" · {', '.join(extra)}" if extra else ""
+            st.caption(f"{d.iterations} iterations · {fmt_seconds(d.seconds)}{tail}")
+            st.download_button("result.json", d.files["result.json"], file_name=f"{d.defense}_result.json",
+                               mime="application/json", key=f"dl_json_{res.job_id}_{d.defense}",
+                               icon=":material/download:",
+                               help="The run's settings, seed, metrics and versions: the same file the CLI writes.")
+
+    # The attack's progress, one slider over the snapshots of every defense.
+    steps = sorted({step for d in res.defenses for step in d.history_steps})
+    if len(steps) > 1:
+        st.markdown("**Reconstruction over the iterations**")
+        chosen = st.select_slider(
+            "Attack step", options=steps, value=steps[-1], key=f"hist_{res.job_id}",
+            help="Scrub through the snapshots the attack reported while it ran.",
+        )
+        hcols = st.columns(1 + len(res.defenses))
+        hcols[0].caption(f"step {chosen}")
+        for col, d in zip(hcols[1:], res.defenses):
+            idx = [i for i, st_ in enumerate(d.history_steps) if st_ <= chosen]
+            with col:
+                if idx:
+                    i = idx[-1]
+                    st.image(upscale(d.history_images[i], 4), width=128,
+                             caption=f"{defense_label(d.defense)} · step {d.history_steps[i]}")
+        curves = {d.defense: (d.history_steps, d.history_losses) for d in res.defenses if d.history_steps}
+        if curves:
+            st.plotly_chart(loss_curves(curves), key=f"loss_{res.job_id}")
+
+    st.markdown("**Downloads**")
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Figure (PNG)", res.grid_png, file_name="comparison.png", mime="image/png",
+                       icon=":material/image:", key=f"dl_png_{res.job_id}",
+                       help="Private image, then each defense's reconstruction, upscaled without smoothing.")
+    d2.download_button("Metrics (CSV)", res.metrics_csv, file_name="metrics.csv", mime="text/csv",
+                       icon=":material/table:", key=f"dl_csv_{res.job_id}",
+                       help="One row per defense: PSNR, SSIM, MSE, label accuracy, iterations, time.")
+    d3.download_button("All artifacts (ZIP)", _zip(res), file_name="tip-comparison.zip", mime="application/zip",
+                       icon=":material/folder_zip:", key=f"dl_zip_{res.job_id}",
+                       help="Per defense: result.json, defense.json, metrics.csv and PNGs, exactly as the CLI "
+                            "writes them; plus the comparison figure.")
+
+    with st.expander("Defense diagnostics"):
+        for d in res.defenses:
+            summary = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                                for k, v in d.summary.items())
+            st.markdown(f"**{defense_label(d.defense)}**: {summary or 'no parameters'}")
+            if d.notes:
+                st.caption(d.notes)
+
+
+results: jobs.Results | None = st.session_state.get("results")
+if results is not None and not running:
+    show_results(results)
+elif results is None and not running:
+    st.info("Pick an image and defenses in the sidebar, then press **Run attack**.")

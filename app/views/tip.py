@@ -1,0 +1,163 @@
+"""How TIP works: Grad-CAM α, the channels it selects, and the high-frequency noise on their kernels.
+
+Grad-CAM runs once per (model, image, round) and is cached; the sliders only call ``preview()``, which
+redoes TIP's cheap half (selection and noise). No attack ever runs here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import controls, resources, state
+from app.components import (
+    alpha_bars, defense_label, heatmap_overlay, kernel_figure, noise_energy_bars, spectrum_figure, upscale,
+)
+
+resources.configure_threads()
+s = state.current()
+
+# ------------------------------------------------------------------------------------------ sidebar
+image = controls.image_picker()
+controls.model_picker()
+controls.round_picker()
+st.sidebar.subheader("TIP")
+controls.tip_picker(variant=True)
+if s.noise == "calibrated":
+    controls.budget_picker()
+state.publish()
+
+st.title("How TIP works")
+st.markdown(
+    "TIP asks Grad-CAM which output channels of each convolution drive the true class on the client's own "
+    "image, keeps the top fraction **p** of them, and adds Gaussian noise to those channels' kernels **only "
+    "in the high-frequency part of each kernel's 2D spectrum** (outside cutoff **r**). Move the sliders: "
+    "only the cheap selection-and-noise step is recomputed, never an attack."
+)
+for problem in state.url_problems():
+    st.warning(problem)
+
+controls.gallery_browser()
+
+if image is None:
+    if controls.upload_error():
+        st.error(controls.upload_error())
+    st.info("Choose a gallery image or upload one in the sidebar.")
+    st.stop()
+problem = controls.image_problem(s, image)
+if problem:
+    st.error(problem)
+    st.stop()
+
+rd = controls.round_dict(s)
+num_classes = controls.model_classes(s, image)
+explainer_key = (s.model, s.weights, image.key, int(image.label), num_classes, rd["mode"], rd["local_steps"],
+                 rd["lr"], rd["clip"], int(s.seed))
+try:
+    explainer = resources.explainer(*explainer_key, _image=image.image)
+    options = controls.tip_options(s)
+    preview = resources.tip_preview(explainer_key, tuple(sorted(options.items())), s.tip_variant,
+                                    _explainer=explainer)
+except ValueError as exc:
+    st.error(f"Cannot explain this setting: {exc}")
+    st.stop()
+
+layers = list(preview.layers)
+names = [layer.name for layer in layers]
+summary = dict(preview.summary)
+
+# ------------------------------------------------------------------------------------------ key numbers
+total_k = sum(len(layer.selected[0]) if layer.selected else 0 for layer in layers)
+total_c = sum(int(np.asarray(layer.alpha).shape[-1]) for layer in layers)
+m = st.columns(5)
+beta = float(summary.get("beta", float("nan")))
+sigma = float(summary.get("sigma", float("nan")))
+m[0].metric("β (per-element scale)", f"{beta:.3g}",
+            help="Std of the white noise before the high-pass projection. Calibrated: β = σ / n_cam / L.")
+m[1].metric("σ of the round", f"{sigma:.3g}" if np.isfinite(sigma) else "direct β",
+            help="The Gaussian-mechanism scale at (ε, δ, C) for this round (FedSGD: gradient units; FedAvg: "
+                 "T·η·C/B·sqrt(2 ln(1.25/δ))/ε). The same σ that DP spreads over every parameter.")
+m[2].metric("Channels noised", f"{total_k}/{total_c}",
+            help="Σ over conv layers of k = max(1, floor(p · C_out)); every other channel is sent clean.")
+m[3].metric("Layers L", f"{len(layers)}", help="Conv layers TIP targets (all Conv2d, 1 × 1 included).")
+m[4].metric("Noise energy Σ ΔW²", f"{float(summary.get('noise_energy', 0.0)):.3g}",
+            help="Total squared noise added to the update, all layers together.")
+st.caption(f"{defense_label(s.tip_variant)} · p = {s.ratio:g}, r = {s.cutoff:g} · "
+           + (f"ε = {s.epsilon:g}, δ = {s.delta:.0e}" if s.noise == "calibrated" else f"direct β = {s.beta:g}")
+           + (f" · {preview.notes}" if preview.notes and s.noise == "calibrated" else ""))
+
+# ------------------------------------------------------------------------------------------ layer / channel
+c_layer, c_channel = st.columns(2)
+with c_layer:
+    layer_name = state.bind(
+        st.selectbox, "Conv layer", "layer", options=names, fallback=names[0],
+        format_func=lambda n: f"{n} ({'×'.join(map(str, preview.layer(n).kernel_size))}, "
+                              f"{np.asarray(preview.layer(n).alpha).shape[-1]} channels)",
+        help="Which convolution to inspect: its Grad-CAM heatmap, α per channel, and one kernel's spectrum.",
+    )
+diag = preview.layer(layer_name)
+alpha = np.asarray(diag.alpha)
+c_out = int(alpha.shape[-1])
+selected = sorted({c for sel in diag.selected for c in sel})
+with c_channel:
+    channel = state.bind(
+        st.selectbox, "Output channel", "channel", options=list(range(c_out)),
+        fallback=selected[0] if selected else 0,
+        format_func=lambda c: f"{c} · selected, noised" if c in selected else f"{c}",
+        help="The kernel W[c, 0] (input channel 0) drawn below, before and after TIP, in space and frequency.",
+    )
+
+# ------------------------------------------------------------------------------------------ Grad-CAM and α
+col_img, col_cam, col_alpha = st.columns([1, 1.4, 2.4], gap="medium")
+with col_img:
+    st.markdown("**Private image**")
+    st.image(upscale(image.image, 6), caption=image.caption, width=192)
+with col_cam:
+    try:
+        heat = explainer.heatmap(layer_name)
+    except ValueError as exc:
+        heat = None
+        st.error(str(exc))
+    if heat is not None:
+        st.plotly_chart(heatmap_overlay(image.image, heat, f"Grad-CAM at {layer_name}"), key="gradcam")
+with col_alpha:
+    st.plotly_chart(alpha_bars(alpha[0], diag.selected[0] if diag.selected else (), layer_name, len(selected)),
+                    key="alpha")
+st.markdown(
+    f"**Selected in {layer_name}**: channels {', '.join(map(str, selected)) or '—'} "
+    f"(k = {len(selected)} of {c_out}) · per-element noise std {diag.effective_std:.3g} · β = {diag.beta:.3g}"
+)
+st.caption(
+    "α is the signed Grad-CAM weight: the spatial mean of ∂(true-class logit)/∂(channel's output map). The "
+    "heatmap (ReLU of the α-weighted maps) shows where in the image those channels respond. TIP noises the "
+    "largest-α channels: those that carry the image's semantics."
+)
+
+# ------------------------------------------------------------------------------------------ kernel spectra
+kv = preview.kernel(layer_name, int(channel), 0)
+k1, k2 = st.columns([1.4, 1], gap="medium")
+with k1:
+    st.plotly_chart(kernel_figure(kv.before, kv.after, kv.difference,
+                                  f"Kernel W[{channel}, 0] of {layer_name} in the update"), key="kernel")
+with k2:
+    st.plotly_chart(spectrum_figure(kv.spectrum_before, kv.spectrum_after, kv.mask,
+                                    "Centred DFT magnitude (DC in the middle)"), key="spectrum")
+mask = np.asarray(kv.mask)
+noised, total = int(mask.sum()), int(mask.size)
+if kv.selected:
+    st.markdown(f"Channel {channel} **is selected**: its kernels get noise in {noised} of {total} frequency bins; "
+                "the bins inside the white outline (DC and the lowest frequencies) are left exactly as they were.")
+else:
+    st.markdown(f"Channel {channel} is **not selected**: its kernel is sent unchanged (difference 0). Pick a "
+                "channel marked 'selected' to see the noise.")
+if noised == total:
+    st.caption("Cutoff r = 0 (or the full-band ablation): every bin, DC included, gets noise.")
+elif noised == 0:
+    st.caption(f"At this cutoff a {kv.mask.shape[0]} × {kv.mask.shape[1]} kernel has no bin beyond the cutoff: "
+               "this layer gets no noise.")
+
+# ------------------------------------------------------------------------------------------ per layer
+st.plotly_chart(noise_energy_bars(names, [layer.noise_energy for layer in layers],
+                                  [layer.effective_std for layer in layers]), key="energy")
+st.caption("Noise lands only on conv weights: biases, BatchNorm, the fc layer and (at r = 0.5) 1 × 1 kernels "
+           "stay clean. See Teach for what that means for privacy.")

@@ -1,0 +1,351 @@
+"""The Streamlit app, driven headless with streamlit.testing (no browser): pages render, sliders and presets
+change what is shown, a tiny attack runs and its results persist, bad uploads fail cleanly, URLs round-trip.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = str(ROOT / "app" / "main.py")
+TIMEOUT = 60
+FORBIDDEN = ("torch", "pytorch_grad_cam", "torchvision")
+
+
+def new_app(query: dict[str, str] | None = None) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def no_exceptions(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def metric(at: AppTest, label: str) -> str:
+    for m in at.metric:
+        if m.label == label:
+            return m.value
+    raise AssertionError(f"no metric {label!r} among {[m.label for m in at.metric]}")
+
+
+def selected_text(at: AppTest) -> str:
+    found = [md.value for md in at.markdown if md.value.startswith("**Selected in")]
+    assert found, "the 'Selected in …' line is missing"
+    return found[0]
+
+
+def chart_titles(at: AppTest) -> list[str]:
+    titles = []
+    for chart in at.get("plotly_chart"):
+        layout = json.loads(chart.proto.spec).get("layout", {})
+        titles.append(layout.get("title", {}).get("text", ""))
+    return titles
+
+
+def alpha_chart_traces(at: AppTest) -> list[str]:
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        if "α" in spec.get("layout", {}).get("title", {}).get("text", ""):
+            return [trace["name"] for trace in spec["data"]]
+    raise AssertionError("no α chart")
+
+
+def wait_for_results(at: AppTest, limit: float = 120.0) -> None:
+    start = time.monotonic()
+    while "results" not in at.session_state:
+        assert time.monotonic() - start < limit, "the attack did not finish in time"
+        time.sleep(1.0)  # each rerun competes with the attack thread for the GIL: poll gently
+        at.run()
+    no_exceptions(at)
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    for b in at.button:
+        if b.label == label:
+            return b.click().run()
+    raise AssertionError(f"no button {label!r}")
+
+
+# ------------------------------------------------------------------------------------------ structure
+
+
+def test_app_never_imports_torch() -> None:
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in FORBIDDEN, f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_settings_query_round_trip() -> None:
+    from app.state import Settings
+
+    s = Settings(model="convnet", defenses=("none", "tip_random"), ratio=0.35, delta=1e-6, labels_known=True,
+                 seed=7, image_id="cifar100-03", dataset="cifar100")
+    query = s.to_query()
+    assert "source" not in query  # defaults stay out of the URL
+    back, problems = Settings.from_query(query)
+    assert back == s and problems == []
+    bad, problems = Settings.from_query({"seed": "seven", "ratio": "nan", "unknown": "x"})
+    assert bad.seed == 0 and bad.ratio == Settings().ratio and len(problems) == 2
+
+
+def test_attack_slots_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import resources
+
+    monkeypatch.setenv("TIP_MAX_CONCURRENT_ATTACKS", "3")
+    assert resources.max_concurrent_attacks() == 3
+    monkeypatch.setenv("TIP_MAX_CONCURRENT_ATTACKS", "zero")
+    assert resources.max_concurrent_attacks() == resources.DEFAULT_MAX_ATTACKS
+    slots = resources.AttackSlots(1)
+    assert slots.acquire(0.01) and slots.active == 1
+    assert not slots.acquire(0.01)
+    slots.release()
+    assert slots.active == 0
+
+
+def _waiting_runner(calls: list):
+    def runner(cfg, images, *, should_stop, on_snapshot):
+        calls.append(cfg)
+        while not should_stop():
+            time.sleep(0.01)
+        return f"record of {cfg}"
+    return runner
+
+
+def test_jobs_share_the_slots_and_abandoned_jobs_stop() -> None:
+    from app import jobs, resources
+
+    slots = resources.AttackSlots(1)
+    calls: list = []
+    first = jobs.Job(plan=[("none", "a1"), ("tip", "a2")], images=None, slots=slots, iterations=10,
+                     step_seconds=0.01).start(_waiting_runner(calls))
+    second = jobs.Job(plan=[("none", "b1")], images=None, slots=slots, iterations=10, step_seconds=0.01,
+                      abandon_s=1.5).start(_waiting_runner(calls))
+    time.sleep(0.2)
+    assert first.status == "running" and second.status == "waiting" and slots.active == 1
+    first.stop()
+    assert first.wait(5) and first.status == "stopped" and first.records == {"none": "record of a1"}
+    # The second job got the slot, and nobody polls it: it is abandoned, stops, and frees the slot.
+    assert second.wait(5) and second.status == "stopped" and calls == ["a1", "b1"]
+    assert slots.active == 0
+
+
+# ------------------------------------------------------------------------------------------ pages
+
+
+def test_punchline_renders_without_compute() -> None:
+    at = new_app()
+    no_exceptions(at)
+    assert at.title[0].value.startswith("Can the server see")
+    # Either the precomputed comparison (PSNR metrics) or the info naming the command that makes it.
+    has_metrics = any(m.label == "PSNR (dB)" for m in at.metric)
+    has_info = any("python" in i.value for i in at.info)
+    assert has_metrics or has_info
+
+
+def test_frontier_plots_the_precomputed_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tipcore import showcase
+
+    from app import resources
+
+    points = tuple(showcase.FrontierPoint(d, "epsilon", e, 5.0 + e / 10, 0.1, 0.5 + e / 500)
+                   for d in ("dp_paper", "tip") for e in (1.0, 5.0, 20.0))
+    fake = showcase.Frontier(points, "python -m tipcore showcase frontier", {"quick": False})
+    monkeypatch.setattr(showcase, "load_frontier", lambda: fake)
+    resources.frontier.clear()
+    try:
+        at = new_app()
+        at.switch_page("views/frontier.py").run()
+        no_exceptions(at)
+        assert "Privacy–utility frontier" in chart_titles(at)
+        spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+        assert [t["name"] for t in spec["data"]] == ["DP (paper)", "TIP"]
+        assert any("python -m tipcore showcase frontier" in c.value for c in at.code)
+    finally:
+        resources.frontier.clear()
+
+
+def test_every_page_renders() -> None:
+    at = new_app()
+    for page in ("views/live.py", "views/tip.py", "views/frontier.py", "views/teach.py"):
+        at.switch_page(page).run()
+        no_exceptions(at)
+        assert at.title, page
+
+
+def test_tip_sliders_change_the_view() -> None:
+    at = new_app()
+    at.switch_page("views/tip.py").run()
+    no_exceptions(at)
+    assert metric(at, "Channels noised") == "3/36"  # LeNet: 3 layers x 12 channels, k = 1 at p = 0.1
+    assert any(n.startswith("selected: noised (k = 1)") for n in alpha_chart_traces(at))
+    before = selected_text(at)
+
+    at.slider(key="w_ratio").set_value(0.5).run()
+    no_exceptions(at)
+    assert metric(at, "Channels noised") == "18/36"
+    assert any(n.startswith("selected: noised (k = 6)") for n in alpha_chart_traces(at))
+    assert selected_text(at) != before
+    assert at.query_params["ratio"] == ["0.5"] or at.query_params["ratio"] == "0.5"
+
+    energy = metric(at, "Noise energy Σ ΔW²")
+    at.slider(key="w_cutoff").set_value(1.0).run()  # 5x5 kernels: only the 4 corner bins stay noised
+    no_exceptions(at)
+    assert metric(at, "Noise energy Σ ΔW²") != energy
+
+    at.radio(key="w_noise").set_value("direct").run()
+    at.number_input(key="w_beta").set_value(0.0).run()
+    no_exceptions(at)
+    assert metric(at, "β (per-element scale)") == "0"
+    assert metric(at, "σ of the round") == "direct β"
+
+    at.selectbox(key="w_layer").set_value("body.4").run()
+    assert "Selected in body.4" in selected_text(at)
+    titles = chart_titles(at)
+    assert any(t.startswith("Grad-CAM at body.4") for t in titles)
+    assert any("Kernel W[" in t for t in titles) and any("DFT" in t for t in titles)
+
+
+def test_preset_fills_the_controls() -> None:
+    at = new_app()
+    at.switch_page("views/live.py").run()
+    estimate = [md.value for md in at.markdown if md.value.startswith("Estimated time")]
+    at.selectbox(key="w_preset").set_value("paper").run()
+    no_exceptions(at)
+    s = at.session_state["settings"]
+    got = (s.model, s.attack, s.mode, s.local_steps, s.clip, s.labels_known)
+    assert got == ("resnet18", "ig", "fedavg", 4, 5.0, True)
+    assert at.selectbox(key="w_model").value == "resnet18"
+    assert [md.value for md in at.markdown if md.value.startswith("Estimated time")] != estimate
+    assert at.query_params["model"] in (["resnet18"], "resnet18")
+    # Changing one value afterwards marks the preset as modified.
+    at.number_input(key="w_iterations").set_value(10).run()
+    assert any("Modified from the preset" in c.value for c in at.sidebar.caption)
+
+
+def test_run_streams_results_that_persist() -> None:
+    at = new_app({"iterations": "5", "defenses": "none,tip"})
+    at.switch_page("views/live.py").run()
+    no_exceptions(at)
+    assert at.session_state["settings"].iterations == 5
+    click(at, "Run attack")
+    wait_for_results(at)
+    res = at.session_state["results"]
+    assert [d.defense for d in res.defenses] == ["none", "tip"]
+    for d in res.defenses:
+        assert d.iterations == 5 and d.images.shape == (1, 32, 32, 3)
+        assert json.loads(d.files["result.json"])["defense"] == d.defense
+    assert res.metrics_csv.startswith(b"defense,attack")
+    assert [m.label for m in at.metric].count("PSNR (dB)") == 2
+    labels = [b.label for b in at.get("download_button")]
+    assert {"Figure (PNG)", "Metrics (CSV)", "All artifacts (ZIP)"} <= set(labels)
+
+    # Results survive reruns and a round trip through another page.
+    at.run()
+    at.switch_page("views/teach.py").run()
+    at.switch_page("views/live.py").run()
+    assert at.session_state["results"] is res
+    assert [m.label for m in at.metric].count("PSNR (dB)") == 2
+
+
+def test_stop_keeps_what_was_reached() -> None:
+    # Inverting Gradients on LeNet: cheap steps, so the first snapshot comes quickly.
+    at = new_app({"iterations": "2000", "defenses": "none,tip", "attack": "ig"})
+    at.switch_page("views/live.py").run()
+    click(at, "Run attack")
+    job = at.session_state["job"]
+    start = time.monotonic()
+    while not job.latest and time.monotonic() - start < 60:
+        time.sleep(0.1)
+    at.run()
+    at.button(key="stop_live").click().run()
+    assert job.stop_event.is_set()
+    wait_for_results(at)
+    res = at.session_state["results"]
+    assert res.stopped
+    assert res.defenses and res.defenses[0].stopped and res.defenses[0].iterations < 2000
+    assert "tip" in res.skipped
+    assert any("Stopped early" in w.value for w in at.warning)
+
+
+def test_gallery_browser_picks_an_image() -> None:
+    at = new_app()
+    at.switch_page("views/live.py").run()
+    assert not [b for b in at.button if b.label == "Use"]  # thumbnails only on request
+    at.toggle(key="browse_gallery").set_value(True).run()
+    at.button(key="pick_mnist-03").click().run()
+    no_exceptions(at)
+    s = at.session_state["settings"]
+    assert (s.source, s.dataset, s.image_id) == ("gallery", "mnist", "mnist-03")
+    assert at.selectbox(key="w_image_id").value == "mnist-03"
+
+
+@pytest.mark.parametrize("payload", [b"", bytes(range(256)) * 8], ids=["empty", "random-bytes"])
+def test_bad_upload_shows_an_error_and_the_app_keeps_working(payload: bytes) -> None:
+    at = new_app()
+    at.switch_page("views/live.py").run()
+    at.radio(key="w_source").set_value("upload").run()
+    at.file_uploader(key="uploader").upload("broken.png", payload, "image/png").run()
+    no_exceptions(at)
+    errors = [e.value for e in at.error]
+    assert any("Could not use 'broken.png'" in e for e in errors), errors
+    run = [b for b in at.button if b.label == "Run attack"][0]
+    assert run.disabled
+
+    # The session keeps working: back to the gallery, and the TIP page still renders.
+    at.radio(key="w_source").set_value("gallery").run()
+    no_exceptions(at)
+    assert not [b for b in at.button if b.label == "Run attack"][0].disabled
+    at.switch_page("views/tip.py").run()
+    no_exceptions(at)
+    assert metric(at, "Channels noised")
+
+
+def test_good_upload_is_used() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
+    at = new_app()
+    at.switch_page("views/tip.py").run()
+    at.radio(key="w_source").set_value("upload").run()
+    at.file_uploader(key="uploader").upload("mine.png", buf.getvalue(), "image/png").run()
+    no_exceptions(at)
+    assert not at.error
+    assert at.session_state["upload"]["image"].shape == (32, 32, 3)
+    assert metric(at, "Channels noised") == "3/36"
+
+
+def test_query_params_reproduce_the_view() -> None:
+    at = new_app({"ratio": "0.3", "cutoff": "0.8", "layer": "body.2", "image_id": "mnist-03", "dataset": "mnist",
+                  "seed": "oops"})
+    at.switch_page("views/tip.py").run()
+    no_exceptions(at)
+    s = at.session_state["settings"]
+    assert (s.ratio, s.cutoff, s.layer, s.image_id) == (0.3, 0.8, "body.2", "mnist-03")
+    assert at.slider(key="w_ratio").value == 0.3
+    assert "Selected in body.2" in selected_text(at)
+    assert metric(at, "Channels noised") == "9/36"  # k = floor(0.3 * 12) = 3 per layer
+    assert any("seed" in w.value for w in at.warning)  # the bad parameter is reported, not fatal
+    # And the URL follows the widgets.
+    at.slider(key="w_cutoff").set_value(0.25).run()
+    assert at.query_params["cutoff"] in (["0.25"], "0.25")
