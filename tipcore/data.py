@@ -14,11 +14,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so the app's first screen loads fast
+    import torch
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -288,6 +290,8 @@ def to_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
     if len(shape) != 3 or shape[2] != 3:
         raise ValueError(f"images must be (H, W, 3), got {shape}")
     batch = np.stack([np.asarray(im, dtype=np.float32) for im in images])
+    import torch
+
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
 
@@ -297,6 +301,8 @@ def to_numpy_image(t: torch.Tensor) -> np.ndarray:
         t = t[0]
     if t.dim() != 3 or t.shape[0] != 3:
         raise ValueError(f"expected a [3, H, W] or [1, 3, H, W] tensor, got {list(t.shape)}")
+    import torch
+
     return t.detach().to("cpu", torch.float32).clamp(0, 1).permute(1, 2, 0).contiguous().numpy()
 
 
@@ -333,6 +339,8 @@ def load_digits(split: Literal["train", "test", "all"] = "train") -> tuple[torch
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     x = np.zeros((int(keep.sum()), 32, 32), dtype=np.float32)
     x[:, 2:30, 2:30] = images[keep] / np.float32(255.0)
+    import torch
+
     x_t = torch.from_numpy(x).unsqueeze(1).repeat(1, 3, 1, 1)
     y_t = torch.from_numpy(labels[keep].copy())
     return x_t, y_t

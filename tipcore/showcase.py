@@ -15,13 +15,14 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from tipcore import data
-from tipcore.experiment import ExperimentConfig, run, with_budget
-from tipcore.fl import RoundConfig
+
+if TYPE_CHECKING:
+    from tipcore.experiment import ExperimentConfig
 
 SHOWCASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "showcase"
 Log = Callable[[str], None]
@@ -35,6 +36,9 @@ FRONTIER_COMMAND = "python -m tipcore showcase frontier"
 def _attack_config(image_id: str, defense: str, options: dict[str, Any], iterations: int, seed: int = 0,
                    epsilon: float = 5.0) -> ExperimentConfig:
     """The class-demo setting: LeNet, FedSGD on one image with clipping C = 5, iDLG."""
+    from tipcore.experiment import ExperimentConfig, with_budget
+    from tipcore.fl import RoundConfig
+
     opts = with_budget(defense, options, epsilon, 1e-5)
     return ExperimentConfig(seed=seed, model="lenet", image_ids=(image_id,), round=RoundConfig(clip=5.0),
                             defense=defense, defense_cfg=opts, attack="idlg", attack_cfg={"iterations": iterations})
@@ -73,6 +77,8 @@ class Punchline:
 
 
 def make_punchline(iterations: int = 300, log: Log = print) -> Path:
+    from tipcore.experiment import run
+
     SHOWCASE_DIR.mkdir(parents=True, exist_ok=True)
     entries = []
     for defense, title in PUNCHLINE_DEFENSES:
@@ -134,6 +140,7 @@ FRONTIER_GRID: dict[str, tuple[str, tuple[float, ...]]] = {
 def make_frontier(quick: bool = False, log: Log = print) -> Path:
     from tipcore import flsim
     from tipcore.attacks import drive
+    from tipcore.experiment import run, with_budget
 
     images = ("cifar10-00",) if quick else ("cifar10-00", "cifar10-01")
     iterations = 20 if quick else 150
@@ -173,6 +180,8 @@ def load_frontier() -> Frontier | None:
 def results_table(defense_names: list[str], *, images: int = 20, attack: str = "idlg", iterations: int = 300,
                   epsilon: float = 5.0, seed: int = 0, log: Log = print) -> tuple[str, bytes]:
     """Mean ± std of PSNR / SSIM and label accuracy per defense over the first N gallery CIFAR-10 images."""
+    from tipcore.experiment import ExperimentConfig, run
+
     ids = [s.id for s in data.gallery() if s.dataset == "cifar10"][:images]
     if not ids:
         raise ValueError("no CIFAR-10 images in the gallery")
