@@ -178,7 +178,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     import torch
 
-    from tipcore.experiment import prepare, write_artifacts
+    from tipcore.experiment import prepare, strict_json, write_artifacts
 
     cfg, images = experiment_config(args)
     prepared = prepare(cfg, images)
@@ -191,7 +191,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     diag = prepared.diagnostics.as_dict()
     diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels))
     files = {"update_clean.pt": tensor_bytes(prepared.clean), "update_defended.pt": tensor_bytes(prepared.defended),
-             "defense.json": json.dumps(diag, indent=1, default=float).encode()}
+             "defense.json": strict_json(diag)}
     out = write_artifacts(args.out, files)
     print(f"defense {cfg.defense}: {json.dumps(dict(prepared.diagnostics.summary), default=float)} -> {out}")
     return 0
@@ -220,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_fl(args: argparse.Namespace) -> int:
     from tipcore import flsim
-    from tipcore.experiment import write_artifacts
+    from tipcore.experiment import strict_json, write_artifacts
 
     names = [n.strip() for n in args.defenses.split(",") if n.strip()]
     results = []
@@ -242,7 +242,7 @@ def cmd_fl(args: argparse.Namespace) -> int:
     for i in range(args.rounds):
         table.append(f"{i + 1}," + ",".join(f"{r.rounds[i].accuracy:.4f}" for r in results))
     payload = {"defenses": names, "runs": [r.as_dict() for r in results]}
-    files = {"fl.json": json.dumps(payload, indent=1, default=float).encode(), "fl.csv": ("\n".join(table) + "\n").encode()}
+    files = {"fl.json": strict_json(payload), "fl.csv": ("\n".join(table) + "\n").encode()}
     out = write_artifacts(args.out, files)
     print("\n".join(table))
     print(f"-> {out}")

@@ -255,11 +255,28 @@ def progress_picture(record: RunRecord, max_frames: int = 8) -> np.ndarray:
     return image_grid([np.stack([history[i].images[0] for i in idx])])
 
 
+def strict_json(obj: Any, indent: int = 1) -> bytes:
+    """JSON that strict parsers accept: NaN and ±inf (e.g. a diverged loss) become null."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) or isinstance(value, np.floating):
+            return float(value) if np.isfinite(value) else None
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(obj), indent=indent, allow_nan=False).encode()
+
+
 def artifact_files(record: RunRecord) -> dict[str, bytes]:
     """The files a run produces, as bytes: written by the CLI, offered for download by the app."""
     return {
-        "result.json": json.dumps(result_dict(record), indent=2, default=float).encode(),
-        "defense.json": json.dumps(record.prepared.diagnostics.as_dict(), indent=1, default=float).encode(),
+        "result.json": strict_json(result_dict(record), indent=2),
+        "defense.json": strict_json(record.prepared.diagnostics.as_dict()),
         "metrics.csv": metrics_csv([record]),
         "original.png": png_bytes(image_grid([record.prepared.images])),
         "reconstruction.png": png_bytes(image_grid([record.result.images[list(record.scores.order)]])),
@@ -274,19 +291,19 @@ def write_artifacts(out: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
         raise ValueError(f"--out {out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
         for name, payload in files.items():
             (tmp / name).write_bytes(payload)
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():  # the swap failed half-way: put the old results back
+            old.rename(out)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -124,8 +124,10 @@ def clip_by_global_norm(grads: list[torch.Tensor], clip: float | None) -> list[t
 def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float | None = None) -> list[torch.Tensor]:
     """∇θ of the mean cross-entropy over the batch, clipped to global norm ``clip``."""
     params = [p for p in model.parameters() if p.requires_grad]
-    loss = nn.functional.cross_entropy(model(x), y)
-    return clip_by_global_norm(list(torch.autograd.grad(loss, params)), clip)
+    with torch.enable_grad():  # callers may sit inside torch.no_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        grads = list(torch.autograd.grad(loss, params))
+    return clip_by_global_norm(grads, clip)
 
 
 def local_sgd(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lr: float,

@@ -157,7 +157,10 @@ def build(name: str, *, num_classes: int = 10, weights: str = "random", seed: in
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if weights == "digits" and num_classes != 10:
         raise ValueError(f"the digits checkpoints have 10 classes, got num_classes={num_classes}")
-    model = MODELS[name].factory(num_classes)
+    # Layer constructors run PyTorch's default init from the global RNG; fork it so building a model never
+    # moves the caller's random stream (every weight is redrawn from an explicit generator below anyway).
+    with torch.random.fork_rng(devices=[]):
+        model = MODELS[name].factory(num_classes)
     if weights == "random":
         from tipcore.seeding import generator
 

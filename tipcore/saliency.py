@@ -13,7 +13,6 @@ it: a copy of ResNet-18 cost more than the Grad-CAM pass itself.)
 
 from __future__ import annotations
 
-
 import copy
 
 import numpy as np
@@ -55,10 +54,11 @@ def channel_alpha(model: nn.Module, x: torch.Tensor, label: int, layer_names: li
     # One hook object per layer, so each activation is known to belong to its layer whatever the call order.
     hooks = [ActivationsAndGradients(model, [modules[n]], None, detach=False) for n in layer_names]
     try:
-        logits = model(x.detach())
-        activations = [h.activations[0] for h in hooks]
-        # autograd.grad with respect to the activations only: no parameter's .grad is written.
-        grads = torch.autograd.grad(logits[0, int(label)], activations)
+        with torch.enable_grad():  # callers may sit inside torch.no_grad()
+            logits = model(x.detach())
+            activations = [h.activations[0] for h in hooks]
+            # autograd.grad with respect to the activations only: no parameter's .grad is written.
+            grads = torch.autograd.grad(logits[0, int(label)], activations)
     finally:
         for h in hooks:
             h.release()

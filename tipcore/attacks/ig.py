@@ -107,7 +107,7 @@ class InvertingGradients:
         clock = Clock(total_steps)
         guard = DivergenceGuard(cfg.explode_factor)
         history: list[Snapshot] = []
-        restarts, stopped, evaluations, done_before = 0, False, 0, 0
+        restarts, stopped, evaluations, done_before, still_diverging = 0, False, 0, 0, False
         best: tuple[float, torch.Tensor, int] | None = None
         milestones = [int(cfg.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
 
@@ -153,7 +153,15 @@ class InvertingGradients:
             if restart_now and restarts < cfg.max_restarts:
                 restarts += 1
                 continue
-            if best is None or (loss_value == loss_value and loss_value < best[0]):
+            if restart_now:  # out of restarts: keep the run only if nothing better exists
+                still_diverging = True
+                if best is None:
+                    best = (loss_value, x.detach().clone(), step)
+                done_before += step
+                trial += 1
+                continue
+            still_diverging = False
+            if best is None or not best[0] == best[0] or loss_value < best[0]:
                 best = (loss_value, x.detach().clone(), step)
             done_before += step
             trial += 1
@@ -163,6 +171,6 @@ class InvertingGradients:
         return AttackResult(
             images=to_images(torch.nan_to_num(x_best, nan=0.5)), labels=tuple(int(v) for v in labels.tolist()),
             iterations=steps, restarts=restarts, seconds=clock.elapsed(), stopped=stopped,
-            final_loss=loss_value, diverged=not loss_value == loss_value, evaluations=evaluations,
+            final_loss=loss_value, diverged=still_diverging, evaluations=evaluations,
             history=tuple(history),
         )

@@ -103,10 +103,11 @@ def compute_alphas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: s
     return TipAlphas(infos, tuple(int(y[i]) for i in idx), alphas)
 
 
-def calibrated_beta(cfg: TipConfig, round_cfg: RoundConfig, n_cam: int, n_layers: int) -> tuple[float, float]:
-    """(β, σ): σ of the round's Gaussian mechanism, split evenly (std, not variance) over samples and layers."""
+def calibrated_beta(cfg: TipConfig, round_cfg: RoundConfig, n_cam: int, n_layers: int) -> tuple[float, float | None]:
+    """(β, σ): σ of the round's Gaussian mechanism, split evenly (std, not variance) over samples and layers.
+    σ is None for a direct β."""
     if cfg.noise == "direct":
-        return float(cfg.beta), float("nan")
+        return float(cfg.beta), None
     sigma = privacy.update_sigma(round_cfg, cfg.epsilon, cfg.delta, cfg.clip)
     return sigma / n_cam / n_layers, sigma
 
@@ -173,7 +174,7 @@ class TIP:
         beta, sigma = calibrated_beta(cfg, round_cfg, len(alphas.alphas), len(alphas.layers))
         tensors, layers = perturb(update.tensors, alphas, cfg, beta, gen,
                                   random_channels=self.random_channels, full_band=self.full_band)
-        summary = {"beta": beta, "sigma": sigma, "n_cam": float(len(alphas.alphas)),
+        summary = {"beta": beta, **({"sigma": sigma} if sigma is not None else {}), "n_cam": float(len(alphas.alphas)),
                    "layers": float(len(alphas.layers)), "epsilon": cfg.epsilon, "delta": cfg.delta,
                    "noise_energy": float(sum(layer.noise_energy for layer in layers))}
         notes = "calibrated: beta = sigma / n_cam / L" if cfg.noise == "calibrated" else "direct beta"
