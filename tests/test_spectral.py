@@ -125,3 +125,13 @@ def test_effective_std_formula_and_empirical_std(k, cutoff):
 def test_magnitude_is_abs_of_centred_spectrum():
     w = _z((2, 3, 3, 3), seed=4)
     assert torch.allclose(spectral.magnitude(w), spectral.centred_spectrum(w).abs())
+
+
+@pytest.mark.parametrize("k, r", [(3, 0.5), (5, 0.5), (7, 0.5), (5, 1.0), (7, 1.0), (4, 0.5), (3, 0.25)])
+def test_matrix_projection_equals_the_literal_fft_definition(k, r):
+    gen = torch.Generator().manual_seed(11)
+    z = torch.randn(64, 5, k, k, generator=gen)
+    mask = spectral.highfreq_mask(k, k, r)
+    fast = spectral.highpass_noise(z, mask, 0.7)
+    literal = spectral.highpass_noise_fft(z, mask, 0.7)
+    assert torch.allclose(fast, literal, atol=1e-6, rtol=1e-5)  # float32 FFT rounding

@@ -7,6 +7,7 @@ unnormalised pair (torch's default), so noise added to a spectrum comes back at 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -43,15 +44,34 @@ def highpass_noise(z: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Te
     """ΔW = β · Re(IDFT2(ifftshift(M ⊙ fftshift(DFT2(Z))))): white noise Z projected onto the masked bins.
 
     The mask is point-symmetric, so ΔW is real up to rounding; bins outside the mask get exactly nothing.
+    The projection is linear in Z, so it is applied as one small real matrix (kH·kW square, built from
+    that very definition) instead of four FFT passes per kernel: same result to float rounding, and the
+    FFT work was half of TIP's cost on ResNet-18.
     """
     if beta == 0.0:
         return torch.zeros_like(z)
-    m = mask.to(z.device)
-    if bool(m.all()):  # the whole spectrum: the projection is the identity
+    if bool(mask.all()):  # the whole spectrum: the projection is the identity
         return beta * z
-    if not bool(m.any()):
+    if not bool(mask.any()):
         return torch.zeros_like(z)
-    return beta * from_centred_spectrum(centred_spectrum(z) * m)
+    kh, kw = z.shape[-2:]
+    proj = projection_matrix(tuple(int(v) for v in mask.flatten().tolist()), kh, kw).to(z)
+    flat = z.reshape(-1, kh * kw) @ proj.T
+    return beta * flat.reshape(z.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def projection_matrix(mask_bits: tuple[int, ...], kh: int, kw: int) -> torch.Tensor:
+    """P with P·vec(Z) = vec(Re(IDFT2(ifftshift(M ⊙ fftshift(DFT2(Z)))))), built column by column in float64."""
+    mask = torch.tensor(mask_bits, dtype=torch.float64).reshape(kh, kw)
+    basis = torch.eye(kh * kw, dtype=torch.float64).reshape(kh * kw, kh, kw)
+    columns = from_centred_spectrum(centred_spectrum(basis) * mask)  # [kh*kw (input), kh, kw]
+    return columns.reshape(kh * kw, kh * kw).T.contiguous()
+
+
+def highpass_noise_fft(z: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """The same projection done literally with FFTs: the reference the matrix form is tested against."""
+    return beta * from_centred_spectrum(centred_spectrum(z) * mask.to(z.device))
 
 
 def effective_std(mask: torch.Tensor, beta: float) -> float:

@@ -22,12 +22,15 @@ from tipcore.fl import ClientContext, SharedUpdate
 class SoteriaConfig:
     ratio: float = 0.8  # fraction of representation features pruned (the percentile, as a fraction)
     chunk: int = 64  # features differentiated at once (memory versus speed)
+    max_examples: int = 32  # score on at most this many private examples (a whole FL shard would take minutes)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"ratio must be in [0, 1], got {self.ratio}")
         if not 1 <= self.chunk <= 4096:
             raise ValueError(f"chunk must be in [1, 4096], got {self.chunk}")
+        if not 1 <= self.max_examples <= 4096:
+            raise ValueError(f"max_examples must be in [1, 4096], got {self.max_examples}")
 
 
 def feature_scores(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -63,7 +66,7 @@ class Soteria:
         self.config = config or SoteriaConfig()
 
     def protect(self, update: SharedUpdate, ctx: ClientContext) -> tuple[SharedUpdate, DefenseDiagnostics]:
-        scores = feature_scores(ctx.model, ctx.x, self.config.chunk)
+        scores = feature_scores(ctx.model, ctx.x[: self.config.max_examples], self.config.chunk)
         finite = scores.abs()
         thresh = torch.quantile(finite[torch.isfinite(finite)], self.config.ratio) if torch.isfinite(finite).any() else 0.0
         keep = (finite >= thresh).to(scores.dtype)
