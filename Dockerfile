@@ -11,7 +11,8 @@ ENV HOME=/home/user \
     MPLCONFIGDIR=/tmp/matplotlib \
     TORCH_HOME=/tmp/torch \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
-    TIP_THREADS=2
+    TIP_THREADS=2 \
+    OMP_WAIT_POLICY=PASSIVE
 WORKDIR /home/user/app
 
 # CPU-only torch first (about 200 MB instead of several GB of CUDA wheels), then the same requirements.txt.

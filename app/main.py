@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Several visitors share two cores: OpenMP threads must wait passively, not spin (set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # `streamlit run app/main.py` puts app/ on sys.path, not the repository root: add the root so that
 # `import app.…` and `import tipcore` work even without `pip install -e .`.
