@@ -24,3 +24,12 @@ def to_dict(config: Any) -> dict[str, Any]:
     if not is_dataclass(config):
         raise TypeError(f"expected a dataclass config, got {type(config).__name__}")
     return asdict(config)
+
+
+def create_registered(registry: Mapping[str, Any], kind: str, name: str, options: Mapping[str, Any] | None) -> Any:
+    """Look ``name`` up in a registry of specs (``config_cls`` + ``factory``) and build it from ``options``:
+    the one way attacks and defenses are made, with the same error for an unknown name."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} '{name}'; choose one of: {', '.join(registry)}")
+    spec = registry[name]
+    return spec.factory(from_dict(spec.config_cls, options))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tipcore.config import from_dict
+from tipcore.config import create_registered
 from tipcore.fl import ServerView, SharedUpdate
 
 StopHook = Callable[[], bool]
@@ -84,10 +84,7 @@ def register(name: str, config_cls: type, summary: str) -> Callable[[type], type
 
 
 def create(name: str, options: Mapping[str, Any] | None = None) -> Attack:
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack '{name}'; choose one of: {', '.join(ATTACKS)}")
-    spec = ATTACKS[name]
-    return spec.factory(from_dict(spec.config_cls, options))
+    return create_registered(ATTACKS, "attack", name, options)
 
 
 def drive(stream: AttackStream, on_snapshot: Callable[[Snapshot], None] | None = None) -> AttackResult:

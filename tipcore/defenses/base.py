@@ -11,7 +11,7 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import numpy as np
 
-from tipcore.config import from_dict
+from tipcore.config import create_registered
 from tipcore.fl import ClientContext, SharedUpdate
 
 
@@ -81,10 +81,7 @@ def register(name: str, config_cls: type, summary: str, uses_budget: bool = Fals
 
 
 def create(name: str, options: Mapping[str, Any] | None = None) -> Defense:
-    if name not in DEFENSES:
-        raise ValueError(f"unknown defense '{name}'; choose one of: {', '.join(DEFENSES)}")
-    spec = DEFENSES[name]
-    return spec.factory(from_dict(spec.config_cls, options))
+    return create_registered(DEFENSES, "defense", name, options)
 
 
 def describe(name: str) -> str:
