@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Generator, Iterator, Mapping, Protocol
 
 import numpy as np
@@ -49,6 +49,8 @@ class AttackResult:
     diverged: bool = False  # still diverging after the last allowed restart
     evaluations: int = 0  # gradient-matching loss evaluations (L-BFGS closure calls), all runs together
     history: tuple[Snapshot, ...] = ()
+    match: str = "all"  # what the attacker matched (tipcore.attacks.matching)
+    flagged: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # drop: conv layer -> channels left out
 
 
 AttackStream = Generator[Snapshot, None, AttackResult]
@@ -85,6 +87,28 @@ def register(name: str, config_cls: type, summary: str) -> Callable[[type], type
 
 def create(name: str, options: Mapping[str, Any] | None = None) -> Attack:
     return create_registered(ATTACKS, "attack", name, options)
+
+
+def register_adaptive_variants(base: str, cls: type, config_cls: type) -> None:
+    """Register ``{base}_{mode}`` for every adaptive matcher: the same attack whose config defaults to
+    that matcher, so the CLI and the app can name the adaptive attacker directly (``idlg_drop``)."""
+    from dataclasses import field as dc_field, make_dataclass
+
+    from tipcore.attacks.matching import ADAPTIVE_MODES, MATCH_SUMMARIES
+
+    for mode in ADAPTIVE_MODES:
+        name = f"{base}_{mode}"
+        variant_cfg = make_dataclass(f"{config_cls.__name__}_{mode}", [("match", str, dc_field(default=mode))],
+                                     bases=(config_cls,), frozen=True)
+        variant_cfg.__module__ = config_cls.__module__
+        variant = type(f"{cls.__name__}_{mode}", (cls,), {"name": name, "base": base})
+        summary = f"{ATTACKS[base].summary.split(':')[0]} + {mode}: {MATCH_SUMMARIES[mode].split(': ', 1)[1]}"
+        ATTACKS[name] = AttackSpec(name, variant_cfg, variant, summary)
+
+
+def base_attack(name: str) -> str:
+    """The naive attack an adaptive variant is built on (``idlg_drop`` -> ``idlg``)."""
+    return getattr(ATTACKS[name].factory, "base", name)
 
 
 def drive(stream: AttackStream, on_snapshot: Callable[[Snapshot], None] | None = None) -> AttackResult:

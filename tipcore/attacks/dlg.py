@@ -1,26 +1,23 @@
-"""DLG (Zhu et al., NeurIPS 2019) and iDLG (Zhao et al., 2020): L2 gradient matching with L-BFGS.
+"""DLG (Zhu et al., NeurIPS 2019) and iDLG (Zhao et al., 2020) as configurations of the attack template.
 
-DLG optimises the dummy image and a soft dummy label jointly. iDLG first reads the label off the sign
-structure of the last layer's gradient, then optimises the image alone. One "step" is one L-BFGS outer
-step (up to ``evals_per_step`` closure evaluations); ``AttackResult.evaluations`` counts the closures.
+Both match gradients in squared L2 distance with L-BFGS. DLG optimises the dummy image and a soft dummy
+label jointly; iDLG first reads the label off the sign structure of the last layer's gradient, then
+optimises the image alone. One "step" is one L-BFGS outer step (up to ``evals_per_step`` closure
+evaluations); ``AttackResult.evaluations`` counts the closures. Each has adaptive variants
+(``idlg_drop``, ``idlg_lowpass``, ``idlg_noise_aware``, ...) that match only what they trust.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from tipcore.attacks.base import (
-    AttackResult, AttackStream, Clock, DivergenceGuard, MatchingProblem, Snapshot, StopHook,
-    infer_labels, never_stop, register, to_images,
-)
-from tipcore.attacks.lbfgs import FlatLBFGS
-from tipcore.fl import ServerView, SharedUpdate
+from tipcore.attacks.base import register, register_adaptive_variants
+from tipcore.attacks.matching import MatchOptions
+from tipcore.attacks.template import GradientInversion, Recipe
 
 
 @dataclass(frozen=True)
-class DLGConfig:
+class DLGConfig(MatchOptions):
     iterations: int = 300  # L-BFGS outer steps
     lr: float = 1.0
     evals_per_step: int = 20  # L-BFGS max_iter: closure evaluations allowed per outer step
@@ -29,6 +26,7 @@ class DLGConfig:
     explode_factor: float = 1e4  # loss above this multiple of the first loss counts as divergence
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 1 <= self.iterations <= 100_000:
             raise ValueError(f"iterations must be in [1, 100000], got {self.iterations}")
         if not self.lr > 0:
@@ -43,86 +41,24 @@ class DLGConfig:
             raise ValueError(f"explode_factor must be > 1, got {self.explode_factor}")
 
 
-class _LBFGSMatching:
-    label_mode = "soft"  # "soft": DLG's learnable label; "infer": iDLG
+class _LBFGSMatching(GradientInversion):
+    label_strategy = "soft"
 
     def __init__(self, config: DLGConfig | None = None) -> None:
         self.config = config or DLGConfig()
 
-    def reconstruct(self, view: ServerView, update: SharedUpdate, *, generator: torch.Generator,
-                    should_stop: StopHook = never_stop, report_every: int = 10) -> AttackStream:
-        cfg = self.config
-        problem = MatchingProblem(view, update)
-        dev = problem.device
-        num_classes = view.num_classes
-        soft = self.label_mode == "soft"
-        hard_labels = None if soft else self._labels(problem, update)
-        guard = DivergenceGuard(cfg.explode_factor)
-        clock = Clock(cfg.iterations)
-        history: list[Snapshot] = []
-        restarts, evaluations, stopped, diverged = 0, 0, False, False
-
-        nx = problem.batch * 3 * 32 * 32
-
-        def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return z[:nx].view(problem.shape), z[nx:].view(problem.batch, num_classes)
-
-        def loss_and_grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            z = z.detach().requires_grad_(True)
-            x, label = split(z)
-            grads = problem.gradients(x, label if soft else hard_labels, soft)
-            loss = sum(((g - t) ** 2).sum() for g, t in zip(grads, problem.targets))
-            (grad,) = torch.autograd.grad(loss, z)
-            if not soft:  # the label block is not a variable in iDLG
-                grad[nx:] = 0
-            return loss.detach(), grad
-
-        while True:
-            x0 = torch.randn(problem.shape, generator=generator)
-            label0 = torch.randn((problem.batch, num_classes), generator=generator)
-            z = torch.cat([x0.flatten(), label0.flatten()]).to(dev)
-            opt = FlatLBFGS(z, lr=cfg.lr, max_iter=cfg.evals_per_step, history_size=cfg.history_size)
-            x, label = split(z)
-            guard.reset()
-            step, loss_value, restart_now = 0, float("nan"), False
-            while step < cfg.iterations:
-                if should_stop():
-                    stopped = True
-                    break
-                with problem.backend():
-                    loss_value, used = opt.step(loss_and_grad)
-                evaluations += used
-                step += 1
-                x, label = split(z)
-                if guard.diverged(loss_value) or not torch.isfinite(z).all():
-                    restart_now = True
-                    break
-                if step % report_every == 0 or step == cfg.iterations:
-                    snap = Snapshot(step, loss_value, to_images(x), clock.elapsed(), clock.eta(step), restarts)
-                    history.append(snap)
-                    yield snap
-            if restart_now and restarts < cfg.max_restarts:
-                restarts += 1
-                clock = Clock(cfg.iterations)
-                continue
-            diverged = restart_now
-            break
-
-        labels = hard_labels if not soft else label.detach().argmax(dim=-1)
-        final_images = to_images(torch.nan_to_num(x.detach(), nan=0.5))
-        return AttackResult(
-            images=final_images, labels=tuple(int(v) for v in labels.tolist()), iterations=step,
-            restarts=restarts, seconds=clock.elapsed(), stopped=stopped, final_loss=loss_value,
-            diverged=diverged, evaluations=evaluations, history=tuple(history),
-        )
-
-    def _labels(self, problem: MatchingProblem, update: SharedUpdate) -> torch.Tensor:
-        return infer_labels(problem)
+    def recipe(self) -> Recipe:
+        c = self.config
+        return Recipe(distance="l2", optimiser="lbfgs", labels=self.label_strategy, init="randn",
+                      iterations=c.iterations, lr=c.lr, max_restarts=c.max_restarts, explode_factor=c.explode_factor,
+                      evals_per_step=c.evals_per_step, history_size=c.history_size,
+                      match=MatchOptions(c.match, c.assumed_cutoff, c.assumed_ratio, c.min_separation, c.min_contrast,
+                                         c.residual_floor))
 
 
 @register("dlg", DLGConfig, "DLG: L2 gradient matching, L-BFGS, image and soft label optimised jointly")
 class DLG(_LBFGSMatching):
-    label_mode = "soft"
+    label_strategy = "soft"
 
     def describe(self) -> str:
         return ("Deep Leakage from Gradients (Zhu et al., 2019). The server starts from random noise and a "
@@ -133,10 +69,14 @@ class DLG(_LBFGSMatching):
 
 @register("idlg", DLGConfig, "iDLG: label read off the last layer's gradient signs, then DLG on the image")
 class IDLG(_LBFGSMatching):
-    label_mode = "infer"
+    label_strategy = "infer"
 
     def describe(self) -> str:
         return ("Improved DLG (Zhao et al., 2020). With cross-entropy and non-negative features, the only "
                 "negative row of the last layer's weight gradient belongs to the true label, so the label is "
                 "read off exactly; L-BFGS then matches gradients over the image alone, which converges more "
                 "reliably than DLG.")
+
+
+register_adaptive_variants("dlg", DLG, DLGConfig)
+register_adaptive_variants("idlg", IDLG, DLGConfig)
