@@ -24,7 +24,7 @@ METRIC_KEYS = ("psnr", "ssim", "mse", "label_accuracy", "per_image_psnr", "label
 
 
 def small_config(**changes) -> ExperimentConfig:
-    base = dict(seed=0, model="lenet", image_ids=("cifar10-00",), defense="tip",
+    base = dict(seed=0, model="lenet", image_ids=("cifar10-00",), round=RoundConfig(clip=5.0), defense="tip",
                 defense_cfg={"ratio": 0.3, "noise": "direct", "beta": 0.01}, attack="idlg",
                 attack_cfg={"iterations": 4}, report_every=2, device="cpu")
     base.update(changes)

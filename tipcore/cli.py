@@ -63,7 +63,8 @@ def add_round_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", default="fedsgd", choices=list(MODES), help="fedsgd: send one gradient; fedavg: local SGD steps, send θ_g − θ")
     g.add_argument("--local-steps", type=int, default=None, help="FedAvg local SGD steps (default 4 in fedavg, 1 in fedsgd)")
     g.add_argument("--lr", type=float, default=1e-3, help="client learning rate (FedAvg)")
-    g.add_argument("--clip", type=float, default=None, help="global L2 clip norm of each step's gradient (default: none)")
+    g.add_argument("--clip", type=float, default=None, help="global L2 clip norm of each step's gradient (default: none; 5 with dp, dp_paper and tip*, "
+                        "whose noise is calibrated for this very C)")
     g.add_argument("--seed", type=int, default=0, help="one seed for model init, defense noise and attack start")
     g.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
 
@@ -106,9 +107,17 @@ def defense_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+DEFAULT_CLIP = 5.0  # the paper's C, taken when a clip-calibrated defense runs and --clip is not given
+
+
 def round_config(args: argparse.Namespace, batch: int) -> RoundConfig:
     steps = args.local_steps if args.local_steps is not None else (4 if args.mode == "fedavg" else 1)
-    return RoundConfig(mode=args.mode, batch_size=batch, local_steps=steps, lr=args.lr, clip=args.clip)
+    clip = args.clip
+    if clip is None and defenses.takes_clip(args.defense):
+        clip = DEFAULT_CLIP
+    elif clip is not None and clip <= 0:
+        raise CLIError(f"--clip must be > 0, got {clip} (leave it out for no clipping)")
+    return RoundConfig(mode=args.mode, batch_size=batch, local_steps=steps, lr=args.lr, clip=clip)
 
 
 def load_batch(args: argparse.Namespace):
@@ -230,8 +239,6 @@ def cmd_fl(args: argparse.Namespace) -> int:
         opts = {}
         if defenses.DEFENSES[name].uses_budget:
             opts = {"epsilon": args.epsilon, "delta": args.delta}
-            if "clip" in {f.name for f in fields(defenses.DEFENSES[name].config_cls)}:
-                opts["clip"] = args.clip
         cfg = flsim.FLConfig(model=args.model, weights=args.weights, clients=args.clients, rounds=args.rounds, local_epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, clip=args.clip, defense=name,
                              defense_cfg=opts, seed=args.seed)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Generator, Mapping
 import numpy as np
 import torch
 
-from tipcore import __version__, attacks, data, defenses, metrics, models
+from tipcore import __version__, attacks, data, defenses, metrics, models, update_stats
 from tipcore.attacks.base import AttackResult, Snapshot, StopHook, never_stop
 from tipcore.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
@@ -61,8 +61,13 @@ class ExperimentConfig:
         if not 1 <= self.report_every <= 100_000:
             raise ValueError(f"report_every must be in [1, 100000], got {self.report_every}")
         # Validate option dicts now, so a bad value fails before any compute.
-        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_cfg)
+        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_cfg)  # unknown keys first
+        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_options())
         from_dict(attacks.ATTACKS[self.attack].config_cls, self.attack_cfg)
+
+    def defense_options(self) -> dict[str, Any]:
+        """The defense's options as it runs: a clip-calibrated defense takes the round's clip."""
+        return defenses.bind_round(self.defense, self.defense_cfg, self.round)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -104,6 +109,7 @@ class RunRecord:
     result: AttackResult
     scores: metrics.Scores
     environment: Mapping[str, str]
+    analysis: Mapping[str, Any] = field(default_factory=dict)  # update statistics and noised-channel detection
 
     @property
     def config(self) -> ExperimentConfig:
@@ -170,7 +176,7 @@ def prepare(cfg: ExperimentConfig, images: np.ndarray | None = None) -> Prepared
     clean, ctx = client_update(model, x, y, cfg.round, generator=generator(cfg.seed, "defense"),
                                share_labels=cfg.labels_known)
     t1 = time.perf_counter()
-    defended, diagnostics = defenses.create(cfg.defense, cfg.defense_cfg).protect(clean, ctx)
+    defended, diagnostics = defenses.create(cfg.defense, cfg.defense_options()).protect(clean, ctx)
     t2 = time.perf_counter()
     view = ServerView(cfg.model, num_classes, {k: v.detach().clone() for k, v in model.state_dict().items()},
                       AttackerCapabilities(labels_known=cfg.labels_known))
@@ -186,7 +192,19 @@ def stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
         should_stop=should_stop, report_every=cfg.report_every,
     )
     scores = metrics.score(prepared.images, result.images, prepared.labels, result.labels)
-    return RunRecord(prepared, result, scores, environment(pick_device(cfg.device)))
+    return RunRecord(prepared, result, scores, environment(pick_device(cfg.device)), analyse(prepared, result))
+
+
+def analyse(prepared: PreparedRound, result: AttackResult) -> dict[str, Any]:
+    """What the defense did to the update, and how well an adaptive attacker found it (experimenter's view)."""
+    clean, defended = dict(prepared.clean.tensors), dict(prepared.defended.tensors)
+    out: dict[str, Any] = {"update_cosine": update_stats.update_cosine(clean, defended),
+                           **update_stats.noise_to_signal(clean, defended), "match": result.match}
+    if result.match == "drop":
+        noised = float(prepared.diagnostics.summary.get("beta", 1.0)) > 0
+        out["detection"] = update_stats.detection(result.flagged, prepared.diagnostics, noised)
+        out["flagged"] = {k: list(v) for k, v in result.flagged.items()}
+    return out
 
 
 def run(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
@@ -229,6 +247,7 @@ def result_dict(record: RunRecord) -> dict[str, Any]:
         "model": p.config.model, "weights": p.config.weights, "num_classes": p.num_classes,
         "attack": p.config.attack, "defense": p.config.defense, "seed": p.config.seed,
         "defense_summary": dict(p.diagnostics.summary), "config": p.config.to_dict(),
+        "update": dict(record.analysis),
         "versions": {k: v for k, v in record.environment.items() if k not in ("device", "threads")},
         "device": record.environment.get("device"), "threads": record.environment.get("threads"),
     }

@@ -99,7 +99,7 @@ def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[
     split = shards(y_train, cfg.clients, generator(cfg.seed, "fl-split"))
     batch_gen = generator(cfg.seed, "fl-batches")
     noise_gen = generator(cfg.seed, "defense")
-    defense = defenses.create(cfg.defense, cfg.defense_cfg)
+    defense = defenses.create(cfg.defense, defenses.bind_round(cfg.defense, cfg.defense_cfg, RoundConfig(clip=cfg.clip)))
     names = trainable_names(global_model)
     start = time.perf_counter()
     results: list[RoundResult] = []

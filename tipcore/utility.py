@@ -8,7 +8,7 @@ update, and the mean Pearson correlation between the Grad-CAM heatmaps of the tw
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from tipcore.fl import RoundConfig, apply_update, client_update
 from tipcore.saliency import gradcam_map, heatmap_similarity
 from tipcore.seeding import generator
 from tipcore.training import accuracy
+from tipcore.update_stats import update_cosine
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,6 @@ class UtilityRow:
 
     def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
-
-
-def update_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    dot = sum(float((a[k].double() * b[k].double()).sum()) for k in a)
-    na = np.sqrt(sum(float((a[k].double() ** 2).sum()) for k in a))
-    nb = np.sqrt(sum(float((b[k].double() ** 2).sum()) for k in b))
-    return dot / (na * nb) if na > 0 and nb > 0 else 0.0
 
 
 def compare(model_name: str, defense_names: list[str], *, batch: int = 32, local_steps: int = 4, lr: float = 0.05,
@@ -58,10 +52,7 @@ def compare(model_name: str, defense_names: list[str], *, batch: int = 32, local
     clean_maps = [gradcam_map(clean_model, x_test[i: i + 1], int(y_test[i])) for i in probe]
     rows = []
     for name in defense_names:
-        spec = defenses.DEFENSES[name]
-        opts = with_budget(name, {}, epsilon, delta)
-        if spec.uses_budget and "clip" in {f.name for f in fields(spec.config_cls)}:
-            opts["clip"] = clip
+        opts = defenses.bind_round(name, with_budget(name, {}, epsilon, delta), round_cfg)
         _, ctx = client_update(global_model, x_train[pick], y_train[pick], round_cfg, generator=generator(seed, "defense"))
         defended, _ = defenses.create(name, opts).protect(clean, ctx)
         model = apply_update(global_model, defended)

@@ -6,13 +6,13 @@ defended ``SharedUpdate`` plus diagnostics the app draws and ``defense.json`` re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import numpy as np
 
 from tipcore.config import create_registered
-from tipcore.fl import ClientContext, SharedUpdate
+from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,30 @@ def create(name: str, options: Mapping[str, Any] | None = None) -> Defense:
 
 def describe(name: str) -> str:
     return create(name).describe()
+
+
+def takes_clip(name: str) -> bool:
+    """Whether the defense's noise is calibrated for (or applied with) a clip norm C."""
+    return "clip" in {f.name for f in fields(DEFENSES[name].config_cls)}
+
+
+def bind_round(name: str, options: Mapping[str, Any] | None, round_cfg: RoundConfig) -> dict[str, Any]:
+    """The options a defense runs with in this round: a clip-calibrated defense takes the round's own clip.
+
+    Calibrating for one C while the update was clipped to another (or not clipped at all) silently gives
+    the wrong noise scale, so both mistakes are refused with a message that says what to change.
+    """
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense '{name}'; choose one of: {', '.join(DEFENSES)}")
+    options = dict(options or {})
+    if not takes_clip(name):
+        return options
+    if round_cfg.clip is None:
+        raise ValueError(f"defense '{name}' calibrates its noise for updates clipped to norm C, but the round "
+                         "does not clip: set the round's clip (--clip, e.g. 5)")
+    given = options.get("clip")
+    if given is not None and float(given) != float(round_cfg.clip):
+        raise ValueError(f"defense '{name}' option clip={given} differs from the round's clip {round_cfg.clip}: "
+                         "they must be the same C (leave the defense's clip out; it follows the round)")
+    options["clip"] = float(round_cfg.clip)
+    return options
