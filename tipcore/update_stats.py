@@ -58,7 +58,9 @@ def true_selection(diagnostics: DefenseDiagnostics) -> dict[str, set[int]] | Non
     defense does not work by channel (DP, pruning, ...)."""
     if not diagnostics.layers:
         return None
-    return {layer.name: {c for sample in layer.selected for c in sample} for layer in diagnostics.layers}
+    # A selected layer whose mask has no bins (a 1x1 kernel at r > 0) gets no noise at all.
+    return {layer.name: {c for sample in layer.selected for c in sample} for layer in diagnostics.layers
+            if layer.effective_std > 0}
 
 
 def detection(flagged: Mapping[str, tuple[int, ...]], diagnostics: DefenseDiagnostics,

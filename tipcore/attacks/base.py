@@ -17,14 +17,10 @@ import torch
 from torch import nn
 
 from tipcore.config import create_registered
+from tipcore.progress import StopHook, drive, never_stop  # noqa: F401  (re-exported)
 from tipcore.fl import ServerView, SharedUpdate
 
-StopHook = Callable[[], bool]
 SMALL_MODEL_PARAMS = 1_000_000
-
-
-def never_stop() -> bool:
-    return False
 
 
 @dataclass(frozen=True)
@@ -109,17 +105,6 @@ def register_adaptive_variants(base: str, cls: type, config_cls: type) -> None:
 def base_attack(name: str) -> str:
     """The naive attack an adaptive variant is built on (``idlg_drop`` -> ``idlg``)."""
     return getattr(ATTACKS[name].factory, "base", name)
-
-
-def drive(stream: AttackStream, on_snapshot: Callable[[Snapshot], None] | None = None) -> AttackResult:
-    """Consume an attack stream, handing each snapshot to ``on_snapshot``; return the result."""
-    while True:
-        try:
-            snap = next(stream)
-        except StopIteration as done:
-            return done.value
-        if on_snapshot is not None:
-            on_snapshot(snap)
 
 
 def to_images(x: torch.Tensor) -> np.ndarray:

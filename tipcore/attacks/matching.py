@@ -12,8 +12,9 @@ dummy gradient, so any distance (L2, cosine) compares ``T(dummy)`` with ``T(targ
   scale-free, so it does not care how strongly a channel fires; clean gradients of images are smooth
   (R small and alike across channels), and TIP's noise has no low-frequency part at all, so it only
   raises E_hf. Per layer, the log-roughness values are split in two by Otsu's threshold, and the upper
-  group is flagged only when it stands clearly apart (``min_separation`` decades and ``min_contrast``
-  within-group spreads). Knowing p (``assumed_ratio``) flags the top floor(p · C_out) instead.
+  group is flagged only when an empty gap separates it from the rest (``min_separation`` decades and
+  ``min_contrast`` robust spreads of the clean group). Knowing p (``assumed_ratio``) flags the top
+  floor(p · C_out) instead.
 - ``lowpass``: keep only what TIP never touches: the below-cutoff DFT bins of every kernel (for 3x3 at
   r = 0.5, each kernel's mean) and every tensor that is not a spatial conv kernel.
 - ``noise_aware``: weight each conv output channel by F / (F + N) (a Gaussian likelihood whose floor F is
@@ -53,8 +54,8 @@ class MatchOptions:
     match: str = "all"  # all (naive), drop, lowpass or noise_aware
     assumed_cutoff: float = 0.5  # r the attacker assumes TIP used (the paper's default is public)
     assumed_ratio: float | None = None  # p the attacker assumes; None: estimate the noised count per layer
-    min_separation: float = 1.0  # drop: the noised group's roughness must exceed the rest by this many decades
-    min_contrast: float = 4.0  # drop: ... and by this many within-group standard deviations
+    min_separation: float = 1.0  # drop: an empty gap of this many decades must separate the noised group
+    min_contrast: float = 3.0  # drop: ... and of this many robust spreads of the clean group
     residual_floor: float = 0.01  # noise_aware: attainable residual on a clean channel, relative to its energy
 
     def __post_init__(self) -> None:
@@ -132,23 +133,32 @@ def layer_scores(name: str, weight_update: torch.Tensor, cutoff: float) -> Layer
 def otsu_split(values: torch.Tensor) -> tuple[float, float, float]:
     """Best two-group split of 1D values (maximal between-group variance).
 
-    Returns (threshold, gap between the group means, pooled within-group std); values above the
-    threshold form the upper group.
+    Returns (threshold, margin, spread): values above the threshold form the upper group; ``margin`` is
+    the empty stretch between the groups (lowest upper value minus highest lower value); ``spread`` is the
+    lower group's robust standard deviation (1.4826 · median absolute deviation).
     """
     v, _ = torch.sort(values.double())
     n = v.numel()
-    best = (float(v[-1]) + 1.0, 0.0, 0.0, -1.0)
+    best_i, best_between = n, -1.0
     for i in range(1, n):  # lower group v[:i], upper group v[i:]
-        lo, hi = v[:i], v[i:]
-        between = i * (n - i) * float(hi.mean() - lo.mean()) ** 2
-        if between > best[3]:
-            within = math.sqrt((float(((lo - lo.mean()) ** 2).sum()) + float(((hi - hi.mean()) ** 2).sum())) / n)
-            best = (0.5 * float(v[i - 1] + v[i]), float(hi.mean() - lo.mean()), within, between)
-    return best[0], best[1], best[2]
+        between = i * (n - i) * float(v[i:].mean() - v[:i].mean()) ** 2
+        if between > best_between:
+            best_i, best_between = i, between
+    if best_i >= n:
+        return float(v[-1]) + 1.0, 0.0, 0.0
+    lower = v[:best_i]
+    spread = 1.4826 * float((lower - lower.median()).abs().median())
+    return 0.5 * float(v[best_i - 1] + v[best_i]), float(v[best_i] - v[best_i - 1]), spread
 
 
 def flag_noised_channels(scores: LayerScores, options: MatchOptions) -> tuple[int, ...]:
-    """The output channels of one layer that carry injected high-frequency noise, by roughness alone."""
+    """The output channels of one layer that carry injected high-frequency noise, by roughness alone.
+
+    The noised group is accepted only if an empty stretch of at least ``min_separation`` decades, and of
+    ``min_contrast`` robust spreads of the clean group, separates it from the rest: a unimodal layer of clean
+    channels has no such gap, so nothing is flagged there. (The noised group itself may spread widely: a
+    channel whose clean gradient is nearly zero gets an enormous roughness once noise is added.)
+    """
     energy = scores.hf_energy + scores.lf_energy
     live = energy > _TINY  # dead channels (ReLU never fired) send exact zeros: nothing to flag
     if int(live.sum()) < 2:
@@ -158,8 +168,8 @@ def flag_noised_channels(scores: LayerScores, options: MatchOptions) -> tuple[in
         k = max(1, int(math.floor(options.assumed_ratio * scores.roughness.numel() + 1e-9)))
         ranked = torch.where(live, log_r, torch.full_like(log_r, -math.inf))
         return tuple(sorted(int(i) for i in torch.topk(ranked, min(k, int(live.sum()))).indices.tolist()))
-    threshold, gap, within = otsu_split(log_r[live])
-    if gap < options.min_separation or gap < options.min_contrast * within:
+    threshold, margin, spread = otsu_split(log_r[live])
+    if margin < options.min_separation or margin < options.min_contrast * spread:
         return ()
     return tuple(int(i) for i in torch.nonzero(live & (log_r > threshold)).flatten().tolist())
 
@@ -198,13 +208,16 @@ def fit(options: MatchOptions, model: nn.Module, targets: Mapping[str, torch.Ten
                 keep[list(flagged)] = 0.0
                 matcher.transforms[weight] = _channel_scale(keep)
             matcher.flagged[layer] = flagged
-        else:  # noise_aware: inverse-variance weights from the high-frequency excess over typical roughness
+        else:  # noise_aware: inverse-variance weights from the high-frequency excess over natural roughness
             live = (scores.hf_energy + scores.lf_energy) > _TINY
-            typical = float(torch.quantile(scores.roughness[live], 0.25)) if int(live.sum()) else 0.0
-            noise = (scores.hf_energy - typical * scores.lf_energy).clamp_min(0.0)
+            log_r = torch.log10(scores.roughness.clamp_min(_TINY))
+            # Roughness up to min_separation decades above the layer's lower quartile counts as the clean
+            # gradient's own: DP's equally noisy channels scatter far less than that and keep weight 1.
+            natural = 10 ** (float(torch.quantile(log_r[live], 0.25)) + options.min_separation) if int(live.sum()) else 0.0
+            noise = (scores.hf_energy - natural * scores.lf_energy).clamp_min(0.0)
             # The floor is the residual a converged attack still leaves on a clean channel (a fraction of its
             # own energy): a Gaussian likelihood with that floor weighs a channel by floor / (floor + noise).
-            floor = options.residual_floor * scores.lf_energy * (1.0 + typical)
+            floor = options.residual_floor * (scores.hf_energy + scores.lf_energy - noise)
             gain = torch.where(live, floor / (floor + noise).clamp_min(_TINY), torch.ones_like(floor))
             # The squared distance weighs a channel by gain; the map scales by its square root.
             matcher.transforms[weight] = _channel_scale(gain.sqrt().float())

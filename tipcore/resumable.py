@@ -1,0 +1,76 @@
+"""A CSV table of finished cells that a long job appends to as it goes, so a rerun skips what is done.
+
+Each row is written whole and flushed to disk before the next cell starts; a row cut short by a kill is
+dropped (and the file rewritten without it) when the table is opened again. A table that belongs to a
+different job (other columns) is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+
+class ResumableTable:
+    def __init__(self, path: str | os.PathLike, columns: Sequence[str], key: Sequence[str]) -> None:
+        self.path, self.columns, self.key = Path(path), list(columns), list(key)
+        self.rows: list[dict[str, str]] = []
+        if self.path.exists():
+            self._load()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._rewrite()
+        self.done = {self.key_of(r) for r in self.rows}
+
+    def _load(self) -> None:
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != self.columns:
+                raise ValueError(f"{self.path} holds other columns ({', '.join(reader.fieldnames or [])}); "
+                                 "it is not a table of this job: choose another --out")
+            for row in reader:
+                if None in row.values() or None in row or len(row) != len(self.columns):
+                    continue  # cut short by a kill
+                self.rows.append(row)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+    def key_of(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(format_cell(row[k]) for k in self.key)
+
+    def has(self, row_key: Mapping[str, Any]) -> bool:
+        return self.key_of(row_key) in self.done
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        clean = {c: format_cell(row.get(c)) for c in self.columns}
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.columns).writerow(clean)
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.append(clean)
+        self.done.add(self.key_of(clean))
+
+    def select(self, **match: Any) -> Iterable[dict[str, str]]:
+        want = {k: format_cell(v) for k, v in match.items()}
+        return [r for r in self.rows if all(r[k] == v for k, v in want.items())]
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def number(text: str) -> float | None:
+    return float(text) if text not in ("", "None") else None
