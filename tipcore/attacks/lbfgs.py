@@ -9,7 +9,7 @@ problems DLG solves, that Python overhead cost as much as the model's own forwar
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Generator
 
 import torch
 
@@ -74,7 +74,21 @@ class FlatLBFGS:
 
     def step(self, loss_and_grad: LossAndGrad) -> tuple[float, int]:
         """One outer step; returns (loss at its start, closure evaluations it used)."""
-        loss_t, g = loss_and_grad(self.z)
+        steps = self.step_requests()
+        next(steps)
+        while True:
+            try:
+                steps.send(loss_and_grad(self.z))
+            except StopIteration as done:
+                return done.value
+
+    def step_requests(self) -> Generator[None, tuple[torch.Tensor, torch.Tensor], tuple[float, int]]:
+        """The same outer step as a coroutine: each ``yield`` asks for (loss, gradient) at ``self.z``.
+
+        Several optimisers can so be advanced in lockstep while one batched closure evaluates all of
+        their points at once (``tipcore.attacks.batched``), each keeping its own exact arithmetic.
+        """
+        loss_t, g = yield
         evals = 1
         orig_loss = loss = float(loss_t)
         if g.abs().max() <= self.tolerance_grad:
@@ -103,7 +117,7 @@ class FlatLBFGS:
                 self.z.add_(self.d, alpha=self.t)
             step_evals = 0
             if inner != self.max_iter:
-                loss_t, g = loss_and_grad(self.z)
+                loss_t, g = yield
                 loss = float(loss_t)
                 step_evals = 1
             evals += step_evals
