@@ -36,7 +36,7 @@ PUNCHLINE_ENTRIES = (
     ("none", "idlg", "No defense"),
     ("dp", "idlg", "DP (ε = 5)"),
     ("tip", "idlg", "TIP (ε = 5, p = 0.1, r = 0.5)"),
-    ("tip", "idlg_drop", "TIP vs an attacker who drops its noised channels"),
+    ("tip", "idlg_drop", "TIP vs adaptive iDLG"),  # drops the channels it finds noised
 )
 PUNCHLINE_DEFENSES = tuple((d, title) for d, _, title in PUNCHLINE_ENTRIES)  # (defense, title) per entry
 PUNCHLINE_COMMAND = "python -m tipcore showcase punchline"
