@@ -408,7 +408,8 @@ def _reference_lines(fig: go.Figure, reference: dict, annotate: bool = True, **w
         if value is None:
             continue
         label = dict(annotation_text=f"{text}: {float(value):.1f} dB", annotation_position="top right",
-                     annotation_font=dict(size=10, color="#555555")) if annotate else {}
+                     annotation_font=dict(size=10, color="#555555"),
+                     annotation_bgcolor="rgba(255,255,255,0.75)") if annotate else {}
         fig.add_hline(y=float(value), line=dict(color="#555555", width=1, dash=dash), **label, **where)
 
 
@@ -491,6 +492,6 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
         _reference_lines(fig, reference, annotate=i == len(panels) - 1, row=row, col=col)
     fig.update_yaxes(title_text="attack PSNR (dB)", col=1)
     fig.update_layout(title="Attack PSNR against each defense's strength", margin=dict(l=10, r=10, t=70, b=10),
-                      height=300 * rows + 80, legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="right",
-                                                          x=1.0))
+                      height=300 * rows + 110,
+                      legend=dict(orientation="h", yanchor="top", y=-0.3 / rows, xanchor="left", x=0.0))
     return fig

@@ -174,7 +174,11 @@ def _fraction(value: object) -> str:
 def show_analysis(analysis: dict) -> None:
     """What the defense did to the update, and (adaptive attacker) how well the noised channels were found."""
     detection = analysis.get("detection")
-    if isinstance(detection, dict):
+    if isinstance(detection, dict) and not detection.get("flagged") and not detection.get("noised"):
+        st.caption("the attacker found no noised channels, and the defense noised none",
+                   help="The adaptive attacker looks for conv channels whose kernels carry almost only "
+                        "high-frequency energy. Without such noise it matches the whole update, like the naive one.")
+    elif isinstance(detection, dict):
         d1, d2 = st.columns(2)
         d1.metric("Detection precision", _fraction(detection.get("precision")),
                   help="Of the channels the attacker flagged as noised (from the update alone), the fraction the "
@@ -182,9 +186,9 @@ def show_analysis(analysis: dict) -> None:
                        "never sees it). — when nothing was flagged.")
         d2.metric("Detection recall", _fraction(detection.get("recall")),
                   help="Of the channels the defense noised, the fraction the attacker flagged. — when the defense "
-                       "noised no channels (e.g. no defense, DP, pruning).")
-        st.caption(f"flagged {detection.get('flagged', 0)} channel(s); the defense noised "
-                   f"{detection.get('noised', 0)}; {detection.get('true_positives', 0)} found")
+                       "noised no channels (e.g. DP or pruning change every tensor, not chosen channels).")
+        st.caption(f"flagged {detection.get('flagged', 0)} channel(s) as noised; the defense noised "
+                   f"{detection.get('noised', 0)}; {detection.get('true_positives', 0)} of them found")
     slices = float(analysis.get("perturbed_slices", 0) or 0)
     ratio = analysis.get("noise_to_signal")
     if slices > 0 and ratio is not None:

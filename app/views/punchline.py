@@ -59,7 +59,12 @@ else:
             st.markdown(f"**{title}**")
             st.image(upscale(np.asarray(entry.image), 6), width="stretch")
             attack = str(getattr(entry, "attack", "idlg") or "idlg")
-            st.caption(f"attacker: {attack_label(attack) if attack != 'idlg' else 'iDLG (naive)'}")
+            if attack == "idlg":
+                st.caption("attacker: iDLG (naive)", help="Matches the whole update, the defense's noise included.")
+            else:
+                st.caption(f"attacker: {attack_label(attack).replace(' (knows the defense)', '')}",
+                           help=f"{attack_label(attack)}: adapts its matching to the defense, from the update "
+                                "alone (drop: finds the channels TIP noised and leaves them out).")
             psnr, ssim = float(entry.psnr), float(entry.ssim)
             true, pred = getattr(entry, "label_true", None), getattr(entry, "label_pred", None)
             m1, m2 = st.columns(2)
