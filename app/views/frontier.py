@@ -36,7 +36,8 @@ except Exception as exc:  # noqa: BLE001 - a broken asset must not take the page
 
 if curves is None or not curves.get("points"):
     st.info(
-        "The privacy curves have not been computed yet. Make them (about half an hour on 2 CPU cores) with\n\n"
+        "The privacy curves have not been computed yet (the sweep attacks every strength of every defense with "
+        "both attackers, so it takes a while). Make them with\n\n"
         f"```\n{resources.showcase_command('privacy curves')}\n```\n\n"
         "Meanwhile, compare a naive and an adaptive attacker yourself on **Live attack** (*Attacker knows the "
         "defense*)."
