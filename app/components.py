@@ -28,11 +28,34 @@ DEFENSE_LABELS = {
     "tip_fullband": "TIP, full band",
 }
 ATTACK_LABELS = {"dlg": "DLG", "idlg": "iDLG", "ig": "Inverting Gradients"}
+# What the attacker does about the defense (the engine's matchers; "none" is the naive attacker).
+ADAPTIVE_LABELS = {
+    "none": "no: naive attacker",
+    "drop": "drops the noised channels",
+    "lowpass": "matches low frequencies only",
+    "noise_aware": "noise-aware weighting",
+}
+ADAPTIVE_SHORT = {"drop": "drop", "lowpass": "low-pass", "noise_aware": "noise-aware"}
 MODEL_LABELS = {"lenet": "LeNet (DLG)", "convnet": "ConvNet", "resnet18": "ResNet-18"}
 
 
 def defense_label(name: str) -> str:
     return DEFENSE_LABELS.get(name, name)
+
+
+def split_attack(name: str) -> tuple[str, str]:
+    """(base attack, adaptive mode) of an engine attack name: ``idlg_drop`` -> ("idlg", "drop")."""
+    for base in sorted(ATTACK_LABELS, key=len, reverse=True):
+        if name.startswith(base + "_") and name[len(base) + 1:] in ADAPTIVE_LABELS:
+            return base, name[len(base) + 1:]
+    return name, "none"
+
+
+def attack_label(name: str) -> str:
+    """A readable name for an engine attack, naive or adaptive: "iDLG + drop (knows the defense)"."""
+    base, mode = split_attack(name)
+    label = ATTACK_LABELS.get(base, base)
+    return label if mode == "none" else f"{label} + {ADAPTIVE_SHORT.get(mode, mode)} (knows the defense)"
 
 
 def defense_colour(name: str) -> str:
@@ -81,6 +104,16 @@ def fmt_seconds(seconds: float | None) -> str:
 def fmt_db(psnr: float) -> str:
     """PSNR for a metric tile whose label already says dB."""
     return "∞" if not np.isfinite(psnr) else f"{psnr:.1f}"
+
+
+def fmt_ratio(value: object) -> str:
+    """A ratio such as noise-to-signal: '52×', '0.31×', '—' when unknown, '∞' when the clean part was 0."""
+    if value is None:
+        return "—"
+    v = float(value)  # type: ignore[arg-type]
+    if not np.isfinite(v):
+        return "∞"
+    return f"{v:.3g}×" if v < 100 else f"{v:,.0f}×"
 
 
 def fmt_psnr(psnr: float) -> str:
@@ -286,4 +319,179 @@ def frontier_scatter(points: Sequence[object]) -> go.Figure:
         yaxis_title="attack PSNR in dB (leakage: lower is more private)", margin=_MARGIN, height=480,
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
     )
+    return fig
+
+
+def roughness_bars(layers: Sequence[object]) -> go.Figure:
+    """The adaptive attacker's view of a defended update: per conv layer, each output channel's ratio of
+    high- to low-frequency kernel energy (log scale), the channels the defense noised in vermillion and
+    the ones the attacker flagged outlined."""
+    layers = list(layers)
+    fig = make_subplots(rows=1, cols=max(len(layers), 1), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[str(getattr(l, "layer")) for l in layers] or [""])
+    for col, layer in enumerate(layers, 1):
+        values = np.asarray(getattr(layer, "roughness"), dtype=float)
+        noised = set(int(c) for c in getattr(layer, "noised"))
+        flagged = set(int(c) for c in getattr(layer, "flagged"))
+        idx = np.arange(values.size)
+        is_noised = np.array([i in noised for i in idx], dtype=bool)
+        for mask, name, colour in ((~is_noised, "sent clean", UNSELECTED), (is_noised, "noised by TIP", SELECTED)):
+            if not mask.any():
+                continue
+            fig.add_trace(go.Bar(
+                x=idx[mask], y=np.maximum(values[mask], 1e-12), name=name, marker_color=colour,
+                marker_line=dict(color=["#000000" if i in flagged else colour for i in idx[mask]],
+                                 width=[2.5 if i in flagged else 0 for i in idx[mask]]),
+                showlegend=col == 1, legendgroup=name,
+                customdata=[["flagged by the attacker" if i in flagged else "not flagged"] for i in idx[mask]],
+                hovertemplate="channel %{x}<br>E_hf / E_lf = %{y:.3g}<br>%{customdata[0]}<extra>" + name + "</extra>",
+            ), row=1, col=col)
+        fig.update_xaxes(title_text="output channel", dtick=1 if values.size <= 16 else None, row=1, col=col)
+    fig.update_yaxes(type="log", tickformat=".0e")
+    fig.update_yaxes(title_text="E_hf / E_lf (log)", row=1, col=1)
+    fig.update_layout(
+        title="What the attacker sees: high- to low-frequency energy per channel of the received update "
+              "(black outline: flagged as noised)",
+        barmode="overlay", margin=dict(l=10, r=10, t=70, b=10), height=320,
+        legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0),
+    )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ privacy curves
+
+ATTACKER_DASH = {"naive": "dash", "adaptive": "solid"}
+ATTACKER_SYMBOL = {"naive": "circle-open", "adaptive": "circle"}
+ATTACKER_LABELS = {"naive": "naive attacker", "adaptive": "adaptive attacker"}
+KNOB_LABELS = {"epsilon": "ε", "beta": "β", "ratio": "ratio", "noise_multiplier": "z", "sigma": "σ", "p": "p"}
+CURVE_AXES = {
+    "accuracy": ("held-out accuracy after defended FedAvg rounds (utility: right is better)", "linear"),
+    "update_cosine": ("cosine of the defended to the clean update (utility proxy: right is better)", "linear"),
+    "noise_scale": ("noise scale (log)", "log"),
+    "noise_to_signal": ("noise-to-signal on the perturbed slices (log)", "log"),
+}
+
+
+def knob_label(knob: str) -> str:
+    return KNOB_LABELS.get(knob, knob)
+
+
+def _curves(points: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """Points grouped into curves by (defense, knob, attacker), each sorted by strength."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for p in points:
+        groups.setdefault((str(p["defense"]), str(p.get("knob") or ""), str(p["attacker"])), []).append(p)
+    order = list(DEFENSE_LABELS)
+    keys = sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[0], k[1],
+                                         0 if k[2] == "naive" else 1))
+    return {k: sorted(groups[k], key=lambda p: float(p["strength"])) for k in keys}
+
+
+def _curve_hover(defense: str, attacker: str) -> str:
+    return (f"<b>{defense_label(defense)}</b> · {ATTACKER_LABELS.get(attacker, attacker)} (%{{customdata[0]}})"
+            "<br>%{customdata[1]} = %{customdata[2]:.3g}<br>attack PSNR %{customdata[3]:.1f} ± %{customdata[4]:.1f} dB"
+            "<br>SSIM %{customdata[5]:.3f} · label accuracy %{customdata[6]:.2f}"
+            "<br>held-out accuracy %{customdata[7]}<br>update cosine %{customdata[8]:.3f}"
+            "<br>noise-to-signal %{customdata[9]:.3g} · %{customdata[10]} images<extra></extra>")
+
+
+def _curve_customdata(pts: Sequence[dict]) -> list[list[object]]:
+    return [[p["attack"], knob_label(str(p.get("knob") or "")) or "—", float(p["strength"]), float(p["psnr"]),
+             float(p["psnr_std"]), float(p["ssim"]), float(p["label_accuracy"]),
+             "—" if p.get("accuracy") is None else f"{float(p['accuracy']):.3f}", float(p["update_cosine"]),
+             float(p["noise_to_signal"]), int(p["images"])] for p in pts]
+
+
+def _reference_lines(fig: go.Figure, reference: dict, annotate: bool = True, **where: object) -> None:
+    for key, text, dash in (("grey_psnr", "constant grey guess", "dot"), ("random_psnr", "random image", "dashdot")):
+        value = reference.get(key)
+        if value is None:
+            continue
+        label = dict(annotation_text=f"{text}: {float(value):.1f} dB", annotation_position="top right",
+                     annotation_font=dict(size=10, color="#555555"),
+                     annotation_bgcolor="rgba(255,255,255,0.75)") if annotate else {}
+        fig.add_hline(y=float(value), line=dict(color="#555555", width=1, dash=dash), **label, **where)
+
+
+def privacy_curves_figure(points: Sequence[dict], reference: dict, x: str = "accuracy") -> go.Figure:
+    """Attack PSNR against utility (or noise), one colour per defense: the naive attacker dashed with open
+    markers, the adaptive attacker (who knows the defense) solid; random-image and grey-guess PSNR as lines."""
+    title, axis_type = CURVE_AXES.get(x, (x, "linear"))
+    curves = _curves(points)
+    knobs: dict[str, set[str]] = {}
+    for defense, knob, _ in curves:
+        knobs.setdefault(defense, set()).add(knob)
+    fig = go.Figure()
+    for (defense, knob, attacker), pts in curves.items():
+        pts = [p for p in pts if p.get(x) is not None and (axis_type != "log" or float(p[x]) > 0)]
+        if not pts:
+            continue
+        name = f"{defense_label(defense)} · {ATTACKER_LABELS.get(attacker, attacker)}"
+        if len(knobs[defense]) > 1 and knob:
+            name += f" ({knob_label(knob)})"
+        colour = defense_colour(defense)
+        fig.add_trace(go.Scatter(
+            x=[float(p[x]) for p in pts], y=[float(p["psnr"]) for p in pts], name=name, legendgroup=defense,
+            mode="lines+markers" if len(pts) > 1 else "markers",
+            line=dict(color=colour, dash=ATTACKER_DASH.get(attacker, "solid"), width=2),
+            marker=dict(color=colour, symbol=ATTACKER_SYMBOL.get(attacker, "circle"), size=9,
+                        line=dict(color=colour, width=2)),
+            customdata=_curve_customdata(pts), hovertemplate=_curve_hover(defense, attacker),
+        ))
+    _reference_lines(fig, reference)
+    fig.update_layout(
+        title="Privacy–utility frontier", xaxis_title=title, xaxis_type=axis_type,
+        yaxis_title="attack PSNR in dB (leakage: lower is more private)", margin=_MARGIN, height=520,
+        legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),
+    )
+    return fig
+
+
+def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
+    """One panel per defense knob: attack PSNR against the knob's value, naive (dashed) and adaptive (solid)."""
+    curves = _curves(points)
+    panels: list[tuple[str, str]] = []
+    for defense, knob, _ in curves:
+        if defense != "none" and (defense, knob) not in panels:
+            panels.append((defense, knob))
+    if not panels:
+        panels = [("none", "")]
+    cols = min(len(panels), 4)
+    rows = (len(panels) + cols - 1) // cols
+    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04, vertical_spacing=0.18,
+                        subplot_titles=[f"{defense_label(d)}: {knob_label(k)}" if k else defense_label(d)
+                                        for d, k in panels])
+    for attacker in ("naive", "adaptive"):  # legend entries for the line styles, in neutral grey
+        fig.add_trace(go.Scatter(
+            x=[None], y=[None], mode="lines+markers", name=ATTACKER_LABELS[attacker], hoverinfo="skip",
+            line=dict(color="#444444", dash=ATTACKER_DASH[attacker], width=2),
+            marker=dict(color="#444444", symbol=ATTACKER_SYMBOL[attacker], size=8, line=dict(color="#444444", width=2)),
+        ), row=1, col=1)
+    for i, (defense, knob) in enumerate(panels):
+        row, col = i // cols + 1, i % cols + 1
+        values = []
+        for attacker in ("naive", "adaptive"):
+            pts = curves.get((defense, knob, attacker), [])
+            if not pts:
+                continue
+            values += [float(p["strength"]) for p in pts]
+            colour = defense_colour(defense)
+            legend = ATTACKER_LABELS.get(attacker, attacker)
+            fig.add_trace(go.Scatter(
+                x=[float(p["strength"]) for p in pts], y=[float(p["psnr"]) for p in pts],
+                error_y=dict(type="data", array=[float(p["psnr_std"]) for p in pts], thickness=1, width=3),
+                mode="lines+markers", name=f"{defense_label(defense)} · {legend}", showlegend=False,
+                line=dict(color=colour, dash=ATTACKER_DASH.get(attacker, "solid"), width=2),
+                marker=dict(color=colour, symbol=ATTACKER_SYMBOL.get(attacker, "circle"), size=8,
+                            line=dict(color=colour, width=2)),
+                customdata=_curve_customdata(pts), hovertemplate=_curve_hover(defense, attacker),
+            ), row=row, col=col)
+        positive = [v for v in values if v > 0]
+        log = len(positive) == len(values) and positive and max(positive) / min(positive) > 20
+        fig.update_xaxes(type="log" if log else "linear", title_text=knob_label(knob) or None, row=row, col=col)
+        _reference_lines(fig, reference, annotate=i == len(panels) - 1, row=row, col=col)
+    fig.update_yaxes(title_text="attack PSNR (dB)", col=1)
+    fig.update_layout(title="Attack PSNR against each defense's strength", margin=dict(l=10, r=10, t=70, b=10),
+                      height=300 * rows + 110,
+                      legend=dict(orientation="h", yanchor="top", y=-0.3 / rows, xanchor="left", x=0.0))
     return fig

@@ -7,13 +7,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import streamlit as st
 
 from app import resources, state
-from app.components import ATTACK_LABELS, MODEL_LABELS, defense_label
+from app.components import ADAPTIVE_LABELS, ATTACK_LABELS, MODEL_LABELS, defense_label
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +214,12 @@ def model_picker() -> None:
     )
 
 
-def round_picker(expanded: bool = False) -> None:
+def round_picker(expanded: bool = False, calibrated: Sequence[str] = ()) -> None:
+    """The round's settings. ``calibrated``: the defenses in use; when clipping is off but one of them is
+    calibrated for the round's clip, the expander opens (the page says why it cannot run)."""
     sb = st.sidebar
-    with sb.expander("Federated round", expanded=expanded):
+    problem = clip_problem(state.current(), calibrated)
+    with sb.expander("Federated round", expanded=expanded or bool(problem)):
         mode = state.bind(
             st.radio, "Protocol", "mode", options=["fedsgd", "fedavg"], horizontal=True,
             format_func=lambda m: {"fedsgd": "FedSGD", "fedavg": "FedAvg"}[m],
@@ -240,8 +243,9 @@ def round_picker(expanded: bool = False) -> None:
         state.bind(
             st.number_input, "Clip norm C (0 = off)", "clip", min_value=0.0, max_value=100.0, step=0.5,
             valid=lambda v: 0.0 <= v <= 100.0,
-            help="Global L2 norm each step's gradient is clipped to (paper: 5). The same clip is assumed by the "
-                 "noise calibration of DP and TIP; with 0 the round does not clip and they assume C = 5.",
+            help="Global L2 norm each step's gradient is clipped to (paper: 5). DP and TIP calibrate their noise "
+                 "for exactly this C, so they need a clipped round: 0 (no clipping) works only with the other "
+                 "defenses.",
         )
 
 
@@ -327,15 +331,48 @@ def other_defense_picker() -> None:
 # ------------------------------------------------------------------------------------------ attack
 
 
+ADAPTIVE_HELP = (
+    "Whether the server adapts its attack to the defense, seeing only the update it received. **No**: the "
+    "naive attack matches the whole update, noise included. **Drops the noised channels**: finds the conv "
+    "channels that carry injected noise (TIP's noise has no low-frequency part, so their high- to "
+    "low-frequency energy ratio stands out by orders of magnitude) and leaves them out of the matching. "
+    "**Matches low frequencies only**: matches only the kernel frequencies TIP leaves clean, and the tensors "
+    "it never touches. **Noise-aware weighting**: weights every channel by its estimated signal-to-noise, "
+    "which also applies to DP and pruning. Against a defense that adds no such noise the adaptive attacks "
+    "behave like the naive one."
+)
+
+
+def split_attack_setting(s: state.Settings) -> None:
+    """A link may name the engine's variant directly (attack=idlg_drop): split it into attack + adaptive."""
+    reg = resources.registries()["attacks"]
+    if s.attack in reg and reg[s.attack]["base"] != s.attack:
+        base = reg[s.attack]["base"]
+        s.attack, s.adaptive = base, s.attack[len(base) + 1:]
+
+
+def attack_name(s: state.Settings) -> str:
+    """The engine's attack for these settings: the naive attack or its adaptive variant (idlg_drop)."""
+    name = s.attack if s.adaptive == "none" else f"{s.attack}_{s.adaptive}"
+    return name if name in resources.registries()["attacks"] else s.attack
+
+
 def attack_picker() -> None:
     reg = resources.registries()
     sb = st.sidebar
     sb.subheader("Attack")
-    names = list(reg["attacks"])
-    state.bind(
-        sb.selectbox, "Attack", "attack", options=names, format_func=lambda a: ATTACK_LABELS.get(a, a),
+    split_attack_setting(state.current())
+    attacks = reg["attacks"]
+    bases = [n for n, a in attacks.items() if a["base"] == n]
+    base = state.bind(
+        sb.selectbox, "Attack", "attack", options=bases, format_func=lambda a: ATTACK_LABELS.get(a, a),
         help="The honest-but-curious server's reconstruction. "
-             + " ".join(f"**{ATTACK_LABELS.get(n, n)}**: {a['summary']}." for n, a in reg["attacks"].items()),
+             + " ".join(f"**{ATTACK_LABELS.get(n, n)}**: {attacks[n]['summary']}." for n in bases),
+    )
+    modes = ["none"] + [m for m in ADAPTIVE_LABELS if m != "none" and f"{base}_{m}" in attacks]
+    state.bind(
+        sb.selectbox, "Attacker knows the defense", "adaptive", options=modes, fallback="none",
+        format_func=lambda m: ADAPTIVE_LABELS.get(m, m), help=ADAPTIVE_HELP,
     )
     state.bind(
         sb.number_input, "Iterations", "iterations", min_value=1, max_value=MAX_ITERATIONS, step=10,
@@ -366,15 +403,14 @@ def round_dict(s: state.Settings) -> dict[str, Any]:
 
 
 def defense_options(s: state.Settings, name: str) -> dict[str, Any]:
+    """A defense's options from the settings. The clip is not among them: a clip-calibrated defense takes
+    the round's own clip (``tipcore.defenses.bind_round``)."""
     from tipcore import defenses, experiment
 
-    clip = float(s.clip) if s.clip > 0 else 5.0
     if name in TIP_FAMILY:
-        opts: dict[str, Any] = dict(ratio=float(s.ratio), cutoff=float(s.cutoff), noise=s.noise, clip=clip)
+        opts: dict[str, Any] = dict(ratio=float(s.ratio), cutoff=float(s.cutoff), noise=s.noise)
         if s.noise == "direct":
             opts["beta"] = float(s.beta)
-    elif name in ("dp", "dp_paper"):
-        opts = dict(clip=clip)
     elif name == "prune":
         opts = dict(ratio=float(s.prune_ratio))
     elif name == "soteria":
@@ -386,11 +422,34 @@ def defense_options(s: state.Settings, name: str) -> dict[str, Any]:
     return opts
 
 
+def calibrated_defenses(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` whose noise is calibrated for the round's clip norm C (DP, TIP and its ablations)."""
+    reg = resources.registries()["defenses"]
+    return [n for n in names if reg.get(n, {}).get("takes_clip")]
+
+
+def clip_problem(s: state.Settings, names: Sequence[str]) -> str | None:
+    """Why these defenses cannot run in this round (clipping off), or None."""
+    needing = calibrated_defenses(names)
+    if s.clip > 0 or not needing:
+        return None
+    which = ", ".join(defense_label(n) for n in needing)
+    return (f"{which} calibrate{'s' if len(needing) == 1 else ''} the noise for updates clipped to norm C, but "
+            "the round does not clip (C = 0). Set the clip norm C under Federated round (the paper uses 5)"
+            + (f", or remove {'it' if len(needing) == 1 else 'them'} from the comparison."
+               if len(needing) < len(names) else "."))
+
+
 def tip_options(s: state.Settings) -> dict[str, Any]:
+    """TIP's options for the preview, bound to the round's clip; raises ValueError (the engine's message)
+    when the round cannot carry them."""
+    from tipcore import defenses
+    from tipcore.fl import RoundConfig
+
     opts = defense_options(s, "tip")
     opts.setdefault("epsilon", float(s.epsilon))
     opts.setdefault("delta", float(s.delta))
-    return opts
+    return defenses.bind_round(s.tip_variant, opts, RoundConfig(**round_dict(s)))
 
 
 def model_classes(s: state.Settings, image: ImageChoice) -> int:
@@ -416,7 +475,7 @@ def build_plan(s: state.Settings, image: ImageChoice) -> list[tuple[str, Any]]:
 
     if not s.defenses:
         raise ValueError("pick at least one defense to compare")
-    problem = image_problem(s, image)
+    problem = image_problem(s, image) or clip_problem(s, s.defenses)
     if problem:
         raise ValueError(problem)
     round_cfg = RoundConfig(**round_dict(s))
@@ -427,7 +486,7 @@ def build_plan(s: state.Settings, image: ImageChoice) -> list[tuple[str, Any]]:
             image_ids=(image.gallery_id,) if image.gallery_id else ("cifar10-00",),
             labels=None if image.gallery_id else (int(image.label),),
             num_classes=None, round=round_cfg, defense=name, defense_cfg=defense_options(s, name),
-            attack=s.attack, attack_cfg={"iterations": int(s.iterations)}, labels_known=bool(s.labels_known),
+            attack=attack_name(s), attack_cfg={"iterations": int(s.iterations)}, labels_known=bool(s.labels_known),
             report_every=report_every(s.iterations),
         )
         plan.append((name, cfg))
@@ -461,5 +520,5 @@ __all__ = [
     "ImageChoice", "preset_picker", "preset_note", "image_picker", "gallery_browser", "model_picker",
     "round_picker", "defense_picker", "budget_picker", "tip_picker", "other_defense_picker", "attack_picker",
     "build_plan", "estimate", "step_seconds", "defense_options", "tip_options", "round_dict", "model_classes",
-    "image_problem",
+    "image_problem", "clip_problem", "calibrated_defenses", "attack_name", "split_attack_setting",
 ]

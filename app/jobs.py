@@ -147,6 +147,17 @@ class Job:
 # ---------------------------------------------------------------------------------------------- results
 
 
+def _plain(value: Any) -> Any:
+    """A copy of the engine's analysis dict with only plain Python values (no numpy scalars, no tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 @dataclass(frozen=True)
 class DefenseResult:
     defense: str
@@ -167,6 +178,8 @@ class DefenseResult:
     summary: dict[str, float]
     notes: str
     files: dict[str, bytes]  # artifact_files(record): identical to the CLI's output
+    attack: str = ""
+    analysis: dict[str, Any] = field(default_factory=dict)  # RunRecord.analysis: noise-to-signal, detection
 
 
 @dataclass(frozen=True)
@@ -208,6 +221,7 @@ def collect(job: Job, settings: Any, image_caption: str, dataset: str) -> Result
             history_steps=tuple(int(s.step) for s in hist), history_images=tuple(np.asarray(s.images[0]) for s in hist),
             history_losses=tuple(float(s.loss) for s in hist), summary=dict(rec.prepared.diagnostics.summary),
             notes=str(rec.prepared.diagnostics.notes), files=experiment.artifact_files(rec),
+            attack=str(rec.config.attack), analysis=_plain(dict(getattr(rec, "analysis", {}) or {})),
         ))
     if not records:
         original = None

@@ -164,14 +164,18 @@ def class_name(dataset: str, num_classes: int, label: int) -> str:
 def registries() -> dict[str, Any]:
     """Names, summaries and help text of models, defenses and attacks (plain data)."""
     from tipcore import attacks, defenses, models
+    from tipcore.attacks.matching import MATCH_SUMMARIES
 
     return {
         "models": {n: {"description": m.description, "cpu_attack_ms": m.cpu_attack_ms,
                        "digits": models.has_checkpoint(n)} for n, m in models.MODELS.items()},
         "weights": tuple(models.WEIGHTS),
-        "defenses": {n: {"summary": d.summary, "uses_budget": d.uses_budget, "help": _describe_defense(n)}
+        "defenses": {n: {"summary": d.summary, "uses_budget": d.uses_budget, "takes_clip": defenses.takes_clip(n),
+                         "help": _describe_defense(n)}
                      for n, d in defenses.DEFENSES.items()},
-        "attacks": {n: {"summary": a.summary, "help": _describe_attack(n)} for n, a in attacks.ATTACKS.items()},
+        "attacks": {n: {"summary": a.summary, "help": _describe_attack(n), "base": attacks.base_attack(n)}
+                    for n, a in attacks.ATTACKS.items()},
+        "matchers": dict(MATCH_SUMMARIES),
     }
 
 
@@ -237,10 +241,18 @@ def frontier() -> Any:
     return None if mod is None else mod.load_frontier()
 
 
+@st.cache_resource(show_spinner=False, ttl=300)
+def privacy_curves() -> Any:
+    """The sweep's privacy curves (plain JSON data), or None when the file has not been made yet."""
+    mod = showcase_module()
+    loader = getattr(mod, "load_privacy_curves", None)
+    return None if loader is None else loader()
+
+
 def showcase_command(kind: str) -> str:
     """The command that generates a missing showcase asset, as the engine names it (or a best guess)."""
     mod = showcase_module()
-    for attr in (f"{kind.upper()}_COMMAND", "COMMAND"):
+    for attr in (f"{kind.upper().replace(' ', '_')}_COMMAND", "COMMAND"):
         value = getattr(mod, attr, None) if mod is not None else None
         if isinstance(value, str):
             return value

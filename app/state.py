@@ -53,7 +53,8 @@ class Settings:
     prune_ratio: float = 0.7
     soteria_ratio: float = 0.8
     # attack
-    attack: str = "idlg"
+    attack: str = "idlg"  # the naive attack (dlg, idlg, ig); a link may also name a variant, e.g. idlg_drop
+    adaptive: str = "none"  # what the attacker knows of the defense: none (naive), drop, lowpass, noise_aware
     iterations: int = 50
     seed: int = 0
     labels_known: bool = False
@@ -94,13 +95,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "Class demo (LeNet, iDLG, fast)",
         dict(model="lenet", weights="random", mode="fedsgd", local_steps=1, lr=1e-3, clip=5.0,
              defenses=("none", "dp", "tip"), epsilon=5.0, delta=1e-5, tip_variant="tip", ratio=0.1,
-             cutoff=0.5, noise="calibrated", attack="idlg", iterations=50, labels_known=False),
+             cutoff=0.5, noise="calibrated", attack="idlg", adaptive="none", iterations=50, labels_known=False),
     ),
     "paper": (
         "Paper setting (ResNet-18, IG, FedAvg)",
         dict(model="resnet18", weights="random", mode="fedavg", local_steps=4, lr=1e-3, clip=5.0,
              defenses=("none", "dp_paper", "tip"), epsilon=5.0, delta=1e-5, tip_variant="tip", ratio=0.1,
-             cutoff=0.5, noise="calibrated", attack="ig", iterations=200, labels_known=True),
+             cutoff=0.5, noise="calibrated", attack="ig", adaptive="none", iterations=200, labels_known=True),
     ),
     "custom": ("Custom", {}),
 }

@@ -96,7 +96,7 @@ def test_settings_query_round_trip() -> None:
     from app.state import Settings
 
     s = Settings(model="convnet", defenses=("none", "tip_random"), ratio=0.35, delta=1e-6, labels_known=True,
-                 seed=7, image_id="cifar100-03", dataset="cifar100")
+                 seed=7, image_id="cifar100-03", dataset="cifar100", attack="ig", adaptive="drop")
     query = s.to_query()
     assert "source" not in query  # defaults stay out of the URL
     back, problems = Settings.from_query(query)
@@ -159,26 +159,132 @@ def test_punchline_renders_without_compute() -> None:
     assert has_metrics or has_info
 
 
-def test_frontier_plots_the_precomputed_points(monkeypatch: pytest.MonkeyPatch) -> None:
+def _curve_point(defense: str, knob: str, strength: float, attacker: str, attack: str, psnr: float,
+                 accuracy: float | None) -> dict:
+    return {"defense": defense, "knob": knob, "strength": strength, "noise_scale": strength if knob == "beta" else None,
+            "attacker": attacker, "attack": attack, "psnr": psnr, "psnr_std": 1.0, "ssim": 0.5, "label_accuracy": 1.0,
+            "accuracy": accuracy, "update_cosine": 0.9, "noise_to_signal": 10.0 * strength, "images": 2}
+
+
+def write_synthetic_curves(path: Path) -> Path:
+    """A made-up privacy-curves file in the sweep's schema (test data only, never committed)."""
+    points = [_curve_point("none", "", 0.0, "naive", "idlg", 38.0, 0.95),
+              _curve_point("none", "", 0.0, "adaptive", "idlg_drop", 37.0, 0.95)]
+    for i, beta in enumerate((0.001, 0.01, 0.1)):
+        points.append(_curve_point("tip", "beta", beta, "naive", "idlg", 20.0 - 6 * i, 0.94))
+        points.append(_curve_point("tip", "beta", beta, "adaptive", "idlg_drop", 18.0 + 6 * i, 0.94))
+        points.append(_curve_point("dp_paper", "epsilon", 10.0 ** (2 - i), "naive", "idlg", 30.0 - 8 * i,
+                                   None if i == 2 else 0.9 - 0.2 * i))
+        points.append(_curve_point("dp_paper", "epsilon", 10.0 ** (2 - i), "adaptive", "idlg_noise_aware",
+                                   31.0 - 8 * i, None if i == 2 else 0.9 - 0.2 * i))
+    path.write_text(json.dumps({"command": "python -m tipcore sweep --out runs/sweep", "settings": {"test": "yes"},
+                                "reference": {"random_psnr": 5.1, "grey_psnr": 11.8}, "points": points}))
+    return path
+
+
+@pytest.fixture()
+def synthetic_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The app's load_privacy_curves() serves a synthetic file from tmp_path."""
     from tipcore import showcase
 
     from app import resources
 
-    points = tuple(showcase.FrontierPoint(d, "epsilon", e, 5.0 + e / 10, 0.1, 0.5 + e / 500)
-                   for d in ("dp_paper", "tip") for e in (1.0, 5.0, 20.0))
-    fake = showcase.Frontier(points, "python -m tipcore showcase frontier", {"quick": False})
-    monkeypatch.setattr(showcase, "load_frontier", lambda: fake)
-    resources.frontier.clear()
+    path = write_synthetic_curves(tmp_path / "privacy_curves.json")
+    load = showcase.load_privacy_curves
+    monkeypatch.setattr(showcase, "load_privacy_curves", lambda: load(path))
+    resources.privacy_curves.clear()
+    yield path
+    resources.privacy_curves.clear()
+
+
+def test_privacy_curves_loader_checks_the_schema(tmp_path: Path) -> None:
+    from tipcore import showcase
+
+    path = write_synthetic_curves(tmp_path / "curves.json")
+    curves = showcase.load_privacy_curves(path)
+    assert curves is not None and {p["attacker"] for p in curves["points"]} == {"naive", "adaptive"}
+    assert curves["reference"] == {"random_psnr": 5.1, "grey_psnr": 11.8}
+    assert showcase.load_privacy_curves(tmp_path / "missing.json") is None
+    for key, value in (("attacker", "clever"), ("psnr", None), ("accuracy", "high")):
+        broken = json.loads(path.read_text())
+        broken["points"][0][key] = value
+        bad = tmp_path / f"bad_{key}.json"
+        bad.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=key):
+            showcase.load_privacy_curves(bad)
+
+
+def test_frontier_shows_naive_and_adaptive_curves(synthetic_curves: Path) -> None:
+    at = new_app()
+    at.switch_page("views/frontier.py").run()
+    no_exceptions(at)
+    assert "Privacy–utility frontier" in chart_titles(at)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t["name"] for t in spec["data"]]
+    assert "TIP · naive attacker" in names and "TIP · adaptive attacker" in names
+    dashes = {t["name"]: t["line"]["dash"] for t in spec["data"]}
+    assert dashes["TIP · naive attacker"] == "dash" and dashes["TIP · adaptive attacker"] == "solid"
+    # Same colour per defense for both attackers.
+    colours = {t["name"]: t["line"]["color"] for t in spec["data"]}
+    assert colours["TIP · naive attacker"] == colours["TIP · adaptive attacker"]
+    # Random-image and grey-guess PSNR as reference lines.
+    ys = sorted(shape["y0"] for shape in spec["layout"]["shapes"])
+    assert ys == [5.1, 11.8]
+    # The strength panels and the regenerate command.
+    assert "Attack PSNR against each defense's strength" in chart_titles(at)
+    assert any("python -m tipcore sweep" in c.value for c in at.code)
+    # Another axis keeps both attackers.
+    at.radio(key="frontier_x").set_value("noise_to_signal").run()
+    no_exceptions(at)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["xaxis"]["type"] == "log"
+    assert {"DP (paper) · naive attacker", "DP (paper) · adaptive attacker"} <= {t["name"] for t in spec["data"]}
+
+
+def test_frontier_without_curves_names_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tipcore import showcase
+
+    from app import resources
+
+    monkeypatch.setattr(showcase, "load_privacy_curves", lambda: None)
+    resources.privacy_curves.clear()
     try:
         at = new_app()
         at.switch_page("views/frontier.py").run()
         no_exceptions(at)
-        assert "Privacy–utility frontier" in chart_titles(at)
-        spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-        assert [t["name"] for t in spec["data"]] == ["DP (paper)", "TIP"]
-        assert any("python -m tipcore showcase frontier" in c.value for c in at.code)
+        assert not at.get("plotly_chart")
+        assert any("python -m tipcore showcase frontier" in i.value for i in at.info)
     finally:
-        resources.frontier.clear()
+        resources.privacy_curves.clear()
+
+
+def test_punchline_shows_tip_against_the_adaptive_attacker() -> None:
+    from tipcore import showcase
+
+    at = new_app()
+    no_exceptions(at)
+    punch = showcase.load_punchline()
+    if punch is None:
+        pytest.skip("no precomputed punchline")
+    pairs = [(e.defense, e.attack) for e in punch.entries]
+    assert pairs == [("none", "idlg"), ("dp", "idlg"), ("tip", "idlg"), ("tip", "idlg_drop")]
+    assert [m.label for m in at.metric].count("PSNR (dB)") == 4
+    assert any(c.value.startswith("attacker: iDLG + drop") for c in at.caption)
+    assert any(i.value.startswith("Why: TIP leaves most of the update clean") for i in at.info)
+    # The adaptive attacker recovers the image the naive one cannot (the precomputed numbers say so).
+    assert punch.entry("tip", "idlg_drop").psnr > punch.entry("tip", "idlg").psnr + 15
+
+
+def test_tip_and_teach_pages_show_tip_against_both_attackers() -> None:
+    at = new_app()
+    at.switch_page("views/tip.py").run()
+    no_exceptions(at)
+    heads = [md.value for md in at.markdown]
+    assert "**TIP vs the naive iDLG**" in heads and "**TIP vs iDLG that drops the noised channels**" in heads
+    assert any(t.startswith("What the attacker sees") for t in chart_titles(at))
+    at.switch_page("views/teach.py").run()
+    no_exceptions(at)
+    assert "**TIP vs iDLG that drops the noised channels**" in [md.value for md in at.markdown]
 
 
 def test_every_page_renders() -> None:
@@ -262,6 +368,60 @@ def test_run_streams_results_that_persist() -> None:
     at.switch_page("views/live.py").run()
     assert at.session_state["results"] is res
     assert [m.label for m in at.metric].count("PSNR (dB)") == 2
+
+
+def test_adaptive_attackers_are_offered_and_links_name_them() -> None:
+    at = new_app()
+    at.switch_page("views/live.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="w_attack").options == ["DLG", "iDLG", "Inverting Gradients"]
+    assert at.selectbox(key="w_adaptive").options == [
+        "no: naive attacker", "drops the noised channels", "matches low frequencies only", "noise-aware weighting"]
+    at.selectbox(key="w_adaptive").set_value("lowpass").run()
+    no_exceptions(at)
+    assert at.query_params["adaptive"] in (["lowpass"], "lowpass")
+    assert any("iDLG + low-pass (knows the defense)" in md.value for md in at.markdown)
+    # A link may also name the engine's attack directly.
+    at = new_app({"attack": "ig_noise_aware"})
+    at.switch_page("views/live.py").run()
+    no_exceptions(at)
+    s = at.session_state["settings"]
+    assert (s.attack, s.adaptive) == ("ig", "noise_aware")
+    assert at.selectbox(key="w_adaptive").value == "noise_aware"
+
+
+def test_adaptive_run_shows_detection() -> None:
+    at = new_app({"iterations": "3", "defenses": "tip", "attack": "idlg", "adaptive": "drop"})
+    at.switch_page("views/live.py").run()
+    no_exceptions(at)
+    click(at, "Run attack")
+    wait_for_results(at)
+    res = at.session_state["results"]
+    (d,) = res.defenses
+    assert d.attack == "idlg_drop" and d.iterations == 3
+    det = d.analysis["detection"]
+    assert det["noised"] == 3 and det["precision"] == 1.0 and det["recall"] == 1.0  # TIP's 3 channels, found
+    assert json.loads(d.files["result.json"])["update"]["detection"] == det  # the CLI's file, unchanged
+    assert metric(at, "Detection precision") == "1.00" and metric(at, "Detection recall") == "1.00"
+    assert any(c.value.startswith("noise-to-signal on the 3 changed slices") for c in at.caption)
+    assert any("iDLG + drop (knows the defense)" in c.value for c in at.caption)
+
+
+def test_calibrated_defenses_need_a_clipped_round() -> None:
+    at = new_app({"clip": "0", "defenses": "none,tip"})
+    at.switch_page("views/live.py").run()
+    no_exceptions(at)
+    errors = [e.value for e in at.error]
+    assert any("TIP calibrates the noise for updates clipped to norm C" in e for e in errors), errors
+    assert [b for b in at.button if b.label == "Run attack"][0].disabled
+    # Without a calibrated defense an unclipped round is fine.
+    at.multiselect(key="w_defenses").set_value(["none", "prune"]).run()
+    no_exceptions(at)
+    assert not at.error and not [b for b in at.button if b.label == "Run attack"][0].disabled
+    # The TIP page says the same instead of explaining a setting that cannot run.
+    at.switch_page("views/tip.py").run()
+    no_exceptions(at)
+    assert any("calibrates the noise for updates clipped to norm C" in e.value for e in at.error)
 
 
 def test_stop_keeps_what_was_reached() -> None:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import controls, jobs, resources, state
 from app.components import (
-    ATTACK_LABELS, MODEL_LABELS, defense_label, fmt_db, fmt_psnr, fmt_seconds, loss_curves, upscale,
+    MODEL_LABELS, attack_label, defense_label, fmt_db, fmt_psnr, fmt_seconds, fmt_ratio, loss_curves, upscale,
 )
 
 resources.configure_threads()
@@ -19,7 +19,7 @@ s = state.current()
 preset_slot = controls.preset_picker()
 image = controls.image_picker()
 controls.model_picker()
-controls.round_picker()
+controls.round_picker(calibrated=s.defenses)
 st.sidebar.subheader("Defenses")
 controls.defense_picker()
 controls.budget_picker()
@@ -64,7 +64,7 @@ with top_right:
     chosen = ", ".join(defense_label(d) for d in s.defenses) or "—"
     st.markdown(
         f"**{MODEL_LABELS.get(s.model, s.model)}** ({s.weights} weights) · **{protocol}** · "
-        f"**{ATTACK_LABELS.get(s.attack, s.attack)}**, {s.iterations} iterations, seed {s.seed} · "
+        f"**{attack_label(controls.attack_name(s))}**, {s.iterations} iterations, seed {s.seed} · "
         f"defenses: {chosen} · ε = {s.epsilon:g}, δ = {s.delta:.0e}"
     )
     st.markdown(f"Estimated time: **≈ {fmt_seconds(seconds)}** on 2 CPU cores")
@@ -72,9 +72,12 @@ with top_right:
     if seconds > 300:
         st.warning("This will take a while. Lower the iterations or the number of defenses for a quick look; "
                    "Stop keeps whatever has been reached.")
-    problem = controls.image_problem(s, image) if image is not None else None
+    problem = (controls.image_problem(s, image) if image is not None else None) or controls.clip_problem(s, s.defenses)
     if problem:
         st.error(problem)
+    if s.adaptive == "none" and any(d.startswith("tip") for d in s.defenses):
+        st.caption("The attacker is naive: it matches TIP's noise too. Set **Attacker knows the defense** to "
+                   "*drops the noised channels* to see what an attacker who adapts to TIP gets.")
     if not s.defenses:
         st.info("Pick at least one defense in the sidebar.")
     c1, _ = st.columns([1, 1])
@@ -164,13 +167,48 @@ def _label_text(res: jobs.Results, labels: tuple[int, ...]) -> str:
     return ", ".join(f"{resources.class_name(ds, res.num_classes, int(v))} ({int(v)})" for v in labels)
 
 
+def _fraction(value: object) -> str:
+    return "—" if value is None else f"{float(value):.2f}"
+
+
+def show_analysis(analysis: dict) -> None:
+    """What the defense did to the update, and (adaptive attacker) how well the noised channels were found."""
+    detection = analysis.get("detection")
+    if isinstance(detection, dict) and not detection.get("flagged") and not detection.get("noised"):
+        st.caption("the attacker found no noised channels, and the defense noised none",
+                   help="The adaptive attacker looks for conv channels whose kernels carry almost only "
+                        "high-frequency energy. Without such noise it matches the whole update, like the naive one.")
+    elif isinstance(detection, dict):
+        d1, d2 = st.columns(2)
+        d1.metric("Detection precision", _fraction(detection.get("precision")),
+                  help="Of the channels the attacker flagged as noised (from the update alone), the fraction the "
+                       "defense really noised (the experimenter checks against the defense's record; the attacker "
+                       "never sees it). — when nothing was flagged.")
+        d2.metric("Detection recall", _fraction(detection.get("recall")),
+                  help="Of the channels the defense noised, the fraction the attacker flagged. — when the defense "
+                       "noised no channels (e.g. DP or pruning change every tensor, not chosen channels).")
+        st.caption(f"flagged {detection.get('flagged', 0)} channel(s) as noised; the defense noised "
+                   f"{detection.get('noised', 0)}; {detection.get('true_positives', 0)} of them found")
+    slices = float(analysis.get("perturbed_slices", 0) or 0)
+    ratio = analysis.get("noise_to_signal")
+    if slices > 0 and ratio is not None:
+        cosine = analysis.get("update_cosine")
+        st.caption(f"noise-to-signal on the {int(slices)} changed slice{'s' if slices != 1 else ''}: "
+                   f"{fmt_ratio(ratio)} (median {fmt_ratio(analysis.get('noise_to_signal_median'))})"
+                   + (f" · cosine to the clean update {float(cosine):.2f}" if cosine is not None else ""),
+                   help="‖defended − clean‖ / ‖clean‖ over the conv channels (or whole tensors) the defense "
+                        "changed: how loud the noise is where it was added. The cosine compares the whole "
+                        "defended update with the clean one.")
+
+
 def show_results(res: jobs.Results) -> None:
     st.subheader("Results")
     cfg = res.settings
     st.caption(
         f"{res.image_caption} · {MODEL_LABELS.get(cfg.model, cfg.model)} ({cfg.weights}) · "
         f"{'FedAvg ' + str(cfg.local_steps) + ' steps' if cfg.mode == 'fedavg' else 'FedSGD'} · "
-        f"{ATTACK_LABELS.get(cfg.attack, cfg.attack)} · seed {cfg.seed} · ε = {cfg.epsilon:g}, δ = {cfg.delta:.0e}"
+        f"{attack_label(res.defenses[0].attack if res.defenses and res.defenses[0].attack else cfg.attack)} · "
+        f"seed {cfg.seed} · ε = {cfg.epsilon:g}, δ = {cfg.delta:.0e}"
     )
     if res.stopped:
         st.warning("Stopped early: these are the reconstructions reached so far"
@@ -204,6 +242,7 @@ def show_results(res: jobs.Results) -> None:
                 extra.append("diverged")
             tail = f" · {', '.join(extra)}" if extra else ""
             st.caption(f"{d.iterations} iterations · {fmt_seconds(d.seconds)}{tail}")
+            show_analysis(d.analysis)
             st.download_button("result.json", d.files["result.json"], file_name=f"{d.defense}_result.json",
                                mime="application/json", key=f"dl_json_{res.job_id}_{d.defense}",
                                icon=":material/download:",

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import streamlit as st
 
-from app import resources
-from app.components import defense_label, fmt_db, upscale
+from app import panels, resources
+from app.components import attack_label, defense_label, fmt_db, upscale
 
 
 def _names(punch: object, value: object) -> str:
@@ -29,7 +29,8 @@ st.markdown(
     "server can still run a *gradient-inversion attack* on that update and rebuild the private image. "
     "Below: one private image, and what the attack recovered from the update the client sent with no "
     "defense, with differential privacy, and with **TIP** (targeted interpretable perturbation, "
-    "[arXiv 2602.11633](https://arxiv.org/abs/2602.11633))."
+    "[arXiv 2602.11633](https://arxiv.org/abs/2602.11633)): first against the usual attacker, who ignores "
+    "the defense, then against one who knows TIP and leaves out the channels it noised."
 )
 
 try:
@@ -57,6 +58,13 @@ else:
             title = getattr(entry, "title", "") or defense_label(getattr(entry, "defense", ""))
             st.markdown(f"**{title}**")
             st.image(upscale(np.asarray(entry.image), 6), width="stretch")
+            attack = str(getattr(entry, "attack", "idlg") or "idlg")
+            if attack == "idlg":
+                st.caption("attacker: iDLG (naive)", help="Matches the whole update, the defense's noise included.")
+            else:
+                st.caption(f"attacker: {attack_label(attack).replace(' (knows the defense)', '')}",
+                           help=f"{attack_label(attack)}: adapts its matching to the defense, from the update "
+                                "alone (drop: finds the channels TIP noised and leaves them out).")
             psnr, ssim = float(entry.psnr), float(entry.ssim)
             true, pred = getattr(entry, "label_true", None), getattr(entry, "label_pred", None)
             m1, m2 = st.columns(2)
@@ -68,6 +76,8 @@ else:
                 verdict = "✓ leaked" if ok else "✗ wrong"
                 st.caption(f"label inferred by the attacker: {_names(punch, pred)} {verdict}")
 
+    if hasattr(punch, "entry") and punch.entry("tip", panels.ADAPTIVE_ATTACK) is not None:
+        st.info(panels.why_sentence(punch))
     tip_leaks = any(
         str(getattr(e, "defense", "")).startswith("tip")
         and list(np.atleast_1d(getattr(e, "label_true", -1))) == list(np.atleast_1d(getattr(e, "label_pred", -2)))
@@ -75,7 +85,7 @@ else:
     )
     if tip_leaks:
         st.caption("Note the label under TIP: iDLG reads it off the last (fc) layer's gradient, which TIP leaves "
-                   "untouched, so the class still leaks even when the picture does not.")
+                   "untouched, so the class leaks even where the naive attacker's picture does not.")
     st.page_link("views/live.py", label="Run it yourself: Live attack", icon=":material/play_circle:")
     st.page_link("views/tip.py", label="See what TIP changes: How TIP works", icon=":material/tune:")
 

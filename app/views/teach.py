@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app import panels
+
 st.title("Teach: what is going on here")
 
 st.header("1. One federated round")
@@ -88,7 +90,7 @@ Concretely, an adaptive attacker can:
   (and for one image and one step, an fc weight-gradient row divided by its bias gradient gives the
   penultimate features exactly);
 * **match only the clean parts**: drop the noised channels (they stand out by their high-frequency energy) or
-  match only the low-frequency bins;
+  match only the low-frequency bins (the explorer's *drop* and *lowpass* attackers);
 * **read the selection itself**: which channels are noised depends on the private image.
 
 So read the reconstructions on this site as "what these particular attacks achieve against this update",
@@ -96,6 +98,9 @@ not as a privacy guarantee. For a guarantee, use DP with an accountant, and pay 
 frontier page shows.
 """
 )
+st.markdown("**Measured, not hypothetical**: the same TIP update, attacked by the naive iDLG and by the iDLG "
+            "that drops the channels it finds noised (live attack: *Attacker knows the defense*).")
+panels.tip_vs_adaptive(panels.punchline(), key="teach", show_channels=False)
 
 st.header("6. How to read the numbers")
 st.markdown(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import controls, resources, state
+from app import controls, panels, resources, state
 from app.components import (
     alpha_bars, defense_label, heatmap_overlay, kernel_figure, noise_energy_bars, spectrum_figure, upscale,
 )
@@ -20,7 +20,7 @@ s = state.current()
 # ------------------------------------------------------------------------------------------ sidebar
 image = controls.image_picker()
 controls.model_picker()
-controls.round_picker()
+controls.round_picker(calibrated=[s.tip_variant])
 st.sidebar.subheader("TIP")
 controls.tip_picker(variant=True)
 if s.noise == "calibrated":
@@ -44,7 +44,7 @@ if image is None:
         st.error(controls.upload_error())
     st.info("Choose a gallery image or upload one in the sidebar.")
     st.stop()
-problem = controls.image_problem(s, image)
+problem = controls.image_problem(s, image) or controls.clip_problem(s, [s.tip_variant])
 if problem:
     st.error(problem)
     st.stop()
@@ -161,3 +161,17 @@ st.plotly_chart(noise_energy_bars(names, [layer.noise_energy for layer in layers
                                   [layer.effective_std for layer in layers]), key="energy")
 st.caption("Noise lands only on conv weights: biases, BatchNorm, the fc layer and (at r = 0.5) 1 × 1 kernels "
            "stay clean. See Teach for what that means for privacy.")
+
+# ------------------------------------------------------------------------------------------ adaptive attacker
+st.subheader("Does it stop an attacker who knows TIP?")
+st.markdown(
+    "The noise above is what a *naive* attacker has to fit. An attacker who knows the defense reads the "
+    "received update first: the noised channels are the ones whose kernels carry almost only high-frequency "
+    "energy. Precomputed on the punchline image (CIFAR-10 cat, LeNet, FedSGD, clip 5, TIP at its defaults, "
+    "300 iDLG steps):"
+)
+if not panels.tip_vs_adaptive(panels.punchline(), key="tip_page"):
+    st.info("The precomputed comparison is not available yet. Generate it with\n\n"
+            f"```\n{resources.showcase_command('punchline')}\n```")
+st.caption("Try it on your own setting: on Live attack, set **Attacker knows the defense** to *drops the "
+           "noised channels*.")
