@@ -66,14 +66,20 @@ def attack_config(image_id: str, setting: DefenseSetting, attack: str, *, iterat
     )
 
 
-def attack_cell(cfg, should_stop=None) -> dict[str, Any]:
-    """Run one attack and flatten what the curves and the report need into one row."""
-    from tipcore.attacks import drive
-    from tipcore.experiment import stream
+def attack_cells(cfgs: list, should_stop=None) -> list[dict[str, Any]]:
+    """Run attacks that differ only in their defense (batched where the attack allows it) and flatten what
+    the curves and the report need into one row each; ``seconds`` is the group's time split evenly."""
+    from tipcore.experiment import stream_comparison
+    from tipcore.progress import drive
 
     t0 = time.perf_counter()
     kwargs = {} if should_stop is None else {"should_stop": should_stop}
-    record = drive(stream(cfg, **kwargs))
+    records = drive(stream_comparison(list(cfgs), **kwargs))
+    share = (time.perf_counter() - t0) / max(len(records), 1)
+    return [row_of(record, share) for record in records]
+
+
+def row_of(record, seconds: float) -> dict[str, Any]:
     analysis = record.analysis
     detection = analysis.get("detection") or {}
     return {
@@ -82,8 +88,12 @@ def attack_cell(cfg, should_stop=None) -> dict[str, Any]:
         "noise_to_signal_median": analysis.get("noise_to_signal_median"),
         "flag_precision": detection.get("precision"), "flag_recall": detection.get("recall"),
         "flagged": detection.get("flagged"), "restarts": record.result.restarts,
-        "stopped": record.result.stopped, "seconds": round(time.perf_counter() - t0, 2),
+        "stopped": record.result.stopped, "seconds": round(seconds, 2),
     }
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
 
 
 def fl_options(setting: DefenseSetting) -> dict[str, Any]:

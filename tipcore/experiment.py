@@ -207,6 +207,42 @@ def analyse(prepared: PreparedRound, result: AttackResult) -> dict[str, Any]:
     return out
 
 
+def comparable(cfgs: list[ExperimentConfig]) -> bool:
+    """Whether runs differ only in their defense, so one batched optimisation can attack them all."""
+    if len(cfgs) < 2:
+        return False
+    spec = attacks.create(cfgs[0].attack, cfgs[0].attack_cfg)
+    recipe = spec.recipe() if hasattr(spec, "recipe") else None
+    if recipe is None or recipe.labels == "soft" or recipe.trials != 1:
+        return False
+    first = replace(cfgs[0], defense="none", defense_cfg={})
+    return all(replace(c, defense="none", defense_cfg={}) == first for c in cfgs[1:])
+
+
+def stream_comparison(cfgs: list[ExperimentConfig], images: np.ndarray | None = None, *,
+                      should_stop: StopHook = never_stop) -> Generator[Any, None, list[RunRecord]]:
+    """Runs that differ only in their defense, attacked as one batched optimisation where the attack allows
+    it (``tipcore.attacks.batched``), else one after another. Each record is what ``stream`` would give,
+    up to float rounding of the batched kernels."""
+    from tipcore.attacks.batched import BatchedComparison
+
+    if not comparable(cfgs):
+        records = []
+        for cfg in cfgs:
+            records.append((yield from stream(cfg, images, should_stop=should_stop)))
+        return records
+    prepared = [prepare(cfg, images) for cfg in cfgs]
+    cfg = cfgs[0]
+    comparison = BatchedComparison(attacks.create(cfg.attack, cfg.attack_cfg))
+    results = yield from comparison.reconstruct(
+        prepared[0].view, [p.defended for p in prepared],
+        generators=[generator(c.seed, "attack") for c in cfgs], should_stop=should_stop,
+        report_every=cfg.report_every)
+    env = environment(pick_device(cfg.device))
+    return [RunRecord(p, r, metrics.score(p.images, r.images, p.labels, r.labels), env, analyse(p, r))
+            for p, r in zip(prepared, results)]
+
+
 def run(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
         on_snapshot: Callable[[Snapshot], None] | None = None) -> RunRecord:
     return attacks.drive(stream(cfg, images, should_stop=should_stop), on_snapshot)

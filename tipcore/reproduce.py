@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generator
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from tipcore import attacks
 from tipcore.evaluation import (
-    DefenseSetting, attack_cell, attack_config, cifar10_ids, mean_std, reference_psnr, utility_accuracy,
+    DefenseSetting, attack_cells, attack_config, chunks, cifar10_ids, mean_std, reference_psnr, utility_accuracy,
 )
 from tipcore.fl import RoundConfig
 from tipcore.progress import Progress, StopHook, never_stop
@@ -39,6 +39,8 @@ CELL_COLUMNS = ("setting", "defense", "model", "image", "attack", "attacker", "p
 UTILITY_COLUMNS = ("setting", "defense", "accuracy", "fl_rounds")
 REPRODUCE_COMMAND = "python -m tipcore reproduce"
 IG_ROUND = RoundConfig(mode="fedavg", batch_size=1, local_steps=4, lr=1e-3, clip=5.0)
+LENET_BATCH = 11  # defenses attacked together in one batched optimisation
+RESNET_BATCH = 3  # ResNet-18's batched double-backward holds a graph per problem: keep memory modest
 
 
 def report_settings() -> dict[str, DefenseSetting]:
@@ -113,63 +115,66 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
     images = cifar10_ids(cfg.images)
     ig_images = cifar10_ids(cfg.ig_images) if cfg.ig_images else ()
     started = time.perf_counter()
-    todo: list[tuple[str, tuple]] = []
+    state = {"done": 0}
 
-    def plan_attacks(label: str, setting: DefenseSetting) -> None:
-        for image in images:
-            for attack in cfg.lenet_attacks:
-                if not cells.has(dict(setting=label, model="lenet", image=image, attack=attack)):
-                    todo.append(("attack", (label, setting, "lenet", image, attack)))
-        for image in ig_images:
-            for attack in cfg.ig_attacks:
-                if not cells.has(dict(setting=label, model="resnet18", image=image, attack=attack)):
-                    todo.append(("attack", (label, setting, "resnet18", image, attack)))
-
-    for label, setting in {**settings, **{c.label(): c for c in MATCHED_DP_CANDIDATES}}.items():
-        if not utility.has({"setting": label}):
-            todo.append(("utility", (label, setting)))
-    for label, setting in settings.items():
-        plan_attacks(label, setting)
-    done = 0
+    def attack_groups(chosen: dict[str, DefenseSetting], models: tuple[str, ...]) -> list[tuple]:
+        """Per model, image and attack: the settings still to do, in batches of one optimisation each."""
+        groups = []
+        for model in models:
+            names, pictures, size = ((cfg.lenet_attacks, images, LENET_BATCH) if model == "lenet"
+                                     else (cfg.ig_attacks, ig_images, RESNET_BATCH))
+            for image in pictures:
+                for attack in names:
+                    todo = [(label, s) for label, s in chosen.items()
+                            if not cells.has(dict(setting=label, model=model, image=image, attack=attack))]
+                    groups += [("attack", (group, model, image, attack)) for group in chunks(todo, size)]
+        return groups
 
     def work(items: list[tuple[str, tuple]]) -> Generator[Progress, None, bool]:
-        nonlocal done
+        total = state["done"] + sum(len(i[1][0]) if i[0] == "attack" else 1 for i in items)
         for kind, item in items:
             if should_stop():
                 return False
-            total = done + len(items) - items.index((kind, item))
+            elapsed = time.perf_counter() - started
             if kind == "utility":
                 label, setting = item
-                yield Progress(done, total, f"utility {label}", time.perf_counter() - started)
+                yield Progress(state["done"], total, f"utility {label}", elapsed)
                 acc = utility_accuracy(setting, rounds=cfg.fl_rounds, seed=cfg.seed)
                 utility.append(dict(setting=label, defense=setting.defense, accuracy=acc, fl_rounds=cfg.fl_rounds))
+                state["done"] += 1
+                continue
+            group, model, image, attack = item
+            yield Progress(state["done"], total, f"{attack} on {model}, {image}, vs {len(group)} defenses", elapsed)
+            if model == "lenet":
+                ecfgs = [attack_config(image, s, attack, iterations=cfg.lenet_iters, seed=cfg.seed) for _, s in group]
             else:
-                label, setting, model, image, attack = item
-                yield Progress(done, total, f"{attack} on {model} vs {label}, {image}", time.perf_counter() - started)
-                if model == "lenet":
-                    ecfg = attack_config(image, setting, attack, iterations=cfg.lenet_iters, seed=cfg.seed)
-                else:
-                    ecfg = attack_config(image, setting, attack, iterations=cfg.ig_iters, seed=cfg.seed,
-                                         model="resnet18", round_cfg=IG_ROUND, attack_options={"lr": cfg.ig_lr})
-                from dataclasses import replace
-
-                row = attack_cell(replace(ecfg, device=cfg.device))
+                ecfgs = [attack_config(image, s, attack, iterations=cfg.ig_iters, seed=cfg.seed, model="resnet18",
+                                       round_cfg=IG_ROUND, attack_options={"lr": cfg.ig_lr}) for _, s in group]
+            rows = attack_cells([replace(c, device=cfg.device) for c in ecfgs], should_stop=should_stop)
+            if any(r["stopped"] for r in rows):
+                return False
+            for (label, setting), row in zip(group, rows):
                 cells.append(dict(setting=label, defense=setting.defense, model=model, image=image, attack=attack,
                                   attacker=kind_of(attack), **{k: row[k] for k in CELL_COLUMNS if k in row}))
-            done += 1
+            state["done"] += len(group)
         return True
 
-    if not (yield from work(todo)):
-        yield Progress(done, done, "stopped", time.perf_counter() - started, stopped=True)
+    def stopped() -> Progress:
+        return Progress(state["done"], state["done"], "stopped", time.perf_counter() - started, stopped=True)
+
+    candidates = {c.label(): c for c in MATCHED_DP_CANDIDATES}
+    first = [("utility", (label, s)) for label, s in {**settings, **candidates}.items()
+             if not utility.has({"setting": label})]
+    models = ("lenet",) + (("resnet18",) if ig_images and cfg.ig_attacks else ())
+    if not (yield from work(first + attack_groups(settings, models))):
+        yield stopped()
         return out
     matched_label, matched = matched_dp(utility, "tip p=0.1")
-    todo = []
-    plan_attacks(matched_label, matched)
-    todo = [t for t in todo if t[1][2] == "lenet"]  # the paired test runs on LeNet, where both attackers work
-    if not (yield from work(todo)):
-        yield Progress(done, done, "stopped", time.perf_counter() - started, stopped=True)
+    # The paired test runs on LeNet, where the attacks succeed without a defense.
+    if not (yield from work(attack_groups({matched_label: matched}, ("lenet",)))):
+        yield stopped()
         return out
-    yield Progress(done, done, "writing REPORT.md", time.perf_counter() - started)
+    yield Progress(state["done"], state["done"], "writing REPORT.md", time.perf_counter() - started)
     reference = reference_psnr(images, cfg.seed)
     (out / "REPORT.md").write_text(report(cfg, cells, utility, matched_label, reference,
                                           time.perf_counter() - started))

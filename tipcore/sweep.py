@@ -21,7 +21,7 @@ from typing import Any, Generator, Mapping
 
 from tipcore import attacks
 from tipcore.evaluation import (
-    DefenseSetting, attack_cell, attack_config, cifar10_ids, mean_std, reference_psnr, utility_accuracy,
+    DefenseSetting, attack_cells, attack_config, chunks, cifar10_ids, mean_std, reference_psnr, utility_accuracy,
 )
 from tipcore.progress import Progress, StopHook, never_stop
 from tipcore.resumable import ResumableTable, number
@@ -41,6 +41,7 @@ ATTACK_COLUMNS = ("defense", "knob", "strength", "noise_scale", "image", "seed",
                   "flag_precision", "flag_recall", "flagged", "restarts", "seconds")
 UTILITY_COLUMNS = ("defense", "knob", "strength", "seed", "accuracy", "fl_rounds")
 SWEEP_COMMAND = "python -m tipcore sweep"
+BATCH = 16  # defense settings attacked together in one batched optimisation (LeNet)
 
 
 @dataclass(frozen=True)
@@ -107,30 +108,40 @@ def run(cfg: SweepConfig, out: str | Path, *, should_stop: StopHook = never_stop
             key = dict(defense=setting.defense, knob=setting.knob, strength=setting.strength, seed=seed)
             if not utility_table.has(key):
                 cells.append(("utility", (setting, seed)))
-            for image in images:
-                for attack, kind in cfg.attackers():
-                    if not attack_table.has({**key, "image": image, "attack": attack}):
-                        cells.append(("attack", (setting, seed, image, attack, kind)))
-    start, total = time.perf_counter(), len(cells)
-    for done, (kind, cell) in enumerate(cells):
+    for seed in cfg.seeds:  # one batched optimisation per image and attacker, over the settings still to do
+        for image in images:
+            for attack, kind in cfg.attackers():
+                todo = [s for s in cfg.settings() if not attack_table.has(dict(
+                    defense=s.defense, knob=s.knob, strength=s.strength, seed=seed, image=image, attack=attack))]
+                for group in chunks(todo, BATCH):
+                    cells.append(("attack", (group, seed, image, attack, kind)))
+    start, total = time.perf_counter(), sum(len(c[1][0]) if c[0] == "attack" else 1 for c in cells)
+    done = 0
+    for kind, cell in cells:
         if should_stop():
             yield Progress(done, total, "stopped", time.perf_counter() - start, stopped=True)
             return out
         if kind == "utility":
             setting, seed = cell
-            label = f"utility {setting.label()} seed {seed}"
-            yield Progress(done, total, label, time.perf_counter() - start)
+            yield Progress(done, total, f"utility {setting.label()} seed {seed}", time.perf_counter() - start)
             accuracy = utility_accuracy(setting, rounds=cfg.fl_rounds, seed=seed)
             utility_table.append(dict(defense=setting.defense, knob=setting.knob, strength=setting.strength,
                                       seed=seed, accuracy=accuracy, fl_rounds=cfg.fl_rounds))
+            done += 1
         else:
-            setting, seed, image, attack, attacker = cell
-            label = f"{attack} vs {setting.label()} on {image} seed {seed}"
+            group, seed, image, attack, attacker = cell
+            label = f"{attack} vs {len(group)} settings ({group[0].defense} ... {group[-1].defense}) on {image} seed {seed}"
             yield Progress(done, total, label, time.perf_counter() - start)
-            row = attack_cell(attack_config(image, setting, attack, iterations=cfg.iterations, seed=seed))
-            attack_table.append(dict(defense=setting.defense, knob=setting.knob, strength=setting.strength,
-                                     noise_scale=setting.noise_scale(), image=image, seed=seed, attack=attack,
-                                     attacker=attacker, **{k: row[k] for k in ATTACK_COLUMNS if k in row}))
+            rows = attack_cells([attack_config(image, s, attack, iterations=cfg.iterations, seed=seed) for s in group],
+                                should_stop=should_stop)
+            if any(r["stopped"] for r in rows):
+                yield Progress(done, total, "stopped", time.perf_counter() - start, stopped=True)
+                return out
+            for setting, row in zip(group, rows):
+                attack_table.append(dict(defense=setting.defense, knob=setting.knob, strength=setting.strength,
+                                         noise_scale=setting.noise_scale(), image=image, seed=seed, attack=attack,
+                                         attacker=attacker, **{k: row[k] for k in ATTACK_COLUMNS if k in row}))
+            done += len(group)
     yield Progress(total, total, "done", time.perf_counter() - start)
     summary = summarise(attack_table, utility_table, cfg, reference_psnr(images))
     (out / "curves.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -140,6 +140,7 @@ class MatchingProblem:
                     p.sub_(update.tensors[name].to(device))
         self.model: nn.Module = model.eval()
         self.device = device
+        self.mode = update.mode
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         missing = [n for n in self.names if n not in update.tensors]
         if missing:

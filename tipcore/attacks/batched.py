@@ -1,0 +1,259 @@
+"""Several attacks of one recipe, optimised together: the side-by-side comparison of N defended updates.
+
+Each problem keeps its own target, matcher, labels, start, optimiser state, restarts and result, exactly
+as if run alone (each gets its own generator with the same seed); only the expensive part is shared: one
+batched closure computes every problem's dummy gradient at once with ``torch.func.vmap`` over per-problem
+``grad``, and one vector-Jacobian product gives every image's gradient. L-BFGS problems advance in
+lockstep through ``FlatLBFGS.step_requests``; Adam problems share one elementwise Adam (so the moments of
+each image's block are its own). Problems that finish early are carried along without effect.
+
+Numbers match separate runs up to float rounding of the batched kernels (which L-BFGS, a chaotic
+optimiser, can amplify over hundreds of steps); ``bench/batched_comparison.py`` measures the speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from tipcore.attacks import matching
+from tipcore.attacks.base import AttackResult, Clock, DivergenceGuard, MatchingProblem, to_images
+from tipcore.attacks.lbfgs import FlatLBFGS
+from tipcore.attacks.template import GradientInversion, Recipe, choose_labels, distance_and_seed, total_variation
+from tipcore.fl import ServerView, SharedUpdate
+from tipcore.progress import StopHook, never_stop
+
+
+@dataclass(frozen=True)
+class BatchSnapshot:
+    step: int  # the furthest step any problem has reached
+    losses: tuple[float, ...]
+    images: np.ndarray  # (N, H, W, 3): each problem's current first image
+    elapsed_s: float
+    eta_s: float
+
+
+class _Problem:
+    """One defended update: its target, matcher, labels and optimisation state."""
+
+    def __init__(self, recipe: Recipe, view: ServerView, update: SharedUpdate, generator: torch.Generator) -> None:
+        self.problem = MatchingProblem(view, update)
+        self.generator = generator
+        self.matcher = matching.fit(recipe.match, self.problem.model, dict(zip(self.problem.names, self.problem.targets)))
+        self.targets = [self.matcher.apply(n, t) for n, t in zip(self.problem.names, self.problem.targets)]
+        self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.targets))
+        self.labels = choose_labels(recipe.labels, self.problem, update)
+        self.guard = DivergenceGuard(recipe.explode_factor)
+        self.step, self.restarts, self.evaluations, self.loss = 0, 0, 0, float("nan")
+        self.finished, self.diverged = False, False
+        self.history: list = []
+
+
+class BatchedComparison:
+    """Run ``attack`` (a template configuration) against several updates of the same model and image shape."""
+
+    def __init__(self, attack: GradientInversion) -> None:
+        self.recipe = attack.recipe()
+        if self.recipe.labels == "soft":
+            raise ValueError("batched comparison needs a fixed label per problem (iDLG or IG), not DLG's soft label")
+        if self.recipe.trials != 1:
+            raise ValueError("batched comparison runs one trial per problem")
+
+    def reconstruct(self, view: ServerView, updates: Sequence[SharedUpdate], *,
+                    generators: Sequence[torch.Generator], should_stop: StopHook = never_stop,
+                    report_every: int = 10) -> Generator[BatchSnapshot, None, list[AttackResult]]:
+        recipe = self.recipe
+        if len(updates) != len(generators) or not updates:
+            raise ValueError("give one generator per update, and at least one update")
+        problems = [_Problem(recipe, view, u, g) for u, g in zip(updates, generators)]
+        first = problems[0].problem
+        shape, device = first.shape, first.device
+        if any(p.problem.shape != shape for p in problems):
+            raise ValueError("every update of a batched comparison must come from the same batch size")
+        gradients = _batched_gradients(problems)
+        n = len(problems)
+        nx = int(np.prod(shape))
+        z = torch.stack([self._start(p, nx) for p in problems])  # [N, nx]
+        clock = Clock(recipe.iterations)
+        optimisers = self._optimisers(z, n)
+        stopped = False
+
+        def closure(zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            zs = zs.detach().requires_grad_(True)
+            x = zs.view(n, *shape)
+            with first.backend():
+                per_problem = gradients(x)
+                dummies, seeds, losses = [], [], []
+                for k, p in enumerate(problems):
+                    dummy = [p.matcher.apply(name, g[k]) for name, g in zip(p.problem.names, per_problem)]
+                    loss, seed = distance_and_seed(recipe.distance, dummy, p.targets, p.target_norm)
+                    dummies += dummy
+                    seeds += seed
+                    losses.append(loss)
+                (grad_z,) = torch.autograd.grad(dummies, [zs], grad_outputs=seeds)
+            loss = torch.stack(losses)
+            if recipe.tv > 0:
+                tv = torch.stack([total_variation(x[k]) for k in range(n)])
+                grad_z = grad_z + recipe.tv * torch.autograd.grad(tv.sum(), [zs])[0]
+                loss = loss + recipe.tv * tv.detach()
+            return loss.detach(), grad_z
+
+        while not all(p.finished for p in problems):
+            if should_stop():
+                stopped = True
+                break
+            losses = optimisers.step(closure, [not p.finished for p in problems])
+            for k, p in enumerate(problems):
+                if p.finished:
+                    continue
+                p.loss, used = losses[k]
+                p.evaluations += used
+                p.step += 1
+                if p.guard.diverged(p.loss) or not torch.isfinite(z[k]).all():
+                    if p.restarts < recipe.max_restarts:
+                        p.restarts += 1
+                        p.step, p.loss = 0, float("nan")
+                        p.guard.reset()
+                        with torch.no_grad():
+                            z[k] = self._start(p, nx)
+                        optimisers.reset(k)
+                        continue
+                    p.diverged, p.finished = True, True
+                    continue
+                if p.step >= recipe.iterations:
+                    p.finished = True
+            step = max(p.step for p in problems)
+            if step % report_every == 0 or all(p.finished for p in problems):
+                images = to_images(z.detach().view(n, *shape)[:, 0])
+                yield BatchSnapshot(step, tuple(p.loss for p in problems), images, clock.elapsed(), clock.eta(step))
+
+        results = []
+        for k, p in enumerate(problems):
+            x = torch.nan_to_num(z[k].detach().view(shape), nan=0.5)
+            results.append(AttackResult(
+                images=to_images(x), labels=tuple(int(v) for v in p.labels.tolist()), iterations=p.step,
+                restarts=p.restarts, seconds=clock.elapsed(), stopped=stopped, final_loss=p.loss,
+                diverged=p.diverged, evaluations=p.evaluations, match=recipe.match.match,
+                flagged=dict(p.matcher.flagged)))
+        return results
+
+    def _start(self, p: _Problem, nx: int) -> torch.Tensor:
+        x0 = torch.randn(p.problem.shape, generator=p.generator)
+        if self.recipe.init == "centred":
+            x0 = 0.5 + 0.25 * x0
+        return x0.flatten().to(p.problem.device)
+
+    def _optimisers(self, z: torch.Tensor, n: int) -> "_LockstepLBFGS | _SharedAdam":
+        if self.recipe.optimiser == "lbfgs":
+            return _LockstepLBFGS(z, self.recipe)
+        return _SharedAdam(z, self.recipe)
+
+
+class _LockstepLBFGS:
+    """One FlatLBFGS per problem (each on its own row of z), advanced together through one closure."""
+
+    def __init__(self, z: torch.Tensor, recipe: Recipe) -> None:
+        self.z, self.recipe = z, recipe
+        self.opts = [self._new(k) for k in range(z.shape[0])]
+
+    def _new(self, k: int) -> FlatLBFGS:
+        r = self.recipe
+        return FlatLBFGS(self.z[k], lr=r.lr, max_iter=r.evals_per_step, history_size=r.history_size)
+
+    def reset(self, k: int) -> None:
+        self.opts[k] = self._new(k)
+
+    def step(self, closure, active: list[bool]) -> list[tuple[float, int]]:
+        runs = {k: self.opts[k].step_requests() for k in range(len(active)) if active[k]}
+        for run in runs.values():
+            next(run)
+        out: dict[int, tuple[float, int]] = {}
+        while runs:
+            loss, grad_z = closure(self.z)
+            for k in list(runs):
+                try:
+                    runs[k].send((loss[k], grad_z[k]))
+                except StopIteration as done:
+                    out[k] = done.value
+                    del runs[k]
+        return [out.get(k, (float("nan"), 0)) for k in range(len(active))]
+
+
+class _SharedAdam:
+    """Adam is elementwise: one Adam over all rows is N independent Adams (rows never mix)."""
+
+    def __init__(self, z: torch.Tensor, recipe: Recipe) -> None:
+        self.z, self.recipe = z, recipe
+        z.requires_grad_(True)
+        self.opt = torch.optim.Adam([z], lr=recipe.lr)
+        milestones = [int(recipe.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        self.sched = (torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones, gamma=recipe.decay_gamma)
+                      if recipe.lr_decay else None)
+        self._box()
+
+    def _box(self) -> None:
+        if self.recipe.boxed:
+            with torch.no_grad():
+                self.z.clamp_(0, 1)
+
+    def reset(self, k: int) -> None:
+        """A restarted problem forgets its moments (the shared step count, and so Adam's bias correction
+        and the learning-rate schedule, go on: a restart here is not bit-identical to a separate run's)."""
+        state = self.opt.state.get(self.z)
+        if state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key][k].zero_()
+        self._box()
+
+    def step(self, closure, active: list[bool]) -> list[tuple[float, int]]:
+        loss, grad_z = closure(self.z)
+        grad_z = grad_z.sign() if self.recipe.signed else grad_z
+        grad_z[~torch.tensor(active)] = 0  # finished problems stay where they are
+        self.z.grad = grad_z
+        frozen = self.z.detach()[~torch.tensor(active)].clone()
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        self._box()
+        with torch.no_grad():
+            self.z[~torch.tensor(active)] = frozen
+        return [(float(loss[k]), 1) for k in range(len(active))]
+
+
+def _batched_gradients(problems: list[_Problem]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """x [N, B, C, H, W] -> per parameter a tensor [N, *shape]: problem k's (clipped) dummy gradient at its
+    own model point (the same θ_g in FedSGD; θ_g − U_k in FedAvg) with its own labels."""
+    first = problems[0].problem
+    model: nn.Module = first.model
+    names = first.names
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    shared = all(p.problem.mode == "fedsgd" for p in problems)
+    if shared:
+        params = {n: p.detach() for n, p in model.named_parameters()}
+    else:
+        stacks = [dict(p.problem.model.named_parameters()) for p in problems]
+        params = {n: torch.stack([s[n].detach() for s in stacks]) for n in stacks[0]}
+    labels = torch.stack([p.labels for p in problems])
+    clip = first.clip
+
+    def loss_fn(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, (p, buffers), (x,))
+        return nn.functional.cross_entropy(out, y)
+
+    per_problem = vmap(grad(loss_fn), in_dims=(None if shared else 0, 0, 0))
+
+    def gradients(x: torch.Tensor) -> list[torch.Tensor]:
+        g = per_problem(params, x, labels)
+        grads = [g[n] for n in names]
+        if clip is not None:  # the protocol's global-norm clipping, per problem
+            norm = torch.sqrt(sum((t * t).flatten(1).sum(1) for t in grads))
+            factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
+            grads = [t * factor.view(-1, *([1] * (t.ndim - 1))) for t in grads]
+        return grads
+
+    return gradients
