@@ -57,12 +57,14 @@ def main(grid: Grid, context: Context) -> None:
             time.perf_counter() - started)
         return MetricRecord({"accuracy": accuracy[server_round]})
 
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
-                   timeout=float(cfg["round-timeout"]), train_config=ConfigRecord(settings.to_config()),
-                   evaluate_fn=evaluate)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
+                            timeout=float(cfg["round-timeout"]), train_config=ConfigRecord(settings.to_config()),
+                            evaluate_fn=evaluate)
     summary = {"defense": str(cfg["defense"]), "defense_options": str(cfg["defense-options"]),
                "model": str(cfg["model"]), "rounds": rounds, "seconds": time.perf_counter() - started,
                "accuracy": [accuracy[r] for r in sorted(accuracy)], "participation": strategy.rounds,
+               # per round, the clients' metrics averaged by FedAvg (train-seconds, defense-seconds, ...)
+               "client_metrics": {r: dict(m) for r, m in sorted(result.train_metrics_clientapp.items())},
                "settings": settings.to_config()}
     log(INFO, "tipflower: summary %s", json.dumps(summary))
     if record_dir is not None:
