@@ -8,7 +8,6 @@ Its teardown checks that every process the federation started has ended. Every w
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-if importlib.util.find_spec("flwr") is None:
-    pytest.skip("flwr is not installed; install the extra with: pip install -e '.[flower]'", allow_module_level=True)
+pytest.importorskip("flwr", reason="flwr is not installed; install the extra with: pip install -e '.[flower]'")
 
 from tipcore.flower import records  # noqa: E402
 from tipcore.flower.compat import SUPPORTED_RANGE, FlowerVersionError, check_flwr_version  # noqa: E402
