@@ -1,0 +1,149 @@
+"""tipcore's defenses as Flower client mods: the defense runs on the ClientApp's reply, inside the client.
+
+A mod wraps the ClientApp the way Flower's own ``LocalDpMod`` does (``mod(msg, context, call_next)``). On a
+train message it lets the ClientApp train, then turns the returned parameters θ_local into the update
+U = θ_global − θ_local that FedAvg effectively sends, runs ``defense.protect(U, ctx)`` with the client's own
+data as private context (TIP: its own Grad-CAM pass), and replies θ_local − (U′ − U): the parameters whose
+update is the defended U′. Wherever the defense left U untouched the reply holds θ_local bit for bit, so
+"the update changed only where the record says" can be checked exactly. The defense record
+(``DefenseDiagnostics.as_dict()``: for TIP the selected channels, β and the frequency mask per layer)
+goes back as a JSON string in the ConfigRecord ``RECORD_KEY``; the time it took goes into the MetricRecord.
+
+The mod needs two things the ClientApp already has, passed as callables of the Flower ``Context``: a
+fresh model of the architecture (``build_model``) and the node's private training data (``private_data``).
+The round's public settings (lr, clip, batch size, local epochs) come from the train message's
+ConfigRecord (see ``RoundSettings``), as the ServerApp announced them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from logging import ERROR, INFO
+from typing import Any, Callable, Mapping
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
+from torch import nn
+
+from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, trainable_names
+from tipcore.flower import records
+from tipcore.flower.settings import RoundSettings, check_defense
+from tipcore.seeding import generator
+
+RECORD_KEY = "tipcore-defense"  # ConfigRecord in the reply: {"defense": name, "record": JSON}
+DEFENSE_SECONDS_KEY = "defense-seconds"  # added to the reply's MetricRecord
+AUDIT_DIR_KEY = "audit-dir"  # node config: where this node keeps its own clean/defended copies (opt-in)
+
+BuildModel = Callable[[Context], nn.Module]
+PrivateData = Callable[[Context], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _error_reply(msg: Message, reason: str) -> Message:
+    log(ERROR, reason)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+
+def _single(records: Mapping[str, Any], kind: str) -> tuple[str, Any]:
+    if len(records) != 1:
+        raise ValueError(f"DefenseMod expects exactly one {kind} in the message, found {len(records)}")
+    return next(iter(records.items()))
+
+
+class DefenseMod:
+    """Apply a registered tipcore defense to every train reply of a ClientApp.
+
+    ``defense`` / ``options`` fix the defense; left as None they come from the run config keys
+    ``defense`` and ``defense-options`` (a JSON object string), so one ClientApp serves every defense.
+    The noise generator is seeded from the run config's ``seed``, the node's ``partition-id`` (or node id)
+    and the round, so a run is reproducible and no two clients share noise.
+    """
+
+    def __init__(self, build_model: BuildModel, private_data: PrivateData, *, defense: str | None = None,
+                 options: str | Mapping[str, Any] | None = None) -> None:
+        self.build_model = build_model
+        self.private_data = private_data
+        self.defense = defense
+        self.options = options
+
+    def _choice(self, context: Context) -> tuple[str, Any]:
+        name = self.defense if self.defense is not None else str(context.run_config.get("defense", "none"))
+        options = self.options if self.options is not None else context.run_config.get("defense-options", "{}")
+        return name, options
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        try:
+            _, global_record = _single(msg.content.array_records, "ArrayRecord")
+            _, config = _single(msg.content.config_records, "ConfigRecord")
+            settings = RoundSettings.from_config(config)
+            name, options = self._choice(context)
+            # Checked before training, so a misconfigured run fails in the first round's reply, not after
+            # a wasted local epoch (the ServerApp runs the same check before it sends anything).
+            defense = check_defense(name, options, settings.clip, self.build_model(context))
+        except ValueError as err:
+            return _error_reply(msg, f"DefenseMod: {err}")
+
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        try:
+            server_round = int(config.get("server-round", 0))
+            return self._defend(reply, context, server_round, name, defense, settings, global_record)
+        except ValueError as err:
+            return _error_reply(msg, f"DefenseMod: {err}")
+
+    def _defend(self, reply: Message, context: Context, server_round: int, name: str, defense: Any,
+                settings: RoundSettings, global_record: ArrayRecord) -> Message:
+        started = time.perf_counter()
+        reply_key, local_record = _single(reply.content.array_records, "ArrayRecord")
+        if list(local_record.keys()) != list(global_record.keys()):
+            raise ValueError("the ClientApp's reply must carry the same parameter names as the global model")
+        global_state = global_record.to_torch_state_dict()
+        local_state = local_record.to_torch_state_dict()
+        global_model, local_model = self.build_model(context), self.build_model(context)
+        global_model.load_state_dict(global_state)
+        local_model.load_state_dict(local_state)
+        global_model.eval()
+        local_model.eval()
+        names = trainable_names(global_model)
+
+        x, y = self.private_data(context)
+        steps = settings.steps(len(y))
+        clean = {n: (global_state[n] - local_state[n]) for n in names}
+        update = SharedUpdate("fedavg", clean, int(len(y)), steps, settings.lr, clip=settings.clip)
+        node = context.node_config.get("partition-id", context.node_id)
+        seed = int(context.run_config.get("seed", 0))
+        round_cfg = RoundConfig(mode="fedavg", batch_size=settings.batch_size, local_steps=steps, lr=settings.lr,
+                                clip=settings.clip)
+        ctx = ClientContext(local_model, global_model, x, y, round_cfg,
+                            generator(seed, f"flower-defense:{node}:{server_round}"))
+        with torch.no_grad():
+            defended, diagnostics = defense.protect(update, ctx)
+        # θ_local − (U′ − U): exactly θ_local wherever U′ == U, so the server's θ_g − reply equals U there.
+        returned = dict(local_state)
+        for n in names:
+            returned[n] = local_state[n] - (defended.tensors[n].to(local_state[n]) - clean[n])
+        seconds = time.perf_counter() - started
+
+        record = diagnostics.as_dict()
+        record.update(round=server_round, num_examples=int(len(y)), local_steps=steps, lr=settings.lr,
+                      clip=settings.clip, batch_size=settings.batch_size, partition=node)
+        record_json = records.dumps(record)
+        reply.content[reply_key] = ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in returned.items()})
+        reply.content[RECORD_KEY] = ConfigRecord({"defense": name, "record": record_json})
+        _, metrics = _single(reply.content.metric_records, "MetricRecord")
+        metrics[DEFENSE_SECONDS_KEY] = seconds
+        log(INFO, "DefenseMod: %s on round %d in %.2f s", name, server_round, seconds)
+
+        audit_dir = context.node_config.get(AUDIT_DIR_KEY)
+        if audit_dir:
+            # The defended update exactly as the server will compute it from the reply (θ_g − θ_returned).
+            as_sent = {n: global_state[n] - returned[n] for n in names}
+            records.write_client_audit(str(audit_dir), server_round, clean_update=clean, defended_update=as_sent,
+                                       defense_record=json.loads(record_json))
+        return reply

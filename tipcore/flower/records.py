@@ -1,0 +1,79 @@
+"""Per-round files in the project's update format, so the attack tools can be pointed at a Flower run.
+
+The server side writes what an honest-but-curious server holds after a round (``write_server_round``):
+
+    round-001/update_defended.pt   θ_global − θ_returned of one client, {param_name: tensor}
+    round-001/global_weights.pt    θ_global the client started from (the attacker's ServerView)
+    round-001/defense.json         the defense record that client sent back, plus the round's public settings
+
+``update_defended.pt`` and ``defense.json`` are what ``python -m tipcore update`` writes; the server never
+has ``update_clean.pt``. A client can keep its own audit copy (``write_client_audit``, opt-in per node):
+``update_clean.pt``, ``update_defended.pt`` and ``defense.json``, exactly that command's three files, so
+anyone holding the node can check that the defense changed only what its record says.
+All tensors are saved on the CPU and load with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+CLEAN_FILE = "update_clean.pt"
+DEFENDED_FILE = "update_defended.pt"
+GLOBAL_FILE = "global_weights.pt"
+DEFENSE_FILE = "defense.json"
+
+
+def round_dir(root: str | Path, server_round: int) -> Path:
+    return Path(root) / f"round-{server_round:03d}"
+
+
+def _json_safe(value: Any) -> Any:
+    """Strict JSON: non-finite floats become null (defense records can hold inf, e.g. an unset bound)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def dumps(record: Mapping[str, Any]) -> str:
+    return json.dumps(_json_safe(record), allow_nan=False, sort_keys=True)
+
+
+def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
+
+
+def write_server_round(root: str | Path, server_round: int, *, global_weights: Mapping[str, torch.Tensor],
+                       defended_update: Mapping[str, torch.Tensor], defense_record: Mapping[str, Any]) -> Path:
+    out = round_dir(root, server_round)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_tensors(out / DEFENDED_FILE, defended_update)
+    _save_tensors(out / GLOBAL_FILE, global_weights)
+    (out / DEFENSE_FILE).write_text(dumps(defense_record), encoding="utf-8")
+    return out
+
+
+def write_client_audit(root: str | Path, server_round: int, *, clean_update: Mapping[str, torch.Tensor],
+                       defended_update: Mapping[str, torch.Tensor], defense_record: Mapping[str, Any]) -> Path:
+    out = round_dir(root, server_round)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_tensors(out / CLEAN_FILE, clean_update)
+    _save_tensors(out / DEFENDED_FILE, defended_update)
+    (out / DEFENSE_FILE).write_text(dumps(defense_record), encoding="utf-8")
+    return out
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def load_record(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,108 @@
+"""FedAvg that also keeps, per round, what an honest-but-curious server could attack.
+
+``RecordingFedAvg`` is Flower's message-based ``FedAvg`` (same sampling, same weighted average over
+"num-examples") plus three things:
+
+* before aggregating round r it writes one client's update, θ_global − θ_returned, the global weights it
+  started from and the defense record that client sent, in the project's update format
+  (``tipcore.flower.records``; the client with the lowest node id that replied, so the choice is stable);
+* it keeps every client's defense record of the round (``defense_records.json``), so a run is auditable;
+* it says which sampled nodes did not answer: a SuperNode that died mid-round is logged as missing and the
+  round is aggregated over the others (Flower returns what arrived when the round timeout passes, or an
+  error reply once the SuperLink has missed the node's heartbeats).
+"""
+
+from __future__ import annotations
+
+import json
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from tipcore.flower import records
+from tipcore.flower.mods import RECORD_KEY
+
+
+def defense_record_of(reply: Message) -> dict[str, Any] | None:
+    """The defense record a DefenseMod attached to a reply (None when the client runs no DefenseMod)."""
+    config = reply.content.config_records.get(RECORD_KEY)
+    if config is None or "record" not in config:
+        return None
+    return json.loads(str(config["record"]))
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg plus the per-round attack record. ``record_dir`` None: aggregate only.
+    ``parameter_names``: which state_dict entries are parameters (buffers such as BatchNorm statistics
+    are averaged but are not part of an update); None takes every floating-point entry.
+    ``record_meta`` is merged into each defense.json (e.g. the model name an attacker needs)."""
+
+    def __init__(self, *, record_dir: str | Path | None = None, parameter_names: Sequence[str] | None = None,
+                 record_meta: Mapping[str, Any] | None = None, **fedavg_options: Any) -> None:
+        super().__init__(**fedavg_options)
+        self.record_dir = Path(record_dir) if record_dir else None
+        self.parameter_names = list(parameter_names) if parameter_names is not None else None
+        self.record_meta = dict(record_meta or {})
+        self._sent: dict[int, list[Message]] = {}
+        self._global: dict[int, ArrayRecord] = {}
+        self.rounds: list[dict[str, Any]] = []  # per round: who was asked, who answered, who failed
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent[server_round] = messages  # the Grid fills in their message ids when it pushes them
+        self._global[server_round] = arrays
+        return messages
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        sent = self._sent.pop(server_round, [])
+        global_arrays = self._global.pop(server_round, None)
+        sampled = sorted(m.metadata.dst_node_id for m in sent)
+        # A reply is matched to its node through the message it answers: error replies that the SuperLink
+        # writes for a node it has lost carry the SuperLink's own id as sender.
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+
+        def node(reply: Message) -> int:
+            return node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+        answered = {node(m) for m in replies}
+        failed = sorted((node(m), m.error.reason) for m in replies if m.has_error())
+        valid = sorted((m for m in replies if not m.has_error()), key=node)
+        missing = [n for n in sampled if n not in answered]
+        if missing:
+            log(WARNING, "round %d: no reply from node(s) %s before the round timeout (SuperNode gone or stalled); "
+                "aggregating the %d of %d sampled nodes that replied", server_round,
+                ", ".join(map(str, missing)), len(valid), len(sampled))
+        for node, reason in failed:
+            log(WARNING, "round %d: node %d replied with an error, left out of the average: %s",
+                server_round, node, reason)
+        self.rounds.append({"round": server_round, "sampled": sampled,
+                            "aggregated": [node(m) for m in valid],
+                            "missing": missing, "failed": [node for node, _ in failed]})
+        if valid and global_arrays is not None and self.record_dir is not None:
+            self._record(server_round, global_arrays, valid)
+        return super().aggregate_train(server_round, replies)
+
+    def _record(self, server_round: int, global_arrays: ArrayRecord, valid: list[Message]) -> None:
+        global_state = global_arrays.to_torch_state_dict()
+        names = self.parameter_names or [k for k, v in global_state.items() if torch.is_floating_point(v)]
+        victim = valid[0]
+        (_, returned), = victim.content.array_records.items()
+        returned_state = returned.to_torch_state_dict()
+        update = {n: global_state[n] - returned_state[n] for n in names}
+        record = defense_record_of(victim) or {"defense": "none", "notes": "the client ran no DefenseMod"}
+        record.update(self.record_meta, round=server_round, node_id=victim.metadata.src_node_id)
+        out = records.write_server_round(self.record_dir, server_round, global_weights=global_state,
+                                         defended_update=update, defense_record=record)
+        every = {str(m.metadata.src_node_id): defense_record_of(m) for m in valid}
+        (out / "defense_records.json").write_text(records.dumps(every), encoding="utf-8")
+        log(INFO, "round %d: recorded node %d's update for attack studies in %s", server_round,
+            victim.metadata.src_node_id, out)
