@@ -284,44 +284,6 @@ def loss_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]]) -> go.
     return fig
 
 
-def _strength_text(point: object) -> str:
-    name = str(getattr(point, "strength_name", "") or "")
-    if not name:
-        return ""
-    short = {"epsilon": "ε", "ratio": "", "noise_multiplier": "z", "beta": "β"}.get(name, name)
-    value = f"{float(getattr(point, 'strength')):.3g}"
-    return f"{short} {value}".strip()
-
-
-def frontier_scatter(points: Sequence[object]) -> go.Figure:
-    """Attack PSNR (lower is more private) against model accuracy, one line per defense as strength varies."""
-    by_defense: dict[str, list[object]] = {}
-    for p in points:
-        by_defense.setdefault(getattr(p, "defense"), []).append(p)
-    fig = go.Figure()
-    symbols = ("circle", "square", "diamond", "triangle-up", "x", "star", "hexagon", "cross")
-    for i, (name, pts) in enumerate(by_defense.items()):
-        pts = sorted(pts, key=lambda p: float(getattr(p, "strength")))
-        fig.add_trace(go.Scatter(
-            x=[float(getattr(p, "accuracy")) for p in pts], y=[float(getattr(p, "psnr")) for p in pts],
-            mode="lines+markers+text", name=defense_label(name), line=dict(color=defense_colour(name)),
-            marker=dict(symbol=symbols[i % len(symbols)], size=10),
-            text=[_strength_text(p) for p in pts], textposition="top center",
-            textfont=dict(size=10, color=defense_colour(name)),
-            customdata=[[getattr(p, "strength_name"), float(getattr(p, "strength")), float(getattr(p, "ssim"))]
-                        for p in pts],
-            hovertemplate=(f"<b>{defense_label(name)}</b><br>%{{customdata[0]}} = %{{customdata[1]:.3g}}"
-                           "<br>accuracy %{x:.3f}<br>attack PSNR %{y:.1f} dB<br>SSIM %{customdata[2]:.3f}"
-                           "<extra></extra>"),
-        ))
-    fig.update_layout(
-        title="Privacy–utility frontier", xaxis_title="model accuracy (utility: higher is better)",
-        yaxis_title="attack PSNR in dB (leakage: lower is more private)", margin=_MARGIN, height=480,
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-    )
-    return fig
-
-
 def roughness_bars(layers: Sequence[object]) -> go.Figure:
     """The adaptive attacker's view of a defended update: per conv layer, each output channel's ratio of
     high- to low-frequency kernel energy (log scale), the channels the defense noised in vermillion and

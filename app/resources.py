@@ -236,12 +236,6 @@ def punchline() -> Any:
 
 
 @st.cache_resource(show_spinner=False, ttl=300)
-def frontier() -> Any:
-    mod = showcase_module()
-    return None if mod is None else mod.load_frontier()
-
-
-@st.cache_resource(show_spinner=False, ttl=300)
 def privacy_curves() -> Any:
     """The sweep's privacy curves (plain JSON data), or None when the file has not been made yet."""
     mod = showcase_module()

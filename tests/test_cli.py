@@ -112,15 +112,53 @@ def test_existing_out_dir_is_replaced_whole(tmp_path):
 
 
 def test_help_explains_every_subcommand():
-    for sub in ("attack", "update", "train", "fl", "utility", "showcase", "table"):
+    for sub in ("attack", "update", "train", "fl", "utility", "showcase", "sweep", "reproduce"):
         proc = run_cli(sub, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout
 
 
 @pytest.mark.slow
-def test_fl_and_table_commands_run_small(tmp_path):
+def test_fl_command_runs_small(tmp_path):
     assert main(["fl", "--defenses", "none,tip", "--rounds", "1", "--clients", "4", "--out", str(tmp_path / "fl")]) == 0
     rows = (tmp_path / "fl" / "fl.csv").read_text().splitlines()
     assert rows[0] == "round,none,tip" and len(rows) == 2
-    assert main(["table", "--defenses", "none,tip", "--images", "1", "--iters", "3", "--out", str(tmp_path / "t")]) == 0
-    assert "| tip |" in (tmp_path / "t" / "table.md").read_text()
+
+
+# ------------------------------------------------- budgeted defenses, adaptive attacks, sweep and reproduce
+
+@pytest.mark.parametrize("args, fragment", [
+    (["attack", "--defense", "tip", "--clip", "5", "--defense-opt", "clip=2"], "differs from the round's clip 5.0"),
+    (["attack", "--defense", "dp_paper", "--clip", "0"], "--clip must be > 0"),
+    (["attack", "--attack", "ig_drop", "--attack-preset", "nope"], "has no preset 'nope'"),
+    (["attack", "--attack", "idlg", "--attack-opt", "match=guess"], "match must be one of"),
+    (["sweep", "--defenses", "none,nonsense"], "no strength axis for nonsense"),
+    (["sweep", "--seeds", "a,b"], "--seeds must be comma-separated integers"),
+    (["sweep", "--adaptive", "idlg_guess"], "unknown attack 'idlg_guess'"),
+    (["sweep", "--images", "0"], "images must be in [1, 20]"),
+    (["reproduce", "--images", "21"], "images must be in [1, 20]"),
+    (["reproduce", "--lenet-attacks", "dlg,nope"], "unknown attack 'nope'"),
+    (["reproduce", "--ig-preset", "fast"], "has no preset 'fast'"),
+    (["reproduce", "--device", "tpu"], "device must be auto, cpu or cuda"),
+])
+def test_bad_values_for_new_flags_give_one_line_errors(tmp_path, capsys, args, fragment):
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_out_is_refused_before_any_compute(capsys):
+    assert main(["sweep", "--out", "/proc/tipcore-sweep"]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+
+
+def test_budgeted_defense_takes_the_round_clip_and_the_adaptive_attack_reports_detection(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["attack", "--defense", "tip", "--attack", "idlg_drop", "--iters", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["round"]["clip"] == 5.0  # the default C for a calibrated defense
+    assert result["update"]["detection"]["precision"] == 1.0 and result["update"]["noise_to_signal"] > 10
+    printed = capsys.readouterr().out
+    assert "idlg_drop left out 3 conv channels" in printed and "precision 1.00, recall 1.00" in printed

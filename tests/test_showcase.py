@@ -6,14 +6,15 @@ import shlex
 
 import numpy as np
 
-from tipcore import showcase
+from tipcore import showcase, sweep
 from tipcore.cli import build_parser
 
 
 def test_punchline_loads_with_images_and_metrics():
     punch = showcase.load_punchline()
     assert punch is not None
-    assert [e.defense for e in punch.entries] == [d for d, _ in showcase.PUNCHLINE_DEFENSES]
+    assert [(e.defense, e.attack) for e in punch.entries] == [(d, a) for d, a, _ in showcase.PUNCHLINE_ENTRIES]
+    assert ("tip", "idlg_drop") in {(e.defense, e.attack) for e in punch.entries}  # the attacker who knows TIP
     assert punch.original.shape == (32, 32, 3)
     for entry in punch.entries:
         assert entry.image.shape == (32, 32, 3) and 0 <= entry.image.min() and entry.image.max() <= 1
@@ -21,10 +22,13 @@ def test_punchline_loads_with_images_and_metrics():
     build_parser().parse_args(shlex.split(punch.command)[3:])
 
 
-def test_frontier_covers_every_grid_point():
-    frontier = showcase.load_frontier()
-    assert frontier is not None
-    expected = {(d, v) for d, (_, values) in showcase.FRONTIER_GRID.items() for v in values}
-    assert {(p.defense, p.strength) for p in frontier.points} == expected
-    assert all(0 <= p.accuracy <= 1 and np.isfinite(p.psnr) for p in frontier.points)
-    build_parser().parse_args(shlex.split(frontier.command)[3:])
+def test_privacy_curves_cover_the_sweep_grid_for_both_attackers():
+    curves = showcase.load_privacy_curves()
+    assert curves is not None, "assets/showcase/privacy_curves.json is missing: python -m tipcore showcase frontier"
+    expected = {(d, float(v)) for d, (_, values) in sweep.DEFAULT_GRID.items() for v in values}
+    for kind in ("naive", "adaptive"):
+        points = [p for p in curves["points"] if p["attacker"] == kind]
+        assert {(p["defense"], float(p["strength"])) for p in points} == expected, kind
+        assert all(np.isfinite(p["psnr"]) and 0 <= p["accuracy"] <= 1 for p in points)
+    assert curves["reference"]["random_psnr"] < curves["reference"]["grey_psnr"]
+    build_parser().parse_args(shlex.split(curves["command"])[3:])

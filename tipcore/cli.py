@@ -1,4 +1,4 @@
-"""Command line: ``python -m tipcore {attack,update,train,fl,utility,showcase,table,sweep,reproduce} --help``.
+"""Command line: ``python -m tipcore {attack,update,train,fl,utility,showcase,sweep,reproduce} --help``.
 
 Every failure the user can cause (bad flag value, unknown name, missing or broken image) ends with one
 line ``error: ...`` on stderr and exit code 2; nothing is half-written in ``--out``.
@@ -162,7 +162,8 @@ def experiment_config(args: argparse.Namespace, attack: str = "idlg", attack_cfg
 def cmd_attack(args: argparse.Namespace) -> int:
     from tipcore.experiment import artifact_files, run, write_artifacts
 
-    attack_cfg = parse_options(args.attack_opt, "--attack-opt")
+    attack_cfg = attacks.preset_options(args.attack, args.attack_preset) if args.attack_preset else {}
+    attack_cfg.update(parse_options(args.attack_opt, "--attack-opt"))
     if args.iters is not None:
         attack_cfg["iterations"] = args.iters
     cfg, images = experiment_config(args, args.attack, attack_cfg)
@@ -179,6 +180,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
     print(f"psnr {s.psnr:.2f} dB  ssim {s.ssim:.4f}  mse {s.mse:.3g}  labels true {list(record.prepared.labels)} "
           f"predicted {list(record.result.labels)}  iterations {record.result.iterations}  restarts {record.result.restarts}  "
           f"{record.result.seconds:.1f}s  -> {out}")
+    found = record.analysis.get("detection")
+    if found:
+        pr = "—" if found["precision"] is None else f"{found['precision']:.2f}"
+        rc = "—" if found["recall"] is None else f"{found['recall']:.2f}"
+        print(f"{args.attack} left out {found['flagged']} conv channels it found noised from the update alone "
+              f"(the defense noised {found['noised']}): precision {pr}, recall {rc}")
     return 0
 
 
@@ -282,20 +289,6 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_table(args: argparse.Namespace) -> int:
-    from tipcore import showcase
-    from tipcore.experiment import write_artifacts
-
-    names = [n.strip() for n in args.defenses.split(",") if n.strip()]
-    markdown, csv_bytes = showcase.results_table(names, images=args.images, attack=args.attack, iterations=args.iters,
-                                                 epsilon=args.epsilon, seed=args.seed,
-                                                 log=lambda m: print(m, file=sys.stderr))
-    out = write_artifacts(args.out, {"table.md": markdown.encode(), "table.csv": csv_bytes})
-    print(markdown)
-    print(f"-> {out}")
-    return 0
-
-
 def _names(text: str, flag: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
@@ -344,7 +337,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = reproduce.ReproduceConfig(
         images=args.images, lenet_attacks=_names(args.lenet_attacks, "--lenet-attacks"), lenet_iters=args.lenet_iters,
         ig_attacks=tuple(n.strip() for n in args.ig_attacks.split(",") if n.strip()), ig_images=args.ig_images,
-        ig_iters=args.ig_iters, ig_lr=args.ig_lr, fl_rounds=args.fl_rounds, seed=args.seed, device=args.device)
+        ig_iters=args.ig_iters, ig_lr=args.ig_lr, ig_preset=args.ig_preset or "", fl_rounds=args.fl_rounds,
+        seed=args.seed, device=args.device)
     out = drive(reproduce.run(cfg, check_output_dir(args.out)), _show_progress(args.quiet))
     if (Path(out) / "REPORT.md").exists():
         print(f"-> {out}/REPORT.md, cells.csv, utility.csv")
@@ -385,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{n}: {s.summary}" for n, s in attacks.ATTACKS.items()))
     g.add_argument("--iters", type=int, help="optimisation steps (L-BFGS outer steps for dlg/idlg)")
     g.add_argument("--attack-opt", action="append", metavar="KEY=VALUE", help="any field of the attack's config, e.g. tv=1e-3")
+    g.add_argument("--attack-preset", metavar="NAME", help="named options, e.g. paper for ig / ig_*: the TIP paper's "
+                                                           "IG protocol (10000 iterations, lr 0.004, decay 0.5)")
     g.add_argument("--labels-known", action="store_true", help="threat model: the server is told the labels")
     g.add_argument("--report-every", type=int, default=10, help="progress line and snapshot every N steps")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -435,18 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("showcase", help="regenerate the app's precomputed results in assets/showcase")
     p.add_argument("what", choices=["punchline", "frontier", "all"])
-    p.add_argument("--quick", action="store_true", help="frontier: a smaller grid (for tests)")
+    p.add_argument("--quick", action="store_true", help="frontier: a two-point smoke grid (for tests)")
     p.set_defaults(func=cmd_showcase)
 
-    p = sub.add_parser("table", help="attack results per defense over the gallery's CIFAR-10 images (README table)")
-    p.add_argument("--defenses", default="none,dp,prune,soteria,tip,tip_random,tip_fullband")
-    p.add_argument("--images", type=int, default=20, help="first N gallery CIFAR-10 images")
-    p.add_argument("--attack", default="idlg", choices=list(attacks.ATTACKS))
-    p.add_argument("--iters", type=int, default=300)
-    p.add_argument("--epsilon", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/table")
-    p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("sweep", help="privacy curves: attack PSNR vs defense strength and utility, naive and adaptive "
                                      "attacker (CSV + interactive HTML; resumes)")
@@ -458,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--naive", default="idlg", choices=list(attacks.ATTACKS), help="the attacker that ignores the defense")
     p.add_argument("--adaptive", default="idlg_drop,idlg_noise_aware",
                    help="attackers that know the defense; per image the best of them counts")
-    p.add_argument("--iters", type=int, default=200, help="L-BFGS steps per attack")
+    p.add_argument("--iters", type=int, default=100, help="L-BFGS steps per attack")
     p.add_argument("--fl-rounds", type=int, default=2, help="defended FedAvg rounds behind the utility column")
     p.add_argument("--quick", action="store_true", help="two strengths per defense (a smoke run)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -468,11 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/reproduce", help="directory of the report; rerunning resumes there")
     p.add_argument("--images", type=int, default=20, help="first N gallery CIFAR-10 images (LeNet attacks)")
     p.add_argument("--lenet-attacks", default="dlg,idlg,idlg_drop,idlg_lowpass,idlg_noise_aware")
-    p.add_argument("--lenet-iters", type=int, default=300, help="L-BFGS steps of the LeNet attacks")
+    p.add_argument("--lenet-iters", type=int, default=100, help="L-BFGS steps of the LeNet attacks")
     p.add_argument("--ig-attacks", default="ig,ig_drop", help="Inverting Gradients attacks on ResNet-18 ('' for none)")
     p.add_argument("--ig-images", type=int, default=20, help="images for the ResNet-18 attacks (0 for none)")
     p.add_argument("--ig-iters", type=int, default=24, help="IG iterations (CPU budget; the paper: 10000 on a GPU)")
     p.add_argument("--ig-lr", type=float, default=0.1, help="IG learning rate (the paper: 0.004 over 10000 iterations)")
+    p.add_argument("--ig-preset", metavar="NAME", help="paper: the TIP paper's IG protocol (10000 iterations, lr 0.004, "
+                                                       "decay 0.5; for a GPU), instead of --ig-iters / --ig-lr")
     p.add_argument("--fl-rounds", type=int, default=2, help="defended FedAvg rounds behind the utility column")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")

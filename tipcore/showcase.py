@@ -13,8 +13,6 @@ command that regenerates it:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,98 +237,24 @@ def load_privacy_curves(path: str | Path | None = None) -> dict[str, Any] | None
     return meta
 
 
-@dataclass(frozen=True)
-class FrontierPoint:
-    defense: str
-    strength_name: str
-    strength: float
-    psnr: float
-    ssim: float
-    accuracy: float
-
-
-@dataclass(frozen=True)
-class Frontier:
-    points: tuple[FrontierPoint, ...]
-    command: str
-    settings: dict[str, Any]
-
-
-FRONTIER_GRID: dict[str, tuple[str, tuple[float, ...]]] = {
-    "none": ("", (0.0,)),
-    "dp_paper": ("epsilon", (100.0, 20.0, 5.0, 1.0)),
-    "tip": ("epsilon", (100.0, 20.0, 5.0, 1.0)),
-    "prune": ("ratio", (0.3, 0.7, 0.9, 0.99)),
-    "soteria": ("ratio", (0.3, 0.6, 0.9)),
-}
+SHOWCASE_SWEEP_DIR = Path("runs") / "showcase-sweep"
 
 
 def make_frontier(quick: bool = False, log: Log = print) -> Path:
-    from tipcore import flsim
-    from tipcore.attacks import drive
-    from tipcore.experiment import run, with_budget
+    """The frontier page's curves: the sweep's default grid (``--quick``: two strengths per defense, one image,
+    a short budget), run in runs/showcase-sweep (resumable), its curves.json copied into assets/showcase."""
+    from tipcore import sweep
+    from tipcore.progress import drive
 
-    images = ("cifar10-00",) if quick else ("cifar10-00", "cifar10-01")
-    iterations = 20 if quick else 150
-    fl_rounds = 1 if quick else 2
-    points = []
-    for defense, (knob, values) in FRONTIER_GRID.items():
-        for value in (values[:2] if quick else values):
-            options: dict[str, Any] = {knob: value} if knob and knob != "epsilon" else {}
-            epsilon = value if knob == "epsilon" else 5.0
-            scores = [run(_attack_config(i, defense, options, iterations, epsilon=epsilon)).scores for i in images]
-            fl_opts = with_budget(defense, options, epsilon, 1e-5)
-            fl_cfg = flsim.FLConfig(weights="digits", rounds=fl_rounds, defense=defense, defense_cfg=fl_opts)
-            fl = drive(flsim.simulate(fl_cfg))
-            point = FrontierPoint(defense, knob, value, float(np.mean([s.psnr for s in scores])),
-                                  float(np.mean([s.ssim for s in scores])), fl.rounds[-1].accuracy)
-            points.append(point)
-            log(f"frontier {defense} {knob}={value}: psnr {point.psnr:.2f} accuracy {point.accuracy:.3f}")
-    settings = {"attack": f"idlg, {iterations} L-BFGS steps, LeNet random init, FedSGD with clip 5, images {list(images)}",
-                "utility": f"held-out accuracy of the digits ConvNet after {fl_rounds} defended FedAvg rounds "
-                           "(10 clients, defaults of FLConfig)",
-                "quick": quick}
-    path = SHOWCASE_DIR / ("frontier_quick.json" if quick else "frontier.json")
-    SHOWCASE_DIR.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"command": FRONTIER_COMMAND + (" --quick" if quick else ""), "settings": settings,
-                                "points": [p.__dict__ for p in points]}, indent=1) + "\n")
+    cfg = sweep.SweepConfig()
+    if quick:
+        grid = {d: (knob, values[::max(1, len(values) - 1)][:2]) for d, (knob, values) in cfg.grid.items()}
+        cfg = sweep.SweepConfig(grid=grid, images=1, iterations=20, fl_rounds=1)
+    out = drive(sweep.run(cfg, SHOWCASE_SWEEP_DIR / ("quick" if quick else "default")), lambda e: log(e.line()))
+    summary = json.loads((out / "curves.json").read_text())
+    summary["command"] = FRONTIER_COMMAND + (" --quick" if quick else "")
+    summary["settings"]["made_by"] = (f"{FRONTIER_COMMAND}: {sweep.SWEEP_COMMAND} with its default grid "
+                                      f"({sweep.SWEEP_COMMAND} --help)") if not quick else "quick smoke grid"
+    path = SHOWCASE_DIR / ("privacy_curves_quick.json" if quick else PRIVACY_CURVES_FILE)
+    path.write_text(json.dumps(summary, indent=1) + "\n")
     return path
-
-
-def load_frontier() -> Frontier | None:
-    path = SHOWCASE_DIR / "frontier.json"
-    if not path.is_file():
-        return None
-    meta = json.loads(path.read_text())
-    return Frontier(tuple(FrontierPoint(**p) for p in meta["points"]), meta["command"], meta["settings"])
-
-
-def results_table(defense_names: list[str], *, images: int = 20, attack: str = "idlg", iterations: int = 300,
-                  epsilon: float = 5.0, seed: int = 0, log: Log = print) -> tuple[str, bytes]:
-    """Mean ± std of PSNR / SSIM and label accuracy per defense over the first N gallery CIFAR-10 images."""
-    from tipcore.experiment import ExperimentConfig, run
-
-    ids = [s.id for s in data.gallery() if s.dataset == "cifar10"][:images]
-    if not ids:
-        raise ValueError("no CIFAR-10 images in the gallery")
-    rows = []
-    for defense in defense_names:
-        psnr, ssim, acc = [], [], []
-        for image_id in ids:
-            cfg = _attack_config(image_id, defense, {}, iterations, seed=seed, epsilon=epsilon)
-            if attack != "idlg":
-                cfg = ExperimentConfig(**{**cfg.__dict__, "attack": attack, "attack_cfg": {"iterations": iterations}})
-            s = run(cfg).scores
-            psnr.append(s.psnr), ssim.append(s.ssim), acc.append(s.label_accuracy)
-        rows.append((defense, np.mean(psnr), np.std(psnr), np.mean(ssim), np.std(ssim), np.mean(acc)))
-        log(f"table {defense}: psnr {np.mean(psnr):.2f} ± {np.std(psnr):.2f}")
-    md = [f"| defense | PSNR (dB) | SSIM | label accuracy |", "|---|---|---|---|"]
-    md += [f"| {d} | {p:.2f} ± {ps:.2f} | {s:.3f} ± {ss:.3f} | {a:.2f} |" for d, p, ps, s, ss, a in rows]
-    md.append("")
-    md.append(f"{attack}, {iterations} steps, LeNet (random init), FedSGD with clip 5, ε = {epsilon} for budgeted "
-              f"defenses, seed {seed}, {len(ids)} gallery CIFAR-10 images.")
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["defense", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "label_accuracy"])
-    writer.writerows([[d, f"{p:.4f}", f"{ps:.4f}", f"{s:.4f}", f"{ss:.4f}", f"{a:.3f}"] for d, p, ps, s, ss, a in rows])
-    return "\n".join(md) + "\n", buf.getvalue().encode()

@@ -51,7 +51,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0,)
     naive: str = "idlg"
     adaptive: tuple[str, ...] = ("idlg_drop", "idlg_noise_aware")
-    iterations: int = 200
+    iterations: int = 100
     fl_rounds: int = 2
 
     def __post_init__(self) -> None:

@@ -102,6 +102,18 @@ def register_adaptive_variants(base: str, cls: type, config_cls: type) -> None:
         ATTACKS[name] = AttackSpec(name, variant_cfg, variant, summary)
 
 
+ATTACK_PRESETS: dict[str, dict[str, dict[str, Any]]] = {}  # base attack -> preset name -> options
+
+
+def preset_options(attack: str, preset: str) -> dict[str, Any]:
+    """A named set of options for an attack or any of its adaptive variants (``ig_drop`` uses ``ig``'s)."""
+    presets = ATTACK_PRESETS.get(base_attack(attack), {})
+    if preset not in presets:
+        known = ", ".join(f"{b}: {', '.join(p)}" for b, p in ATTACK_PRESETS.items()) or "none"
+        raise ValueError(f"attack '{attack}' has no preset '{preset}' (presets: {known})")
+    return dict(presets[preset])
+
+
 def base_attack(name: str) -> str:
     """The naive attack an adaptive variant is built on (``idlg_drop`` -> ``idlg``)."""
     return getattr(ATTACKS[name].factory, "base", name)

@@ -2,8 +2,8 @@
 
 Each problem keeps its own target, matcher, labels, start, optimiser state, restarts and result, exactly
 as if run alone (each gets its own generator with the same seed); only the expensive part is shared: one
-batched closure computes every problem's dummy gradient at once with ``torch.func.vmap`` over per-problem
-``grad``, and one vector-Jacobian product gives every image's gradient. L-BFGS problems advance in
+batched closure computes every problem's dummy gradient at once on a K-fold replicated model (grouped
+convolutions, ``tipcore.attacks.replicate``), and one vector-Jacobian product gives every image's gradient. L-BFGS problems advance in
 lockstep through ``FlatLBFGS.step_requests``; Adam problems share one elementwise Adam (so the moments of
 each image's block are its own). Problems that finish early are carried along without effect.
 
@@ -19,12 +19,12 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from tipcore.attacks import matching
 from tipcore.attacks.base import AttackResult, Clock, DivergenceGuard, MatchingProblem, to_images
 from tipcore.attacks.lbfgs import FlatLBFGS
-from tipcore.attacks.template import GradientInversion, Recipe, choose_labels, distance_and_seed, total_variation
+from tipcore.attacks.replicate import Replicated
+from tipcore.attacks.template import GradientInversion, Recipe, SignedAdamOptimiser, choose_labels, total_variation
 from tipcore.fl import ServerView, SharedUpdate
 from tipcore.progress import StopHook, never_stop
 
@@ -83,20 +83,34 @@ class BatchedComparison:
         optimisers = self._optimisers(z, n)
         stopped = False
 
+        names = first.names
+        # Matchers are linear: per tensor, a per-problem channel scale and/or the same low-pass for all.
+        scales = {}
+        for name in names:
+            if any(name in p.matcher.channel_scales for p in problems):
+                rows = [p.matcher.channel_scales.get(name) for p in problems]
+                c_out = next(r for r in rows if r is not None).numel()
+                scales[name] = torch.stack([torch.ones(c_out) if r is None else r for r in rows]).to(device)
+        lowpass = problems[0].matcher.lowpass_cutoff
+
+        def match(name: str, t: torch.Tensor) -> torch.Tensor:  # t: [N, *shape]
+            if lowpass is not None and t.ndim == 5 and t.shape[-1] * t.shape[-2] > 1:
+                t = t - matching.highpass(t, lowpass)
+            if name in scales:
+                t = t * scales[name].view(n, -1, *([1] * (t.ndim - 2)))
+            return t
+
+        targets = [torch.stack([p.targets[i] for p in problems]) for i in range(len(names))]  # matched, [N, ...]
+        target_norms = torch.stack([p.target_norm for p in problems])
+
         def closure(zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             zs = zs.detach().requires_grad_(True)
             x = zs.view(n, *shape)
-            with first.backend():
-                per_problem = gradients(x)
-                dummies, seeds, losses = [], [], []
-                for k, p in enumerate(problems):
-                    dummy = [p.matcher.apply(name, g[k]) for name, g in zip(p.problem.names, per_problem)]
-                    loss, seed = distance_and_seed(recipe.distance, dummy, p.targets, p.target_norm)
-                    dummies += dummy
-                    seeds += seed
-                    losses.append(loss)
-                (grad_z,) = torch.autograd.grad(dummies, [zs], grad_outputs=seeds)
-            loss = torch.stack(losses)
+            # No backend switch here: the replicated model's grouped convolutions are fast in oneDNN and
+            # several times slower in PyTorch's native kernels (the opposite of a small single model).
+            dummy = [match(name, g) for name, g in zip(names, gradients(x))]
+            loss, seeds = _distances(recipe.distance, dummy, targets, target_norms)
+            (grad_z,) = torch.autograd.grad(dummy, [zs], grad_outputs=seeds)
             if recipe.tv > 0:
                 tv = torch.stack([total_variation(x[k]) for k in range(n)])
                 grad_z = grad_z + recipe.tv * torch.autograd.grad(tv.sum(), [zs])[0]
@@ -184,22 +198,8 @@ class _LockstepLBFGS:
         return [out.get(k, (float("nan"), 0)) for k in range(len(active))]
 
 
-class _SharedAdam:
-    """Adam is elementwise: one Adam over all rows is N independent Adams (rows never mix)."""
-
-    def __init__(self, z: torch.Tensor, recipe: Recipe) -> None:
-        self.z, self.recipe = z, recipe
-        z.requires_grad_(True)
-        self.opt = torch.optim.Adam([z], lr=recipe.lr)
-        milestones = [int(recipe.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-        self.sched = (torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones, gamma=recipe.decay_gamma)
-                      if recipe.lr_decay else None)
-        self._box()
-
-    def _box(self) -> None:
-        if self.recipe.boxed:
-            with torch.no_grad():
-                self.z.clamp_(0, 1)
+class _SharedAdam(SignedAdamOptimiser):
+    """Adam is elementwise: one Adam over all rows of z [N, image] is N independent Adams (rows never mix)."""
 
     def reset(self, k: int) -> None:
         """A restarted problem forgets its moments (the shared step count, and so Adam's bias correction
@@ -210,7 +210,7 @@ class _SharedAdam:
                 state[key][k].zero_()
         self._box()
 
-    def step(self, closure, active: list[bool]) -> list[tuple[float, int]]:
+    def step(self, closure, active: list[bool]) -> list[tuple[float, int]]:  # type: ignore[override]
         loss, grad_z = closure(self.z)
         grad_z = grad_z.sign() if self.recipe.signed else grad_z
         grad_z[~torch.tensor(active)] = 0  # finished problems stay where they are
@@ -225,31 +225,46 @@ class _SharedAdam:
         return [(float(loss[k]), 1) for k in range(len(active))]
 
 
+def _distances(kind: str, dummy: list[torch.Tensor], target: list[torch.Tensor],
+               target_norm: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per problem (first axis), the distance of ``template.distance_and_seed`` and its derivative."""
+    with torch.no_grad():
+        def per_problem(ts: list[torch.Tensor]) -> torch.Tensor:
+            return sum(t.flatten(1).sum(1) for t in ts)
+
+        def widen(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return v.view(-1, *([1] * (like.ndim - 1)))
+
+        if kind == "l2":
+            diff = [d - t for d, t in zip(dummy, target)]
+            return per_problem([d * d for d in diff]), [2 * d for d in diff]
+        dot = per_problem([d * t for d, t in zip(dummy, target)])
+        norm = torch.sqrt(per_problem([d * d for d in dummy])).clamp_min(1e-12)
+        denom = norm * target_norm.clamp_min(1e-12)
+        seeds = [-t / widen(denom, t) + widen(dot / (norm * norm * denom), d) * d for d, t in zip(dummy, target)]
+        return 1 - dot / denom, seeds
+
+
 def _batched_gradients(problems: list[_Problem]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """x [N, B, C, H, W] -> per parameter a tensor [N, *shape]: problem k's (clipped) dummy gradient at its
-    own model point (the same θ_g in FedSGD; θ_g − U_k in FedAvg) with its own labels."""
+    own model point (the same θ_g in FedSGD; θ_g − U_k in FedAvg) with its own labels, from one K-fold
+    replicated model (``tipcore.attacks.replicate``)."""
     first = problems[0].problem
-    model: nn.Module = first.model
-    names = first.names
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
-    shared = all(p.problem.mode == "fedsgd" for p in problems)
-    if shared:
-        params = {n: p.detach() for n, p in model.named_parameters()}
-    else:
-        stacks = [dict(p.problem.model.named_parameters()) for p in problems]
-        params = {n: torch.stack([s[n].detach() for s in stacks]) for n in stacks[0]}
-    labels = torch.stack([p.labels for p in problems])
+    points = [{n: p for n, p in q.problem.model.named_parameters()} for q in problems]
+    replica = Replicated(first.model, points)
+    index = [replica.names.index(n) for n in first.names]
+    params = [replica.params[i] for i in index]
+    labels = torch.stack([p.labels for p in problems])  # [N, B]
     clip = first.clip
 
-    def loss_fn(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (p, buffers), (x,))
-        return nn.functional.cross_entropy(out, y)
-
-    per_problem = vmap(grad(loss_fn), in_dims=(None if shared else 0, 0, 0))
-
     def gradients(x: torch.Tensor) -> list[torch.Tensor]:
-        g = per_problem(params, x, labels)
-        grads = [g[n] for n in names]
+        logits = replica.forward(x)  # [N, B, classes]
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+        # Each problem's loss is the mean over its own batch; the copies share no parameter, so the
+        # gradient of the sum gives every copy exactly its own problem's gradient.
+        total = loss.view(labels.shape).mean(dim=1).sum()
+        flat = torch.autograd.grad(total, params, create_graph=True)
+        grads = [replica.per_problem(n, g) for n, g in zip(first.names, flat)]
         if clip is not None:  # the protocol's global-norm clipping, per problem
             norm = torch.sqrt(sum((t * t).flatten(1).sum(1) for t in grads))
             factor = torch.clamp(clip / (norm + 1e-6), max=1.0)

@@ -3,7 +3,8 @@
 Cosine gradient matching + total variation, signed Adam steps, a box constraint to [0, 1], a step-decayed
 learning rate, and ``trials`` independent starts of which the lowest final loss wins. Images live in
 [0, 1]; the start 0.5 + 0.25·N(0, 1) is IG's randn start in the coordinates of a normalised dataset with
-mean 0.5 and std 0.25. ``ig_paper`` is the TIP paper's protocol (10,000 iterations, lr 0.004, decay 0.5).
+mean 0.5 and std 0.25. The preset ``paper`` is the TIP paper's protocol (10,000 iterations, lr 0.004,
+decay 0.5): ``--attack-preset paper`` on the CLI.
 Adaptive variants: ``ig_drop``, ``ig_lowpass``, ``ig_noise_aware``.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tipcore.attacks.base import register, register_adaptive_variants
+from tipcore.attacks.base import ATTACK_PRESETS, register, register_adaptive_variants
 from tipcore.attacks.matching import MatchOptions
 from tipcore.attacks.template import GradientInversion, Recipe
 
@@ -51,7 +52,7 @@ class IGConfig(MatchOptions):
             raise ValueError(f"explode_factor must be > 1, got {self.explode_factor}")
 
 
-# The TIP paper's attack protocol (TIP-SPEC §5 as summarised in docs/METHOD.md): a named preset.
+# The TIP paper's attack protocol (arXiv 2602.11633, its Inverting Gradients settings): a named preset.
 IG_PAPER_PRESET = {"iterations": 10_000, "lr": 0.004, "decay_gamma": 0.5, "tv": 1e-4, "trials": 1}
 
 
@@ -77,3 +78,4 @@ class InvertingGradients(GradientInversion):
 
 
 register_adaptive_variants("ig", InvertingGradients, IGConfig)
+ATTACK_PRESETS["ig"] = {"paper": IG_PAPER_PRESET}

@@ -71,7 +71,7 @@ class LBFGSOptimiser:
 class SignedAdamOptimiser:
     """Adam on the (optionally signed) gradient, a box on the image block, a step-decayed learning rate."""
 
-    def __init__(self, z: torch.Tensor, recipe: "Recipe", image_size: int) -> None:
+    def __init__(self, z: torch.Tensor, recipe: "Recipe", image_size: int | None = None) -> None:
         self.z, self.recipe, self.image_size = z, recipe, image_size
         self.z.requires_grad_(True)
         self.opt = torch.optim.Adam([z], lr=recipe.lr)
@@ -83,7 +83,7 @@ class SignedAdamOptimiser:
     def _box(self) -> None:
         if self.recipe.boxed:
             with torch.no_grad():
-                self.z[: self.image_size].clamp_(0, 1)
+                (self.z if self.image_size is None else self.z[: self.image_size]).clamp_(0, 1)
 
     def step(self, closure: Closure) -> tuple[float, int]:
         loss, grad = closure(self.z)

@@ -106,7 +106,7 @@ def bind_round(name: str, options: Mapping[str, Any] | None, round_cfg: RoundCon
         return options
     if round_cfg.clip is None:
         raise ValueError(f"defense '{name}' calibrates its noise for updates clipped to norm C, but the round "
-                         "does not clip: set the round's clip (--clip, e.g. 5)")
+                         "does not clip: give the round a clip norm C (the paper's is 5)")
     given = options.get("clip")
     if given is not None and float(given) != float(round_cfg.clip):
         raise ValueError(f"defense '{name}' option clip={given} differs from the round's clip {round_cfg.clip}: "

@@ -1,0 +1,100 @@
+"""Privacy curves and the reproduction report: resumable cell tables, well-formed outputs, both attackers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tipcore import reproduce, sweep
+from tipcore.progress import drive
+from tipcore.resumable import ResumableTable
+
+TINY_GRID = {"none": ("", (0.0,)), "tip": ("beta", (1.0,))}
+
+
+def tiny_sweep(**changes) -> sweep.SweepConfig:
+    return sweep.SweepConfig(**{"grid": TINY_GRID, "images": 1, "iterations": 2, "fl_rounds": 1,
+                                "adaptive": ("idlg_drop",), **changes})
+
+
+def test_resumable_table_drops_a_row_cut_short_and_refuses_another_jobs_file(tmp_path):
+    path = tmp_path / "t.csv"
+    table = ResumableTable(path, ["a", "b", "v"], ["a", "b"])
+    table.append({"a": "x", "b": 1, "v": 0.5})
+    with path.open("a") as f:
+        f.write("y,2")  # a kill in the middle of a row
+    again = ResumableTable(path, ["a", "b", "v"], ["a", "b"])
+    assert again.has({"a": "x", "b": 1}) and not again.has({"a": "y", "b": 2})
+    assert path.read_text().splitlines() == ["a,b,v", "x,1,0.5"]
+    with pytest.raises(ValueError, match="other columns"):
+        ResumableTable(path, ["a", "c"], ["a"])
+
+
+@pytest.mark.slow
+def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
+    calls = {"attack": 0, "utility": 0}
+    real_cells, real_utility = sweep.attack_cells, sweep.utility_accuracy
+
+    def counting_cells(cfgs, **kw):
+        calls["attack"] += len(cfgs)
+        return real_cells(cfgs, **kw)
+
+    def counting_utility(*a, **kw):
+        calls["utility"] += 1
+        return real_utility(*a, **kw)
+
+    monkeypatch.setattr(sweep, "attack_cells", counting_cells)
+    monkeypatch.setattr(sweep, "utility_accuracy", counting_utility)
+    cfg = tiny_sweep()
+    # Stop after the first cell: the table keeps it, and the rerun does only the rest.
+    seen = []
+    drive(sweep.run(cfg, tmp_path, should_stop=lambda: len(seen) >= 1), seen.append)
+    first = dict(calls)
+    assert first == {"attack": 0, "utility": 1} and not (tmp_path / "curves.json").exists()
+    drive(sweep.run(cfg, tmp_path))
+    assert calls["utility"] == 2 and calls["attack"] == 4  # 2 settings x 1 image x 2 attackers
+    rows = list(csv.DictReader((tmp_path / "attacks.csv").open()))
+    assert len(rows) == 4 and {r["attacker"] for r in rows} == {"naive", "adaptive"}
+    tip = [r for r in rows if r["defense"] == "tip"]
+    assert all(float(r["noise_to_signal"]) > 1 for r in tip)  # the noise-to-signal of the perturbed slices
+    drive(sweep.run(cfg, tmp_path))  # everything done: nothing recomputed
+    assert calls["utility"] == 2 and calls["attack"] == 4
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert {(p["defense"], p["attacker"]) for p in curves["points"]} == {
+        ("none", "naive"), ("none", "adaptive"), ("tip", "naive"), ("tip", "adaptive")}
+    assert curves["reference"]["random_psnr"] < curves["reference"]["grey_psnr"]
+    html = (tmp_path / "curves.html").read_text()
+    assert "plotly" in html and "cdn.plot.ly" not in html  # self-contained: nothing fetched when opened
+
+
+def test_sweep_config_is_validated_before_any_compute():
+    with pytest.raises(ValueError, match="unknown defense"):
+        sweep.SweepConfig(grid={"nonsense": ("ratio", (0.1,))})
+    with pytest.raises(ValueError, match="ratio"):
+        sweep.SweepConfig(grid={"prune": ("ratio", (1.5,))})
+    with pytest.raises(ValueError, match="unknown attack"):
+        sweep.SweepConfig(adaptive=("idlg_guess",))
+    with pytest.raises(ValueError, match="images"):
+        sweep.SweepConfig(images=0)
+
+
+@pytest.mark.slow
+def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path):
+    cfg = reproduce.ReproduceConfig(images=2, lenet_attacks=("idlg", "idlg_drop"), lenet_iters=2, ig_attacks=("ig",),
+                                    ig_images=1, ig_iters=1, fl_rounds=1)
+    drive(reproduce.run(cfg, tmp_path))
+    rows = list(csv.DictReader((tmp_path / "cells.csv").open()))
+    settings = set(reproduce.report_settings())
+    lenet = [r for r in rows if r["model"] == "lenet"]
+    assert {r["setting"] for r in lenet} - settings == {r["setting"] for r in lenet if r["setting"].startswith("dp_paper sigma")}
+    assert len([r for r in lenet if r["setting"] in settings]) == len(settings) * 2 * 2
+    assert len([r for r in rows if r["model"] == "resnet18"]) == len(settings)
+    assert all(float(r["psnr"]) > 0 for r in rows)
+    report = (tmp_path / "REPORT.md").read_text()
+    for needle in ("| tip p=0.1 |", "idlg_drop", "Wilcoxon", "matched utility", "Not run: this session had no GPU",
+                   "python -m tipcore reproduce --images 2"):
+        assert needle in report, needle
+    utility = list(csv.DictReader((tmp_path / "utility.csv").open()))
+    assert len(utility) == len(settings) + len(reproduce.MATCHED_DP_CANDIDATES)
