@@ -162,3 +162,39 @@ def test_budgeted_defense_takes_the_round_clip_and_the_adaptive_attack_reports_d
     assert result["update"]["detection"]["precision"] == 1.0 and result["update"]["noise_to_signal"] > 10
     printed = capsys.readouterr().out
     assert "idlg_drop left out 3 conv channels" in printed and "precision 1.00, recall 1.00" in printed
+
+
+def test_attack_reads_an_update_recorded_elsewhere(tmp_path, capsys):
+    """`tipcore update` (and a Flower run, same files) -> `attack --update-dir`: the server's view only."""
+    rec = tmp_path / "update"
+    assert main(["update", "--model", "lenet", "--defense", "tip", "--out", str(rec)]) == 0
+    assert {p.name for p in rec.iterdir()} >= {"global_weights.pt", "update_defended.pt", "defense.json"}
+    out = tmp_path / "attack"
+    assert main(["attack", "--update-dir", str(rec), "--attack", "idlg_drop", "--iters", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["label_pred"] == [3] and result["model"] == "lenet" and result["mode"] == "fedsgd"
+    assert sum(len(v) for v in result["flagged"].values()) == 3  # TIP's channels, found from the update alone
+    assert (out / "reconstruction.png").is_file() and "psnr" not in result
+    # A Flower round directory: FedAvg, no mode in its record, the protocol's fields only.
+    flower = tmp_path / "round-001"
+    flower.mkdir()
+    for name in ("global_weights.pt", "update_defended.pt"):
+        (flower / name).write_bytes((rec / name).read_bytes())
+    (flower / "defense.json").write_text(json.dumps({"defense": "tip", "model": "lenet", "num_examples": 1,
+                                                     "local_steps": 4, "lr": 0.001, "clip": 5.0}))
+    assert main(["attack", "--update-dir", str(flower), "--attack", "ig", "--iters", "2", "--out",
+                 str(tmp_path / "a2"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "a2" / "result.json").read_text())["mode"] == "fedavg"
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    (lambda d: None, "is not a directory"),
+    (lambda d: d.mkdir(), "lacks global_weights.pt, update_defended.pt, defense.json"),
+])
+def test_bad_update_dir_gives_one_line_error(tmp_path, capsys, setup, fragment):
+    target = tmp_path / "rec"
+    setup(target)
+    assert main(["attack", "--update-dir", str(target), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and not (tmp_path / "out").exists()

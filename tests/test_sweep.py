@@ -69,6 +69,13 @@ def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
     assert "plotly" in html and "cdn.plot.ly" not in html  # self-contained: nothing fetched when opened
 
 
+def test_reproduce_config_checks_every_attacks_options_before_any_compute():
+    with pytest.raises(ValueError, match="lr"):
+        reproduce.ReproduceConfig(ig_lr=-1.0)
+    with pytest.raises(ValueError, match="unknown option"):
+        reproduce.ReproduceConfig(ig_attacks=("idlg",), ig_preset="paper")
+
+
 def test_sweep_config_is_validated_before_any_compute():
     with pytest.raises(ValueError, match="unknown defense"):
         sweep.SweepConfig(grid={"nonsense": ("ratio", (0.1,))})
@@ -93,8 +100,14 @@ def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path):
     assert len([r for r in rows if r["model"] == "resnet18"]) == len(settings)
     assert all(float(r["psnr"]) > 0 for r in rows)
     report = (tmp_path / "REPORT.md").read_text()
-    for needle in ("| tip p=0.1 |", "idlg_drop", "Wilcoxon", "matched utility", "Not run: this session had no GPU",
+    for needle in ("| tip p=0.1 |", "idlg_drop", "Wilcoxon", "matched utility", "Not run for this report (device: the CPU",
                    "python -m tipcore reproduce --images 2"):
         assert needle in report, needle
     utility = list(csv.DictReader((tmp_path / "utility.csv").open()))
     assert len(utility) == len(settings) + len(reproduce.MATCHED_DP_CANDIDATES)
+    header = [line for line in report.splitlines() if line.startswith("| attacker |")][0]
+    for row in [line for line in report.splitlines() if line.startswith("| best ")]:
+        assert row.count("|") == header.count("|"), row
+    # The same directory with other settings is refused instead of mixing their cells into one report.
+    with pytest.raises(ValueError, match="other settings"):
+        drive(reproduce.run(reproduce.ReproduceConfig(**{**cfg.__dict__, "lenet_iters": 3}), tmp_path))

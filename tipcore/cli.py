@@ -166,6 +166,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     attack_cfg.update(parse_options(args.attack_opt, "--attack-opt"))
     if args.iters is not None:
         attack_cfg["iterations"] = args.iters
+    if args.update_dir:
+        return attack_recorded(args, attack_cfg)
     cfg, images = experiment_config(args, args.attack, attack_cfg)
     total = attack_cfg.get("iterations") or attacks.ATTACKS[args.attack].config_cls().iterations
 
@@ -189,6 +191,38 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int:
+    """Attack an update recorded elsewhere (``tipcore update``, a Flower run): no private image to score."""
+    import time
+
+    from tipcore import recorded
+    from tipcore.experiment import environment, image_grid, png_bytes, strict_json, write_artifacts
+    from tipcore.seeding import generator, pick_device
+
+    given = [f for f in ("image", "image_id", "label") if getattr(args, f)]
+    if given:
+        raise CLIError(f"--update-dir brings its own update: drop --{given[0].replace('_', '-')}")
+    rec = recorded.load(args.update_dir)
+    attack = attacks.create(args.attack, attack_cfg)
+    t0 = time.perf_counter()
+    result = attacks.drive(attack.reconstruct(rec.view, rec.update, generator=generator(args.seed, "attack"),
+                                              report_every=args.report_every))
+    payload = {"source": str(Path(args.update_dir).resolve()), "attack": args.attack, "attack_cfg": attack_cfg,
+               "seed": args.seed, "model": rec.view.model_name, "mode": rec.update.mode,
+               "num_examples": rec.update.num_examples, "label_pred": list(result.labels),
+               "iterations": result.iterations, "restarts": result.restarts, "diverged": result.diverged,
+               "final_loss": result.final_loss, "seconds": time.perf_counter() - t0, "match": result.match,
+               "flagged": {k: list(v) for k, v in result.flagged.items()},
+               "note": "no private image: reconstruction only, no PSNR",
+               **environment(pick_device("cpu"))}
+    out = write_artifacts(args.out, {"result.json": strict_json(payload, indent=2),
+                                     "reconstruction.png": png_bytes(image_grid([result.images]))})
+    flagged = sum(len(v) for v in result.flagged.values())
+    print(f"{args.attack} on {args.update_dir}: labels {list(result.labels)}, {result.iterations} steps"
+          + (f", left out {flagged} channels it found noised" if result.match == "drop" else "") + f"  -> {out}")
+    return 0
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     import io
 
@@ -199,14 +233,18 @@ def cmd_update(args: argparse.Namespace) -> int:
     cfg, images = experiment_config(args)
     prepared = prepare(cfg, images)
 
-    def tensor_bytes(update) -> bytes:
+    def tensor_bytes(tensors) -> bytes:
         buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in update.tensors.items()}, buf)
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buf)
         return buf.getvalue()
 
     diag = prepared.diagnostics.as_dict()
-    diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels))
-    files = {"update_clean.pt": tensor_bytes(prepared.clean), "update_defended.pt": tensor_bytes(prepared.defended),
+    diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels),
+                num_examples=prepared.clean.num_examples, local_steps=prepared.clean.local_steps,
+                lr=prepared.clean.lr, clip=prepared.clean.clip, num_classes=prepared.num_classes)
+    files = {"update_clean.pt": tensor_bytes(prepared.clean.tensors),
+             "update_defended.pt": tensor_bytes(prepared.defended.tensors),
+             "global_weights.pt": tensor_bytes(prepared.view.global_weights),
              "defense.json": strict_json(diag)}
     out = write_artifacts(args.out, files)
     print(f"defense {cfg.defense}: {json.dumps(dict(prepared.diagnostics.summary), default=float)} -> {out}")
@@ -382,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attack-preset", metavar="NAME", help="named options, e.g. paper for ig / ig_*: the TIP paper's "
                                                            "IG protocol (10000 iterations, lr 0.004, decay 0.5)")
     g.add_argument("--labels-known", action="store_true", help="threat model: the server is told the labels")
+    g.add_argument("--update-dir", metavar="DIR", help="attack an update recorded elsewhere instead of running a round: "
+                                                       "a directory from `tipcore update` or a Flower run "
+                                                       "(global_weights.pt, update_defended.pt, defense.json)")
     g.add_argument("--report-every", type=int, default=10, help="progress line and snapshot every N steps")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")

@@ -64,6 +64,25 @@ class ResumableTable:
         return [r for r in self.rows if all(r[k] == v for k, v in want.items())]
 
 
+def claim_directory(out: Path, settings: Mapping[str, Any]) -> None:
+    """Record the job's settings in ``out/job.json``; refuse to resume a directory made with other settings,
+    whose finished cells would otherwise be reported under this job's command."""
+    import json
+
+    manifest = out / "job.json"
+    wanted = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    if manifest.exists():
+        held = json.loads(manifest.read_text())
+        if held != wanted:
+            changed = sorted(k for k in set(held) | set(wanted) if held.get(k) != wanted.get(k))
+            raise ValueError(f"{out} holds a job with other settings ({', '.join(changed)}); "
+                             "rerun with the same settings to resume, or choose another --out")
+        return
+    if any(out.glob("*.csv")):
+        raise ValueError(f"{out} holds tables but no job.json: not a directory this job can resume")
+    manifest.write_text(json.dumps(wanted, indent=1, sort_keys=True) + "\n")
+
+
 def format_cell(value: Any) -> str:
     if value is None:
         return ""

@@ -256,5 +256,7 @@ def make_frontier(quick: bool = False, log: Log = print) -> Path:
     summary["settings"]["made_by"] = (f"{FRONTIER_COMMAND}: {sweep.SWEEP_COMMAND} with its default grid "
                                       f"({sweep.SWEEP_COMMAND} --help)") if not quick else "quick smoke grid"
     path = SHOWCASE_DIR / ("privacy_curves_quick.json" if quick else PRIVACY_CURVES_FILE)
-    path.write_text(json.dumps(summary, indent=1) + "\n")
+    from tipcore.experiment import strict_json
+
+    path.write_bytes(strict_json(summary) + b"\n")
     return path

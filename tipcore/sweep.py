@@ -13,18 +13,18 @@ Finished cells are kept in the CSVs as they complete, so rerunning the same comm
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Mapping
 
 from tipcore import attacks
+from tipcore.experiment import strict_json
 from tipcore.evaluation import (
     DefenseSetting, attack_cells, attack_config, chunks, cifar10_ids, mean_std, reference_psnr, utility_accuracy,
 )
 from tipcore.progress import Progress, StopHook, never_stop
-from tipcore.resumable import ResumableTable, number
+from tipcore.resumable import ResumableTable, claim_directory, number
 
 DECADES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_GRID: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -80,6 +80,11 @@ class SweepConfig:
         if not 1 <= self.fl_rounds <= 100:
             raise ValueError(f"fl_rounds must be in [1, 100], got {self.fl_rounds}")
 
+    def manifest(self) -> dict[str, Any]:
+        return {"job": "sweep", "grid": {k: [knob, list(v)] for k, (knob, v) in self.grid.items()},
+                "images": self.images, "seeds": list(self.seeds), "naive": self.naive,
+                "adaptive": list(self.adaptive), "iterations": self.iterations, "fl_rounds": self.fl_rounds}
+
     def settings(self) -> list[DefenseSetting]:
         return [DefenseSetting(name, knob, float(v)) for name, (knob, values) in self.grid.items() for v in values]
 
@@ -98,6 +103,7 @@ def run(cfg: SweepConfig, out: str | Path, *, should_stop: StopHook = never_stop
     """Fill ``out`` cell by cell (resuming), yielding progress; then write curves.json and curves.html."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    claim_directory(out, cfg.manifest())
     attack_table = ResumableTable(out / "attacks.csv", ATTACK_COLUMNS,
                                   ("defense", "knob", "strength", "image", "seed", "attack"))
     utility_table = ResumableTable(out / "utility.csv", UTILITY_COLUMNS, ("defense", "knob", "strength", "seed"))
@@ -144,7 +150,7 @@ def run(cfg: SweepConfig, out: str | Path, *, should_stop: StopHook = never_stop
             done += len(group)
     yield Progress(total, total, "done", time.perf_counter() - start)
     summary = summarise(attack_table, utility_table, cfg, reference_psnr(images))
-    (out / "curves.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "curves.json").write_bytes(strict_json(summary) + b"\n")
     (out / "curves.html").write_text(curves_html(summary))
     return out
 
@@ -183,7 +189,7 @@ def summarise(attack_table: ResumableTable, utility_table: ResumableTable, cfg: 
                 "images": len(chosen),
             })
     settings = {"attack": f"naive {cfg.naive}; adaptive: best of {', '.join(cfg.adaptive)} per image; "
-                          f"{cfg.iterations} L-BFGS steps, LeNet (random init), FedSGD on one image, clip 5",
+                          f"{cfg.iterations} optimisation steps, LeNet (random init), FedSGD on one image, clip 5",
                 "images": f"first {cfg.images} gallery CIFAR-10 images", "seeds": list(cfg.seeds),
                 "utility": f"held-out accuracy of the digits ConvNet after {cfg.fl_rounds} defended FedAvg rounds "
                            "(10 clients); direct noise scales converted to FedAvg units (x T·η)"}
@@ -195,7 +201,7 @@ def curves_html(summary: Mapping[str, Any]) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Attack PSNR vs noise scale (gradient units)",
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Attack PSNR vs the knob's noise scale (gradient units)",
                                                         "Attack PSNR vs utility (held-out accuracy)"))
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
     defenses_seen = list(dict.fromkeys(p["defense"] for p in summary["points"]))
@@ -226,7 +232,8 @@ def curves_html(summary: Mapping[str, Any]) -> str:
             for col in (1, 2):
                 fig.add_hline(y=value, line=dict(color="grey", dash="dot"), row=1, col=col,
                               annotation_text=f"{label} ({value:.1f} dB)" if col == 1 else None)
-    fig.update_xaxes(type="log", exponentformat="power", title_text="per-element noise std", row=1, col=1)
+    fig.update_xaxes(type="log", exponentformat="power", row=1, col=1,
+                     title_text="noise scale: TIP's β (on p of the channels' high bins), DP's σ (everywhere)")
     fig.update_xaxes(title_text="held-out accuracy after defended FedAvg rounds", row=1, col=2)
     fig.update_yaxes(title_text="PSNR of the reconstruction (dB)")
     fig.update_layout(title=f"Privacy curves — {summary['settings']['attack']}", height=560, width=1300,

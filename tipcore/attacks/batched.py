@@ -75,6 +75,8 @@ class BatchedComparison:
         shape, device = first.shape, first.device
         if any(p.problem.shape != shape for p in problems):
             raise ValueError("every update of a batched comparison must come from the same batch size")
+        if any((p.problem.mode, p.problem.clip) != (first.mode, first.clip) for p in problems):
+            raise ValueError("every update of a batched comparison must come from the same protocol (mode, clip)")
         gradients = _batched_gradients(problems)
         n = len(problems)
         nx = int(np.prod(shape))
