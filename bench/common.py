@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -13,7 +14,7 @@ import torch
 def header(title: str) -> None:
     print(f"# {title}")
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
-          f"cuda {torch.cuda.is_available()}")
+          f"cuda {torch.cuda.is_available()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
 
 
 def timed(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> tuple[float, float]:

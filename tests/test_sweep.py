@@ -66,7 +66,8 @@ def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
         ("none", "naive"), ("none", "adaptive"), ("tip", "naive"), ("tip", "adaptive")}
     assert curves["reference"]["random_psnr"] < curves["reference"]["grey_psnr"]
     html = (tmp_path / "curves.html").read_text()
-    assert "plotly" in html and "cdn.plot.ly" not in html  # self-contained: nothing fetched when opened
+    # Self-contained: plotly.js is inlined, no <script src=...> fetches anything when the page opens.
+    assert "Plotly.newPlot" in html and "<script src=" not in html.replace(" ", "")
 
 
 def test_reproduce_config_checks_every_attacks_options_before_any_compute():
@@ -88,7 +89,18 @@ def test_sweep_config_is_validated_before_any_compute():
 
 
 @pytest.mark.slow
-def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path):
+def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path, monkeypatch):
+    # The FedAvg utility runs (minutes for Soteria) have their own tests (tests/test_fl.py); here a distinct
+    # made-up accuracy per setting is enough to check that the report picks, pairs and prints correctly.
+    fake = {label: 0.90 - 0.01 * i for i, label in enumerate(
+        [*reproduce.report_settings(), *(c.label() for c in reproduce.MATCHED_DP_CANDIDATES)])}
+    fake["dp_paper sigma=0.001"] = fake["tip p=0.1"] + 0.001  # the closest to TIP: the matched DP
+    def key(s):
+        return s.defense, s.knob, s.strength
+
+    by_setting = {**{key(s): label for label, s in reproduce.report_settings().items()},
+                  **{key(c): c.label() for c in reproduce.MATCHED_DP_CANDIDATES}}
+    monkeypatch.setattr(reproduce, "utility_accuracy", lambda setting, **kw: fake[by_setting[key(setting)]])
     cfg = reproduce.ReproduceConfig(images=2, lenet_attacks=("idlg", "idlg_drop"), lenet_iters=2, ig_attacks=("ig",),
                                     ig_images=1, ig_iters=1, fl_rounds=1)
     drive(reproduce.run(cfg, tmp_path))
@@ -100,6 +112,8 @@ def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path):
     assert len([r for r in rows if r["model"] == "resnet18"]) == len(settings)
     assert all(float(r["psnr"]) > 0 for r in rows)
     report = (tmp_path / "REPORT.md").read_text()
+    assert "`dp_paper sigma=0.001` is closest" in report
+    assert {r["setting"] for r in lenet} - settings == {"dp_paper sigma=0.001"}
     for needle in ("| tip p=0.1 |", "idlg_drop", "Wilcoxon", "matched utility", "Not run for this report (device: the CPU",
                    "python -m tipcore reproduce --images 2"):
         assert needle in report, needle

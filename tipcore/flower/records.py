@@ -51,24 +51,26 @@ def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
 
 
-def write_server_round(root: str | Path, server_round: int, *, global_weights: Mapping[str, torch.Tensor],
-                       defended_update: Mapping[str, torch.Tensor], defense_record: Mapping[str, Any]) -> Path:
+def _write_round(root: str | Path, server_round: int, files: Mapping[str, Mapping[str, torch.Tensor]],
+                 defense_record: Mapping[str, Any]) -> Path:
     out = round_dir(root, server_round)
     out.mkdir(parents=True, exist_ok=True)
-    _save_tensors(out / DEFENDED_FILE, defended_update)
-    _save_tensors(out / GLOBAL_FILE, global_weights)
+    for name, tensors in files.items():
+        _save_tensors(out / name, tensors)
     (out / DEFENSE_FILE).write_text(dumps(defense_record), encoding="utf-8")
     return out
+
+
+def write_server_round(root: str | Path, server_round: int, *, global_weights: Mapping[str, torch.Tensor],
+                       defended_update: Mapping[str, torch.Tensor], defense_record: Mapping[str, Any]) -> Path:
+    return _write_round(root, server_round, {DEFENDED_FILE: defended_update, GLOBAL_FILE: global_weights},
+                        defense_record)
 
 
 def write_client_audit(root: str | Path, server_round: int, *, clean_update: Mapping[str, torch.Tensor],
                        defended_update: Mapping[str, torch.Tensor], defense_record: Mapping[str, Any]) -> Path:
-    out = round_dir(root, server_round)
-    out.mkdir(parents=True, exist_ok=True)
-    _save_tensors(out / CLEAN_FILE, clean_update)
-    _save_tensors(out / DEFENDED_FILE, defended_update)
-    (out / DEFENSE_FILE).write_text(dumps(defense_record), encoding="utf-8")
-    return out
+    return _write_round(root, server_round, {CLEAN_FILE: clean_update, DEFENDED_FILE: defended_update},
+                        defense_record)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
