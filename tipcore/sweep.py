@@ -56,19 +56,16 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         from tipcore import defenses
+        from tipcore.config import from_dict
 
         for name, (knob, values) in self.grid.items():
             if name not in defenses.DEFENSES:
                 raise ValueError(f"unknown defense '{name}' in the grid; choose from: {', '.join(defenses.DEFENSES)}")
             if not values:
                 raise ValueError(f"defense '{name}' has no strengths in the grid")
-            for v in values:
-                DefenseSetting(name, knob, float(v))  # options are checked below, before any compute
-                from tipcore.config import from_dict
-
-                from_dict(defenses.DEFENSES[name].config_cls,
-                          defenses.bind_round(name, DefenseSetting(name, knob, float(v)).options(),
-                                              _demo_round()))
+            for v in values:  # every setting's options are checked now, before any compute
+                options = DefenseSetting(name, knob, float(v)).options()
+                from_dict(defenses.DEFENSES[name].config_cls, defenses.bind_round(name, options, _demo_round()))
         for attack in (self.naive, *self.adaptive):
             if attack not in attacks.ATTACKS:
                 raise ValueError(f"unknown attack '{attack}'; choose from: {', '.join(attacks.ATTACKS)}")
