@@ -1,10 +1,13 @@
-"""A comparison run in a background thread: one attack per defense, streamed into a plain ``Job`` object.
+"""A comparison run as a plain ``Job`` object: one attack per defense, in a worker process.
 
 The job lives in the visitor's ``st.session_state`` and the page polls it, so widget interactions (which
-interrupt the script) never interrupt the attack, and everything reached so far is always in session
-state. Stop sets an event that the engine's ``should_stop`` hook reads: the running attack returns what
-it reached (``AttackResult.stopped``) and the remaining defenses are skipped. A global semaphore
-(``resources.attack_slots``) caps concurrent jobs across visitors; a job waits for a slot.
+interrupt the script) never interrupt the attack. A background thread of the server feeds the job: it
+first asks the shared result cache (``tipcore.result_cache``) for each run, then, for the runs not found,
+waits for a slot (``resources.attack_slots``, a global cap on concurrent attacks across visitors, first
+come first served), starts one ``tipcore.worker.WorkerRun`` (a niced child process with one torch
+thread, so this server's redraws come first) and copies what it sends back into the job. Stop sets an
+event that the worker's ``should_stop`` hook reads: the running attack returns what it reached and the
+remaining defenses are skipped.
 """
 
 from __future__ import annotations
@@ -30,29 +33,57 @@ def one_line(exc: BaseException) -> str:
     return text[:300]
 
 
+def result_cache() -> Any:
+    """The machine's shared result cache (``TIP_CACHE_DIR``, ``TIP_CACHE_MB``; 0 MB turns it off)."""
+    from tipcore.result_cache import ResultCache
+
+    return ResultCache.default()
+
+
+def cached_outcomes(plan: list[tuple[str, Any]], images: np.ndarray | None, cache: Any) -> dict[str, Any]:
+    """The runs of ``plan`` already in the cache: defense name -> RunOutcome."""
+    from tipcore.result_cache import run_key
+
+    found = {}
+    for name, cfg in plan:
+        try:
+            outcome = cache.get(run_key(cfg, images))
+        except (ValueError, OSError) as exc:  # a run the cache cannot key (bad image) just runs
+            log.info("no cache lookup for %s: %s", name, exc)
+            continue
+        if outcome is not None:
+            found[name] = outcome
+    return found
+
+
 @dataclass
 class Job:
     plan: list[tuple[str, Any]]  # (defense name, ExperimentConfig)
     images: np.ndarray | None  # uploaded image batch, or None for gallery ids
     slots: Any  # resources.AttackSlots
     iterations: int
-    step_seconds: float  # estimated seconds per attack step, for the ETA of defenses not started yet
+    cache: Any = None  # tipcore.result_cache.ResultCache, or None for no caching
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     status: str = "waiting"  # waiting → running → done | stopped | error
     current: str | None = None
-    latest: dict[str, Any] = field(default_factory=dict)  # defense -> latest Snapshot
-    records: dict[str, Any] = field(default_factory=dict)  # defense -> RunRecord
+    latest: dict[str, Any] = field(default_factory=dict)  # defense -> latest worker.LiveSnapshot
+    latest_at: float = 0.0  # when the latest snapshot arrived (monotonic)
+    records: dict[str, Any] = field(default_factory=dict)  # defense -> worker.RunOutcome
+    cached: set[str] = field(default_factory=set)  # defenses answered by the result cache
     errors: dict[str, str] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when the job got its slot
     finished: float | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
-    collected: bool = False
     last_seen: float = field(default_factory=time.monotonic)
     abandon_s: float = ABANDON_S
+    worker_pid: int | None = None
     _thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ control
     def start(self, runner: Callable[..., Any] | None = None) -> "Job":
+        """Run the plan in a worker process; ``runner(cfg, images, should_stop=, on_snapshot=)`` instead
+        runs it in this thread (tests)."""
         self._thread = threading.Thread(target=self._run, args=(runner,), name=f"tip-attack-{self.id}", daemon=True)
         self._thread.start()
         return self
@@ -80,53 +111,82 @@ class Job:
         return self.done
 
     # ------------------------------------------------------------------ progress
-    def progress(self) -> tuple[float, float | None]:
-        """(fraction done in [0, 1], seconds left or None if unknown)."""
-        n = max(len(self.plan), 1)
-        names = [name for name, _ in self.plan]
-        finished = sum(1 for name in names if name in self.records or name in self.errors)
-        frac_current, eta_current = 0.0, None
+    def seconds_per_step(self) -> float | None:
+        """Attack seconds per step measured in this job so far (None before the first snapshot)."""
+        seconds, steps = 0.0, 0
+        for name, outcome in self.records.items():
+            if name not in self.cached and getattr(outcome, "iterations", 0):
+                seconds += float(outcome.seconds)
+                steps += int(outcome.iterations)
         if self.current is not None and self.current not in self.records:
             snap = self.latest.get(self.current)
-            if snap is not None:
-                frac_current = min(snap.step / max(self.iterations, 1), 1.0)
-                eta_current = snap.eta_s if np.isfinite(snap.eta_s) else None
-        frac = min((finished + frac_current) / n, 1.0)
+            if snap is not None and snap.step > 0:
+                seconds += float(snap.elapsed_s)
+                steps += int(snap.step)
+        return seconds / steps if steps else None
+
+    def progress(self) -> tuple[float, float | None]:
+        """(fraction done in [0, 1], seconds left or None while the speed is not measured yet)."""
         if self.done:
             return 1.0, 0.0
-        remaining = n - finished - (1 if self.current is not None and self.current not in self.records else 0)
-        rest = max(remaining, 0) * self.iterations * self.step_seconds
-        if eta_current is None:
-            eta_current = (1 - frac_current) * self.iterations * self.step_seconds
-        return frac, eta_current + rest
+        names = [name for name, _ in self.plan]
+        n = max(len(names), 1)
+        finished = sum(1 for name in names if name in self.records or name in self.errors)
+        running = self.current is not None and self.current not in self.records and self.current not in self.errors
+        step = 0
+        if running:
+            snap = self.latest.get(self.current)
+            step = min(int(snap.step), self.iterations) if snap is not None else 0
+        frac = min((finished + step / max(self.iterations, 1)) / n, 1.0)
+        rate = self.seconds_per_step()
+        if rate is None:
+            return frac, None
+        not_started = n - finished - (1 if running else 0)
+        left = ((self.iterations - step) if running else 0) * rate + max(not_started, 0) * self.iterations * rate
+        if running and self.latest_at:
+            left -= min(time.monotonic() - self.latest_at, rate * max(self.iterations - step, 0))
+        return frac, max(left, 0.0)
+
+    def wait_estimate(self) -> float | None:
+        """While waiting: seconds until this job's slot frees (from the running jobs' throughput)."""
+        estimate = getattr(self.slots, "wait_estimate", None)
+        return estimate(self) if estimate is not None and self.status == "waiting" else None
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Wall seconds from getting a slot to the end (None if it never ran)."""
+        if self.started is None:
+            return None
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def waited_s(self) -> float:
+        return (self.started or self.finished or time.monotonic()) - self.created
 
     # ------------------------------------------------------------------ thread
     def _run(self, runner: Callable[..., Any] | None) -> None:
         acquired = False
         try:
+            keys: dict[str, str] = {}
+            if self.cache is not None:
+                self._from_cache(keys)
+            todo = [(name, cfg) for name, cfg in self.plan if name not in self.records]
+            if not todo:
+                self.status = "done"
+                return
             while not self.should_stop():
-                if self.slots.acquire(timeout=0.25):
+                if self.slots.acquire(timeout=0.25, holder=self):
                     acquired = True
                     break
             if not acquired:
                 self.status = "stopped"
                 return
+            self.started = time.monotonic()
             self.status = "running"
             if runner is None:
-                from tipcore import experiment
-
-                runner = experiment.run
-            for name, cfg in self.plan:
-                if self.should_stop():
-                    break
-                self.current = name
-                try:
-                    record = runner(cfg, self.images, should_stop=self.should_stop,
-                                    on_snapshot=lambda snap, n=name: self.latest.__setitem__(n, snap))
-                    self.records[name] = record
-                except Exception as exc:  # noqa: BLE001 - shown to the visitor as one line, logged in full
-                    log.exception("attack with defense %s failed", name)
-                    self.errors[name] = one_line(exc)
+                self._run_in_worker(todo, keys)
+            else:
+                self._run_in_thread(todo, runner)
             self.current = None
             if self.stop_event.is_set():
                 self.status = "stopped"
@@ -139,23 +199,73 @@ class Job:
             self.errors["job"] = one_line(exc)
             self.status = "error"
         finally:
+            leave = getattr(self.slots, "leave", None)
             if acquired:
-                self.slots.release()
+                self.slots.release(self)
+            elif leave is not None:
+                leave(self)
             self.finished = time.monotonic()
+
+    def _from_cache(self, keys: dict[str, str]) -> None:
+        from tipcore.result_cache import run_key
+
+        for name, cfg in self.plan:
+            try:
+                keys[name] = run_key(cfg, self.images)
+                outcome = self.cache.get(keys[name])
+            except (ValueError, OSError) as exc:
+                log.info("no cache lookup for %s: %s", name, exc)
+                continue
+            if outcome is not None:
+                self.records[name] = outcome
+                self.cached.add(name)
+
+    def _run_in_worker(self, todo: list[tuple[str, Any]], keys: dict[str, str]) -> None:
+        from tipcore import worker
+
+        run = worker.WorkerRun(todo, self.images).start()
+        self.worker_pid = run.pid
+        stop_sent = False
+        try:
+            while True:
+                if not stop_sent and self.should_stop():
+                    run.stop()
+                    stop_sent = True
+                for event in run.events(timeout=0.25):
+                    if isinstance(event, worker.Started):
+                        self.current = event.name
+                    elif isinstance(event, worker.LiveSnapshot):
+                        self.latest[event.name] = event
+                        self.latest_at = time.monotonic()
+                    elif isinstance(event, worker.Finished):
+                        self.records[event.name] = event.outcome
+                        if self.cache is not None and event.name in keys:
+                            self.cache.put(keys[event.name], event.outcome)
+                    elif isinstance(event, worker.Failed):
+                        self.errors[event.name] = event.message
+                if run.ended is not None:
+                    return
+                if run.finished:  # died without saying so (killed, out of memory)
+                    code = run.process.exitcode
+                    self.errors["job"] = f"the attack worker ended unexpectedly (exit code {code})"
+                    return
+        finally:
+            run.close()
+
+    def _run_in_thread(self, todo: list[tuple[str, Any]], runner: Callable[..., Any]) -> None:
+        for name, cfg in todo:
+            if self.should_stop():
+                break
+            self.current = name
+            try:
+                self.records[name] = runner(cfg, self.images, should_stop=self.should_stop,
+                                            on_snapshot=lambda snap, n=name: self.latest.__setitem__(n, snap))
+            except Exception as exc:  # noqa: BLE001 - shown to the visitor as one line, logged in full
+                log.exception("attack with defense %s failed", name)
+                self.errors[name] = one_line(exc)
 
 
 # ---------------------------------------------------------------------------------------------- results
-
-
-def _plain(value: Any) -> Any:
-    """A copy of the engine's analysis dict with only plain Python values (no numpy scalars, no tuples)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 @dataclass(frozen=True)
@@ -180,6 +290,7 @@ class DefenseResult:
     files: dict[str, bytes]  # artifact_files(record): identical to the CLI's output
     attack: str = ""
     analysis: dict[str, Any] = field(default_factory=dict)  # RunRecord.analysis: noise-to-signal, detection
+    from_cache: bool = False  # answered by the shared result cache (computed earlier, same settings)
 
 
 @dataclass(frozen=True)
@@ -198,45 +309,76 @@ class Results:
     settings: Any  # state.Settings snapshot
     metrics_csv: bytes
     grid_png: bytes
+    elapsed_s: float | None = None  # wall seconds the attacks really took (None: all from the cache)
+    waited_s: float = 0.0  # seconds spent waiting for an attack slot
+
+
+def defense_result(outcome: Any, from_cache: bool = False) -> DefenseResult:
+    return DefenseResult(
+        defense=outcome.defense, images=np.asarray(outcome.images), psnr=float(outcome.psnr),
+        ssim=float(outcome.ssim), label_true=tuple(outcome.label_true), label_pred=tuple(outcome.label_pred),
+        label_accuracy=float(outcome.label_accuracy), iterations=int(outcome.iterations),
+        restarts=int(outcome.restarts), seconds=float(outcome.seconds), stopped=bool(outcome.stopped),
+        diverged=bool(outcome.diverged), history_steps=tuple(outcome.history_steps),
+        history_images=tuple(outcome.history_images), history_losses=tuple(outcome.history_losses),
+        summary=dict(outcome.summary), notes=str(outcome.notes), files=dict(outcome.files),
+        attack=str(outcome.attack), analysis=dict(outcome.analysis), from_cache=from_cache,
+    )
+
+
+def results_of(job_id: str, plan: list[tuple[str, Any]], outcomes: dict[str, Any], cached: set[str],
+               errors: dict[str, str], stopped: bool, settings: Any, image_caption: str, dataset: str,
+               elapsed_s: float | None = None, waited_s: float = 0.0) -> Results | None:
+    """Finished runs (worker or cache) as plain results (bytes for downloads computed once)."""
+    from tipcore import experiment, worker
+
+    names = [name for name, _ in plan]
+    done = [outcomes[name] for name in names if name in outcomes]
+    out = [defense_result(outcomes[name], name in cached) for name in names if name in outcomes]
+    if not done:
+        if errors or stopped:
+            return Results(job_id, np.zeros((0, 32, 32, 3), np.float32), image_caption, 10, dataset, (),
+                           dict(errors), tuple(names), stopped, settings, b"", b"", elapsed_s, waited_s)
+        return None
+    original = np.asarray(done[0].original)
+    row = np.concatenate([original[:1]] + [d.images[:1] for d in out])
+    grid = experiment.png_bytes(experiment.image_grid([row], scale=4))
+    skipped = tuple(n for n in names if n not in outcomes and n not in errors)
+    return Results(job_id, original, image_caption, int(done[0].num_classes), dataset, tuple(out), dict(errors),
+                   skipped, stopped, settings, worker.metrics_csv(done), grid, elapsed_s, waited_s)
 
 
 def collect(job: Job, settings: Any, image_caption: str, dataset: str) -> Results | None:
-    """Turn a finished job's RunRecords into plain results (bytes for downloads computed once)."""
-    from tipcore import experiment
+    """Turn a finished job's runs into plain results."""
+    return results_of(job.id, job.plan, job.records, job.cached, job.errors, job.status == "stopped", settings,
+                      image_caption, dataset, job.elapsed_s, job.waited_s)
 
-    records = [job.records[name] for name, _ in job.plan if name in job.records]
-    out: list[DefenseResult] = []
-    for name, _ in job.plan:
-        rec = job.records.get(name)
-        if rec is None:
-            continue
-        order = list(rec.scores.order)
-        hist = rec.result.history
-        out.append(DefenseResult(
-            defense=name, images=np.asarray(rec.result.images)[order], psnr=float(rec.scores.psnr),
-            ssim=float(rec.scores.ssim), label_true=tuple(rec.prepared.labels), label_pred=tuple(rec.result.labels),
-            label_accuracy=float(rec.scores.label_accuracy), iterations=int(rec.result.iterations),
-            restarts=int(rec.result.restarts), seconds=float(rec.result.seconds), stopped=bool(rec.result.stopped),
-            diverged=bool(getattr(rec.result, "diverged", False)),
-            history_steps=tuple(int(s.step) for s in hist), history_images=tuple(np.asarray(s.images[0]) for s in hist),
-            history_losses=tuple(float(s.loss) for s in hist), summary=dict(rec.prepared.diagnostics.summary),
-            notes=str(rec.prepared.diagnostics.notes), files=experiment.artifact_files(rec),
-            attack=str(rec.config.attack), analysis=_plain(dict(getattr(rec, "analysis", {}) or {})),
-        ))
-    if not records:
-        original = None
-        num_classes = 10
-    else:
-        original = np.asarray(records[0].prepared.images)
-        num_classes = int(records[0].prepared.num_classes)
-    if original is None:
-        if job.errors or job.status == "stopped":
-            return Results(job.id, np.zeros((0, 32, 32, 3), np.float32), image_caption, num_classes, dataset, (),
-                           dict(job.errors), tuple(n for n, _ in job.plan), job.status == "stopped", settings, b"", b"")
+
+def cached_results(plan: list[tuple[str, Any]], images: np.ndarray | None, cache: Any, settings: Any,
+                   image_caption: str, dataset: str) -> Results | None:
+    """Results for ``plan`` straight from the cache when every run of it is there (a shared link), else None."""
+    found = cached_outcomes(plan, images, cache)
+    if len(found) < len(plan):
         return None
-    row = np.concatenate([original[:1]] + [d.images[:1] for d in out])
-    grid = experiment.png_bytes(experiment.image_grid([row], scale=4))
-    skipped = tuple(n for n, _ in job.plan if n not in job.records and n not in job.errors)
-    return Results(job.id, original, image_caption, num_classes, dataset, tuple(out), dict(job.errors), skipped,
-                   job.status == "stopped", settings, experiment.metrics_csv(records), grid)
+    return results_of(f"cache-{uuid.uuid4().hex[:8]}", plan, found, set(found), {}, False, settings,
+                      image_caption, dataset)
 
+
+def stop_on_script_stop(job: Job | None) -> Any:
+    """A context manager for a page that shows ``job``: Streamlit's toolbar Stop (and a closed session)
+    interrupt the script with ``StopException``; the job stops with it, then the exception goes on."""
+    import contextlib
+
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    @contextlib.contextmanager
+    def guard() -> Any:
+        try:
+            yield
+        except StopException:
+            if job is not None and not job.done:
+                log.info("script stopped (toolbar Stop or session end): stopping attack job %s", job.id)
+                job.stop()
+            raise
+
+    return guard()

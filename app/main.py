@@ -17,6 +17,8 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from app import jobs, resources  # noqa: E402  (light: no engine, no torch)
+
 st.set_page_config(
     page_title="TIP explorer: gradient inversion in federated learning",
     page_icon=":material/shield:",
@@ -33,4 +35,17 @@ PAGES = [
     st.Page("views/teach.py", title="Teach", icon=":material/school:", url_path="teach"),
 ]
 
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+
+# Load the engine in the background from the first request on; a page opened before it is ready (a direct
+# link to a fresh server) says what it waits for instead of drawing a blank main area.
+warmup = resources.engine_warmup()
+if not warmup.ready:
+    with st.spinner("Loading the engine (PyTorch, the models and Grad-CAM): the first visit after a server "
+                    "start takes a few seconds …", show_time=True):
+        warmup.wait()
+
+# Streamlit's toolbar Stop interrupts the script with StopException: on the live page, it stops the attack.
+job = st.session_state.get("job") if page.url_path == "live" else None
+with jobs.stop_on_script_stop(job):
+    page.run()

@@ -24,6 +24,43 @@ DEFAULT_MAX_ATTACKS = 2
 # ------------------------------------------------------------------------------------------ process
 
 
+class EngineWarmup:
+    """Imports the engine (torch, models, Grad-CAM) in a background thread, once per server process, so
+    that the first page that needs it does not draw a blank main area while it loads."""
+
+    MODULES = ("tipcore.runtime", "tipcore.experiment", "tipcore.explain", "tipcore.result_cache", "tipcore.worker")
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._load, name="tip-engine-warmup", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        import importlib
+
+        try:
+            for name in self.MODULES:
+                importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - the page that needs the module reports it properly
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+
+@st.cache_resource(show_spinner=False)
+def engine_warmup() -> EngineWarmup:
+    """Started by the first script run of the server process (any page), shared by every session."""
+    return EngineWarmup()
+
+
 @st.cache_resource(show_spinner=False)
 def configure_threads() -> int | None:
     """Torch's thread count, set once per process through tipcore (skipped if tipcore has no runtime)."""
@@ -44,30 +81,93 @@ def max_concurrent_attacks() -> int:
 
 
 class AttackSlots:
-    """A bounded semaphore that also knows how many attacks hold a slot (for the waiting message)."""
+    """A cap on concurrent attacks with a first-come, first-served queue.
+
+    Holders are the jobs running (each may be asked ``progress()`` for its seconds left), waiters the jobs
+    queued for a slot, in arrival order: ``wait_estimate`` says when a waiter's slot should free, from the
+    running jobs' measured throughput.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._sem = threading.BoundedSemaphore(capacity)
-        self._lock = threading.Lock()
-        self._active = 0
+        self._cond = threading.Condition()
+        self._holders: list[Any] = []
+        self._waiters: list[Any] = []
 
-    def acquire(self, timeout: float) -> bool:
-        if not self._sem.acquire(timeout=timeout):
+    def _may_enter(self, token: Any) -> bool:
+        free = self.capacity - len(self._holders)
+        return free > 0 and self._waiters.index(token) < free
+
+    def acquire(self, timeout: float, holder: Any = None) -> bool:
+        """Take a slot within ``timeout`` seconds. A ``holder`` keeps its place in the queue between calls
+        (until it gets a slot or calls ``leave``); an anonymous caller leaves the queue on timeout."""
+        token = holder if holder is not None else object()
+        with self._cond:
+            if token not in self._waiters:
+                self._waiters.append(token)
+            if self._cond.wait_for(lambda: self._may_enter(token), timeout):
+                self._waiters.remove(token)
+                self._holders.append(token)
+                return True
+            if holder is None:
+                self._waiters.remove(token)
+                self._cond.notify_all()
             return False
-        with self._lock:
-            self._active += 1
-        return True
 
-    def release(self) -> None:
-        with self._lock:
-            self._active -= 1
-        self._sem.release()
+    def leave(self, holder: Any) -> None:
+        """A waiter gives up its place."""
+        with self._cond:
+            if holder in self._waiters:
+                self._waiters.remove(holder)
+                self._cond.notify_all()
+
+    def release(self, holder: Any = None) -> None:
+        with self._cond:
+            if holder is not None and holder in self._holders:
+                self._holders.remove(holder)
+            else:
+                anonymous = [t for t in self._holders if type(t) is object]
+                if not anonymous:
+                    raise ValueError("release() without a slot held")
+                self._holders.remove(anonymous[0])
+            self._cond.notify_all()
 
     @property
     def active(self) -> int:
-        with self._lock:
-            return self._active
+        with self._cond:
+            return len(self._holders)
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiters)
+
+    def position(self, holder: Any) -> int | None:
+        """How many waiters are ahead of ``holder`` (None if it is not waiting)."""
+        with self._cond:
+            return self._waiters.index(holder) if holder in self._waiters else None
+
+    def wait_estimate(self, holder: Any) -> float | None:
+        """Seconds until ``holder``'s slot frees, from the running jobs' own estimates (None if unknown)."""
+        with self._cond:
+            if holder not in self._waiters:
+                return None
+            ahead = self._waiters.index(holder)
+            running = list(self._holders)
+        lefts = []
+        for job in running:
+            progress = getattr(job, "progress", None)
+            left = progress()[1] if progress is not None else None
+            if left is None:
+                return None
+            lefts.append(left)
+        lefts.sort()
+        free = self.capacity - len(running)
+        if ahead < free:
+            return 0.0
+        index = ahead - free
+        # Slots free in the order the running jobs finish; a queue longer than that is not estimated.
+        return lefts[index] if index < len(lefts) else None
 
 
 @st.cache_resource(show_spinner=False)

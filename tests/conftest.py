@@ -25,6 +25,19 @@ TEST_THREADS = int(os.environ.get("TIPCORE_TEST_THREADS", "2"))
 torch.set_num_threads(TEST_THREADS)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_result_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The app's shared result cache (tipcore.result_cache) lives in a fresh directory per test session:
+    tests never read results cached by an earlier session nor write under ~/.cache."""
+    old = os.environ.get("TIP_CACHE_DIR")
+    os.environ["TIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("result-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TIP_CACHE_DIR", None)
+    else:
+        os.environ["TIP_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _pin_threads():
     """Code under test may set the thread count process-wide (the app's start-up does): put it back."""

@@ -133,9 +133,9 @@ def test_jobs_share_the_slots_and_abandoned_jobs_stop() -> None:
 
     slots = resources.AttackSlots(1)
     calls: list = []
-    first = jobs.Job(plan=[("none", "a1"), ("tip", "a2")], images=None, slots=slots, iterations=10,
-                     step_seconds=0.01).start(_waiting_runner(calls))
-    second = jobs.Job(plan=[("none", "b1")], images=None, slots=slots, iterations=10, step_seconds=0.01,
+    first = jobs.Job(plan=[("none", "a1"), ("tip", "a2")], images=None, slots=slots,
+                     iterations=10).start(_waiting_runner(calls))
+    second = jobs.Job(plan=[("none", "b1")], images=None, slots=slots, iterations=10,
                       abandon_s=1.5).start(_waiting_runner(calls))
     time.sleep(0.2)
     assert first.status == "running" and second.status == "waiting" and slots.active == 1

@@ -94,8 +94,7 @@ if run_clicked and image is not None and not running:
         st.error(f"Cannot run with these settings: {exc}")
     else:
         job = jobs.Job(plan=plan, images=None if image.gallery_id else image.image[None],
-                       slots=resources.attack_slots(), iterations=int(s.iterations),
-                       step_seconds=controls.step_seconds(s))
+                       slots=resources.attack_slots(), iterations=int(s.iterations), cache=jobs.result_cache())
         st.session_state["job"] = job
         st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
         st.session_state.pop("results", None)
@@ -115,19 +114,30 @@ def live_panel() -> None:
     job.touch()
     if job.done:
         st.rerun()  # the whole page: collect and show the results
+    with jobs.stop_on_script_stop(job):  # Streamlit's toolbar Stop stops the attack too
+        _live_panel_body(job)
+
+
+def _live_panel_body(job: jobs.Job) -> None:
     st.subheader("Running")
+    st.button("Stop", type="primary", icon=":material/stop:", on_click=job.stop, key="stop_live",
+              disabled=job.stop_event.is_set(),
+              help="Stop the attack now and keep what it reached; defenses not started yet are skipped.")
     frac, eta = job.progress()
     slots = resources.attack_slots()
     if job.status == "waiting":
-        st.progress(0, text=f"Waiting for a free attack slot: {slots.active} of {slots.capacity} running on "
-                            "this server. Your run starts as soon as one finishes.")
+        ahead = slots.position(job) or 0
+        wait = job.wait_estimate()
+        when = f"a slot should free in about {fmt_seconds(wait)}" if wait else "your run starts as soon as one finishes"
+        st.progress(0, text=f"Waiting for a free attack slot: {slots.active} of {slots.capacity} running on this "
+                            f"server{f', {ahead} run(s) queued ahead of yours' if ahead else ''}; {when}.")
     else:
         snap = job.latest.get(job.current) if job.current else None
-        step = f"step {snap.step}/{job.iterations}" if snap is not None else "preparing the client's round"
-        text = f"{defense_label(job.current or '')}: {step} · about {fmt_seconds(eta)} left"
-        st.progress(min(max(frac, 0.0), 1.0), text=text)
-    st.button("Stop", icon=":material/stop:", on_click=job.stop, key="stop_live", disabled=job.stop_event.is_set(),
-              help="Stop the attack now and keep what it reached; defenses not started yet are skipped.")
+        step = f"step {snap.step}/{job.iterations}" if snap is not None else "starting the attack worker"
+        left = (f"about {fmt_seconds(eta)} left (measured speed)" if eta is not None
+                else "measuring the speed")
+        st.progress(min(max(frac, 0.0), 1.0),
+                    text=f"{defense_label(job.current or '')}: {step} · {left} · {fmt_seconds(job.elapsed_s or 0)} so far")
     cols = st.columns(max(len(job.plan), 1))
     for col, (name, _) in zip(cols, job.plan):
         with col:
@@ -135,8 +145,8 @@ def live_panel() -> None:
             rec = job.records.get(name)
             snap = job.latest.get(name)
             if rec is not None:
-                st.image(upscale(rec.result.images[list(rec.scores.order)][0], 5), width="stretch")
-                st.caption(f"done · PSNR {fmt_psnr(rec.scores.psnr)}")
+                st.image(upscale(rec.images[0], 5), width="stretch")
+                st.caption(f"{'from the cache' if name in job.cached else 'done'} · PSNR {fmt_psnr(rec.psnr)}")
             elif name in job.errors:
                 st.error(job.errors[name])
             elif snap is not None:
@@ -210,6 +220,13 @@ def show_results(res: jobs.Results) -> None:
         f"{attack_label(res.defenses[0].attack if res.defenses and res.defenses[0].attack else cfg.attack)} · "
         f"seed {cfg.seed} · ε = {cfg.epsilon:g}, δ = {cfg.delta:.0e}"
     )
+    if res.defenses and all(d.from_cache for d in res.defenses):
+        st.caption("From the server's result cache: computed earlier with exactly these settings (no attack ran).")
+    elif res.elapsed_s is not None:
+        waited = f", after waiting {fmt_seconds(res.waited_s)} for an attack slot" if res.waited_s >= 1 else ""
+        cached = sum(d.from_cache for d in res.defenses)
+        st.caption(f"The attacks took {fmt_seconds(res.elapsed_s)}{waited}"
+                   + (f"; {cached} result(s) came from the cache." if cached else "."))
     if res.stopped:
         st.warning("Stopped early: these are the reconstructions reached so far"
                    + (f"; not run: {', '.join(defense_label(n) for n in res.skipped)}." if res.skipped else "."))
@@ -292,6 +309,17 @@ def show_results(res: jobs.Results) -> None:
 
 
 results: jobs.Results | None = st.session_state.get("results")
+if results is None and not running and image is not None and s.defenses:
+    # A shared link whose runs were computed before (by anyone on this server) opens with their results.
+    try:
+        cached_plan = controls.build_plan(s, image)
+    except ValueError:
+        cached_plan = None
+    if cached_plan:
+        results = jobs.cached_results(cached_plan, None if image.gallery_id else image.image[None],
+                                      jobs.result_cache(), state.snapshot(), image.caption, image.dataset)
+        if results is not None:
+            st.session_state["results"] = results
 if results is not None and not running:
     show_results(results)
 elif results is None and not running:

@@ -1,0 +1,291 @@
+"""Run experiments in a child process, so a server that shows them stays responsive.
+
+The explorer's Streamlit server redraws pages for every visitor; an attack in the same process competes
+with those redraws for the GIL and both cores. ``WorkerRun`` starts one child process (``spawn``: a fresh
+interpreter, no forked torch thread pools) that lowers its own OS priority (``os.nice``), limits torch to
+``threads`` intra-op threads, runs each ``ExperimentConfig`` of a plan through ``experiment.stream`` and
+sends small messages back through a queue:
+
+* ``Started(name)`` when a run begins,
+* ``LiveSnapshot`` (the first image of the attack's snapshot, the step, the loss, elapsed seconds),
+* ``Finished(name, RunOutcome)``: plain numpy and bytes, with ``files`` = ``experiment.artifact_files``
+  of the child's ``RunRecord`` (the bytes the CLI writes),
+* ``Failed(name, message)``, and ``Ended(stopped)`` last.
+
+``stop()`` sets an event the child's ``should_stop`` hook reads; the child also stops when its parent is
+gone (no orphans if the server is killed). This module imports neither torch nor the engine at import
+time, so the parent can use it before torch has loaded and the child sets its priority first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NICE = 10  # the server's redraws (nice 0) always come first on a busy machine
+DEFAULT_THREADS = 1  # two attacks on two cores leave room for the server; more threads only contend
+JOIN_S = 10.0  # how long stop() + join may take before the child is terminated
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Started:
+    name: str
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """What the page draws while an attack runs: small (one 32x32 image), no tensors."""
+
+    name: str
+    step: int
+    loss: float
+    images: np.ndarray  # (1, H, W, 3) float32: the first image of the attack's current guess
+    elapsed_s: float  # seconds since this attack started (the engine's clock)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """One finished run as plain data: what the app shows and the result cache stores."""
+
+    defense: str
+    attack: str
+    original: np.ndarray  # (B, H, W, 3) private images
+    images: np.ndarray  # (B, H, W, 3) reconstruction, in the originals' order
+    num_classes: int
+    psnr: float
+    ssim: float
+    label_true: tuple[int, ...]
+    label_pred: tuple[int, ...]
+    label_accuracy: float
+    iterations: int
+    restarts: int
+    seconds: float
+    stopped: bool
+    diverged: bool
+    history_steps: tuple[int, ...]
+    history_images: tuple[np.ndarray, ...]  # first image of each snapshot
+    history_losses: tuple[float, ...]
+    summary: Mapping[str, Any]
+    notes: str
+    analysis: Mapping[str, Any]
+    files: Mapping[str, bytes]  # experiment.artifact_files(record): identical to the CLI's output
+
+
+@dataclass(frozen=True)
+class Finished:
+    name: str
+    outcome: RunOutcome
+
+
+@dataclass(frozen=True)
+class Failed:
+    name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Ended:
+    stopped: bool
+
+
+def plain(value: Any) -> Any:
+    """Only plain Python values (no numpy scalars, no tuples): safe to pickle, JSON and compare."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def outcome_of(record: Any) -> RunOutcome:
+    """A ``RunRecord`` as a ``RunOutcome`` (in the process that holds the record's tensors)."""
+    from tipcore import experiment
+
+    order = list(record.scores.order)
+    hist = record.result.history
+    return RunOutcome(
+        defense=str(record.config.defense), attack=str(record.config.attack),
+        original=np.asarray(record.prepared.images, dtype=np.float32),
+        images=np.asarray(record.result.images, dtype=np.float32)[order],
+        num_classes=int(record.prepared.num_classes), psnr=float(record.scores.psnr),
+        ssim=float(record.scores.ssim), label_true=tuple(int(v) for v in record.prepared.labels),
+        label_pred=tuple(int(v) for v in record.result.labels),
+        label_accuracy=float(record.scores.label_accuracy), iterations=int(record.result.iterations),
+        restarts=int(record.result.restarts), seconds=float(record.result.seconds),
+        stopped=bool(record.result.stopped), diverged=bool(getattr(record.result, "diverged", False)),
+        history_steps=tuple(int(s.step) for s in hist),
+        history_images=tuple(np.asarray(s.images[0], dtype=np.float32) for s in hist),
+        history_losses=tuple(float(s.loss) for s in hist),
+        summary=plain(dict(record.prepared.diagnostics.summary)), notes=str(record.prepared.diagnostics.notes),
+        analysis=plain(dict(getattr(record, "analysis", {}) or {})), files=experiment.artifact_files(record),
+    )
+
+
+def metrics_csv(outcomes: Iterable[RunOutcome]) -> bytes:
+    """``experiment.metrics_csv`` of several runs, from their own metrics.csv files (header once)."""
+    lines: list[bytes] = []
+    for outcome in outcomes:
+        rows = outcome.files["metrics.csv"].splitlines(keepends=True)
+        lines.extend(rows if not lines else rows[1:])
+    return b"".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- child
+
+
+def _one_line(exc: BaseException) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
+
+
+def _child_main(plan: list[tuple[str, dict]], images: np.ndarray | None, out: Any, stop: Any,
+                nice: int, threads: int, parent_pid: int) -> None:
+    """The worker process: lower priority and threads first, then load the engine and run the plan."""
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # not allowed (never fatal: the run is only less polite)
+            pass
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    from tipcore import experiment
+
+    def should_stop() -> bool:
+        # The parent gone (killed, crashed) counts as a stop: no orphaned attacks.
+        return stop.is_set() or os.getppid() != parent_pid
+
+    for name, cfg_dict in plan:
+        if should_stop():
+            break
+        out.put(Started(name))
+        try:
+            cfg = experiment.ExperimentConfig.from_dict(cfg_dict)
+
+            def on_snapshot(snap: Any, name: str = name) -> None:
+                out.put(LiveSnapshot(name, int(snap.step), float(snap.loss),
+                                     np.asarray(snap.images[:1], dtype=np.float32), float(snap.elapsed_s)))
+
+            record = experiment.run(cfg, images, should_stop=should_stop, on_snapshot=on_snapshot)
+            out.put(Finished(name, outcome_of(record)))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as one line, logged in full here
+            log.exception("attack with defense %s failed", name)
+            out.put(Failed(name, _one_line(exc)))
+    out.put(Ended(stop.is_set()))
+
+
+# ---------------------------------------------------------------------------------------------- parent
+
+_LIVE: "weakref.WeakSet[WorkerRun]" = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+class WorkerRun:
+    """One plan run in one child process. ``plan``: (name, ExperimentConfig) pairs."""
+
+    def __init__(self, plan: list[tuple[str, Any]], images: np.ndarray | None = None, *,
+                 nice: int = DEFAULT_NICE, threads: int = DEFAULT_THREADS) -> None:
+        if not plan:
+            raise ValueError("a worker needs at least one run in its plan")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be in [0, 19], got {nice}")
+        ctx = mp.get_context("spawn")
+        self._queue = ctx.Queue()
+        self._stop = ctx.Event()
+        plain_plan = [(name, cfg.to_dict()) for name, cfg in plan]
+        arrays = None if images is None else np.asarray(images, dtype=np.float32)
+        self.process = ctx.Process(
+            target=_child_main, name="tip-attack-worker", daemon=True,
+            args=(plain_plan, arrays, self._queue, self._stop, nice, threads, os.getpid()),
+        )
+        self.ended: Ended | None = None
+
+    def start(self) -> "WorkerRun":
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        self.process.start()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def events(self, timeout: float = 0.25) -> list[Any]:
+        """Messages sent since the last call: waits up to ``timeout`` for the first, then drains the rest."""
+        got: list[Any] = []
+        try:
+            got.append(self._queue.get(timeout=timeout))
+            while True:
+                got.append(self._queue.get_nowait())
+        except queue_mod.Empty:
+            pass
+        except (EOFError, OSError):  # the queue's pipe closed under us (shutdown)
+            pass
+        for event in got:
+            if isinstance(event, Ended):
+                self.ended = event
+        return got
+
+    @property
+    def finished(self) -> bool:
+        """The child said it ended, or died without saying so."""
+        return self.ended is not None or (self.process.pid is not None and not self.process.is_alive()
+                                          and self._queue.empty())
+
+    def close(self, timeout: float = JOIN_S) -> None:
+        """Stop the child if it still runs, wait for it (terminate it after ``timeout``), free the queue."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        while self.process.is_alive() and time.monotonic() < deadline:
+            self.events(timeout=0.1)  # keep draining, or the child blocks flushing its queue
+        if self.process.is_alive():
+            log.warning("attack worker %s did not stop within %.0f s: terminating it", self.pid, timeout)
+            self.process.terminate()
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self._queue.close()
+        self._queue.cancel_join_thread()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+
+
+def live_workers() -> list[WorkerRun]:
+    with _LIVE_LOCK:
+        return [w for w in _LIVE if w.process.is_alive()]
+
+
+def stop_all(timeout: float = JOIN_S) -> None:
+    """Stop every worker of this process and wait for them (at exit: SIGTERM to the server ends here)."""
+    workers = live_workers()
+    for w in workers:
+        w.stop()
+    for w in workers:
+        w.close(timeout)
+
+
+atexit.register(stop_all)
