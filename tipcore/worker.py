@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing as mp
+import multiprocessing.spawn as mp_spawn
 import os
 import queue as queue_mod
 import threading
@@ -194,6 +195,23 @@ def _child_main(plan: list[tuple[str, dict]], images: np.ndarray | None, out: An
 
 # ---------------------------------------------------------------------------------------------- parent
 
+WORKER_NAME = "tip-attack-worker"
+_original_preparation_data = mp_spawn.get_preparation_data
+
+
+def _preparation_data(name: str) -> dict[str, Any]:
+    """``spawn`` re-imports the parent's ``__main__`` in the child. Under Streamlit that is the page script
+    being run (Streamlit swaps it into ``sys.modules['__main__']``), so every worker would run the whole app
+    once; the worker needs nothing from ``__main__`` (its target lives here), so ours skip that step."""
+    data = _original_preparation_data(name)
+    if name.startswith(WORKER_NAME):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+mp_spawn.get_preparation_data = _preparation_data
+
 _LIVE: "weakref.WeakSet[WorkerRun]" = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
 
@@ -215,7 +233,7 @@ class WorkerRun:
         plain_plan = [(name, cfg.to_dict()) for name, cfg in plan]
         arrays = None if images is None else np.asarray(images, dtype=np.float32)
         self.process = ctx.Process(
-            target=_child_main, name="tip-attack-worker", daemon=True,
+            target=_child_main, name=WORKER_NAME, daemon=True,
             args=(plain_plan, arrays, self._queue, self._stop, nice, threads, os.getpid()),
         )
         self.ended: Ended | None = None

@@ -1,0 +1,125 @@
+"""`docker stop` and a Space restart send SIGTERM: with an attack running in a worker process, the server
+must stop the attack, leave no worker behind and exit 0 (it used to die with SIGABRT).
+
+Starts `streamlit run app/main.py`, starts an attack through headless Chromium (AppTest cannot start a
+server-side job), waits until the worker reports its first steps, sends SIGTERM. Every wait is on state
+(health endpoint, page text, process table) with a deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+STARTUP_S = 120
+EXIT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (the container's init may never reap reparented children)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(entry.name))
+    return kids
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_sigterm_stops_running_attacks_and_exits_0(tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium not installed at {CHROMIUM}: install it with `apt-get install -y chromium`")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, TIP_CACHE_DIR=str(tmp_path / "cache"), MPLCONFIGDIR=str(tmp_path / "mpl"))
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    workers: list[int] = []
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        _wait(lambda: _healthy(url) or proc.poll() is not None, STARTUP_S, "the server's health endpoint")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        with sync_api.sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(
+                profile, executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = context.pages[0] if context.pages else context.new_page()
+                # Inverting Gradients on LeNet at the most iterations the app allows: it runs well past the SIGTERM.
+                page.goto(f"{url}/live?iterations=5000&attack=ig&defenses=none,tip", wait_until="domcontentloaded")
+                page.get_by_role("heading", name="Live attack").wait_for(timeout=STARTUP_S * 1000)
+                page.get_by_role("button", name="Run attack").click()
+                page.get_by_text(re.compile(r"step \d+/5000\b")).first.wait_for(timeout=STARTUP_S * 1000)
+                workers = [pid for pid in _children(proc.pid) if _running(pid)]
+                assert workers, "the attack should run in a child process of the server"
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    code = proc.wait(timeout=EXIT_S)
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"the server did not exit within {EXIT_S} s of SIGTERM")
+            finally:
+                context.close()
+        assert code == 0, f"exit code {code}:\n{log_path.read_text(errors='replace')[-3000:]}"
+        _wait(lambda: not any(_running(pid) for pid in workers), 15, "the worker processes to end")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=15)
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(profile, ignore_errors=True)
