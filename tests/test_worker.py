@@ -1,0 +1,251 @@
+"""Attacks in a worker process (tipcore.worker), the shared result cache (tipcore.result_cache), and the
+app's job around them: progress from measured throughput, the slot queue, Streamlit's Stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tipcore import experiment, worker
+from tipcore.fl import RoundConfig
+from tipcore.result_cache import ResultCache, run_key
+
+TIMING_KEYS = ("seconds", "round_seconds", "defense_seconds", "threads")
+
+
+def tiny(defense: str = "none", **changes) -> experiment.ExperimentConfig:
+    cfg = experiment.ExperimentConfig(round=RoundConfig(clip=5.0), defense=defense, attack="idlg",
+                                      attack_cfg={"iterations": 3}, report_every=1)
+    return replace(cfg, **changes)
+
+
+def drain(run: worker.WorkerRun, limit: float = 120.0) -> list:
+    events, deadline = [], time.monotonic() + limit
+    while run.ended is None:
+        assert time.monotonic() < deadline, "the worker did not end in time"
+        events += run.events(timeout=0.5)
+        assert run.ended is not None or run.process.is_alive() or run.events(timeout=0.5), "worker died"
+    return events
+
+
+def without_timing(result_json: bytes) -> dict:
+    d = json.loads(result_json)
+    for key in TIMING_KEYS:
+        d.pop(key, None)
+    return d
+
+
+@pytest.fixture(scope="module")
+def worker_events() -> list:
+    """One two-run plan through a real worker process (spawned once for the module: it loads torch)."""
+    run = worker.WorkerRun([("none", tiny()), ("tip", tiny("tip"))]).start()
+    try:
+        return drain(run)
+    finally:
+        run.close()
+
+
+def test_worker_streams_small_snapshots_and_the_clis_files(worker_events: list) -> None:
+    kinds = [type(e).__name__ for e in worker_events]
+    assert kinds[0] == "Started" and kinds[-1] == "Ended" and kinds.count("Finished") == 2
+    snaps = [e for e in worker_events if isinstance(e, worker.LiveSnapshot)]
+    assert [s.step for s in snaps if s.name == "none"] == [1, 2, 3]
+    assert all(s.images.shape == (1, 32, 32, 3) and s.images.dtype == np.float32 for s in snaps)
+    outcomes = {e.name: e.outcome for e in worker_events if isinstance(e, worker.Finished)}
+    # The same run in this process, as the CLI does it: the same files (timings and thread count aside).
+    for name, cfg in (("none", tiny()), ("tip", tiny("tip"))):
+        here = experiment.artifact_files(experiment.run(cfg))
+        there = outcomes[name].files
+        assert set(there) == set(here)
+        assert without_timing(there["result.json"]) == without_timing(here["result.json"])
+        for fname in ("defense.json", "original.png", "reconstruction.png", "progress.png"):
+            assert there[fname] == here[fname], fname
+    combined = worker.metrics_csv(outcomes.values()).decode().splitlines()
+    assert combined[0].startswith("defense,attack") and [r.split(",")[0] for r in combined[1:]] == ["none", "tip"]
+
+
+def test_worker_stops_on_request_and_runs_niced() -> None:
+    run = worker.WorkerRun([("none", tiny(attack="ig", attack_cfg={"iterations": 100000}, report_every=5)),
+                            ("tip", tiny("tip"))]).start()
+    try:
+        deadline = time.monotonic() + 120
+        snaps = []
+        while not snaps:
+            assert time.monotonic() < deadline and run.process.is_alive(), "no snapshot from the worker"
+            snaps = [e for e in run.events(0.5) if isinstance(e, worker.LiveSnapshot)]
+        nice = int(Path(f"/proc/{run.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        assert nice == os.nice(0) + worker.DEFAULT_NICE or nice == 19
+        run.stop()
+        events = drain(run, 60)
+        (finished,) = [e for e in events if isinstance(e, worker.Finished)]
+        assert finished.name == "none" and finished.outcome.stopped and finished.outcome.iterations < 100000
+        assert run.ended.stopped and not any(isinstance(e, worker.Started) and e.name == "tip" for e in events)
+    finally:
+        run.close()
+    assert not run.process.is_alive()
+
+
+def test_worker_checks_its_settings() -> None:
+    with pytest.raises(ValueError, match="at least one run"):
+        worker.WorkerRun([])
+    with pytest.raises(ValueError, match="nice"):
+        worker.WorkerRun([("none", tiny())], nice=25)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def test_run_key_covers_every_setting_and_the_pixels() -> None:
+    base = tiny()
+    key = run_key(base)
+    assert run_key(tiny()) == key and len(key) == 64
+    changed = [replace(base, seed=1), replace(base, model="convnet"), replace(base, weights="digits"),
+               replace(base, round=RoundConfig(clip=4.0)), replace(base, defense="tip"),
+               replace(base, defense="prune", defense_cfg={"ratio": 0.5}), replace(base, attack="dlg"),
+               replace(base, attack_cfg={"iterations": 4}), replace(base, image_ids=("cifar10-01",)),
+               replace(base, labels_known=True), replace(base, report_every=2)]
+    keys = {run_key(c) for c in changed}
+    assert key not in keys and len(keys) == len(changed)
+    # An upload of the gallery image's pixels (with its label) is the same run.
+    from tipcore import data
+
+    pixels = data.sample_image("cifar10-00")[None]
+    assert run_key(replace(base, labels=(3,)), pixels) == run_key(replace(base, labels=(3,)))
+    assert run_key(replace(base, labels=(3,)), pixels * 0.5) != run_key(replace(base, labels=(3,)), pixels)
+
+
+def test_cache_round_trip_lru_and_stopped_runs(worker_events: list, tmp_path: Path) -> None:
+    outcome = next(e.outcome for e in worker_events if isinstance(e, worker.Finished))
+    cache = ResultCache(tmp_path, max_bytes=10**9)
+    key = run_key(tiny())
+    assert cache.get(key) is None
+    assert cache.put(key, outcome)
+    back = cache.get(key)
+    assert back.files == outcome.files and back.psnr == outcome.psnr and back.label_pred == outcome.label_pred
+    assert np.array_equal(back.images, outcome.images) and len(back.history_images) == len(outcome.history_images)
+    assert back.analysis == outcome.analysis and back.summary == outcome.summary
+    assert not cache.put("0" * 64, replace(outcome, stopped=True))  # a stopped run answers nothing
+    assert cache.get("0" * 64) is None
+    # LRU under a cap of two entries: reading the oldest keeps it, the untouched one goes.
+    size = cache.size()
+    small = ResultCache(tmp_path / "lru", max_bytes=int(size * 2.5))
+    keys = [f"{i:064x}" for i in range(3)]
+    small.put(keys[0], outcome)
+    small.put(keys[1], outcome)
+    old = time.time() - 100
+    os.utime(small.root / f"{keys[0]}.npz", (old, old))
+    os.utime(small.root / f"{keys[1]}.npz", (old - 10, old - 10))
+    assert small.get(keys[0]) is not None  # refreshed
+    small.put(keys[2], outcome)
+    assert small.get(keys[1]) is None and small.get(keys[0]) is not None and small.get(keys[2]) is not None
+    assert small.size() <= small.max_bytes
+    # A damaged entry is a miss, not an error, and goes away.
+    (small.root / f"{keys[0]}.npz").write_bytes(b"not a zip")
+    assert small.get(keys[0]) is None and not (small.root / f"{keys[0]}.npz").exists()
+    with pytest.raises(ValueError, match="not a cache key"):
+        small.get("../../etc/passwd")
+
+
+def test_cache_is_safe_under_concurrent_writers(worker_events: list, tmp_path: Path) -> None:
+    outcome = next(e.outcome for e in worker_events if isinstance(e, worker.Finished))
+    cache = ResultCache(tmp_path, max_bytes=10**9)
+    cache.put("f" * 64, outcome)
+    entry = cache.size()
+    shared = ResultCache(tmp_path / "shared", max_bytes=entry * 3)
+    errors: list[BaseException] = []
+
+    def writer(offset: int) -> None:
+        try:
+            for i in range(6):
+                shared.put(f"{offset * 100 + i:064x}", outcome)
+                got = shared.get(f"{offset * 100 + i:064x}")
+                assert got is None or got.files == outcome.files  # whole entries or none
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert shared.size() <= shared.max_bytes
+    assert not list(shared.root.glob(".tmp-*"))  # no temporary file left behind
+
+
+# ---------------------------------------------------------------------------------------------- app job
+
+
+class FakeSnap:
+    def __init__(self, step: int, elapsed_s: float) -> None:
+        self.step, self.elapsed_s, self.loss = step, elapsed_s, 0.0
+        self.images = np.zeros((1, 32, 32, 3), np.float32)
+
+
+def test_eta_comes_from_measured_throughput_and_the_queue() -> None:
+    pytest.importorskip("streamlit")
+    from app import jobs, resources
+
+    slots = resources.AttackSlots(1)
+    job = jobs.Job(plan=[("none", None), ("tip", None)], images=None, slots=slots, iterations=100)
+    job.status, job.current = "running", "none"
+    assert job.progress() == (0.0, None)  # nothing measured yet: no made-up number
+    job.latest["none"] = FakeSnap(step=20, elapsed_s=10.0)  # 0.5 s per step, measured
+    frac, left = job.progress()
+    assert frac == pytest.approx(0.1) and left == pytest.approx(80 * 0.5 + 100 * 0.5)
+    job.latest["none"] = FakeSnap(step=20, elapsed_s=40.0)  # the machine got busy: 2 s per step
+    assert job.progress()[1] == pytest.approx(80 * 2.0 + 100 * 2.0)
+
+    # A second job waits behind it: its slot frees when the first job's measured time is up.
+    assert slots.acquire(0.01, holder=job)
+    second = jobs.Job(plan=[("none", None)], images=None, slots=slots, iterations=100)
+    assert not slots.acquire(0.01, holder=second)
+    assert slots.position(second) == 0 and second.wait_estimate() == pytest.approx(360.0)
+    third = jobs.Job(plan=[("none", None)], images=None, slots=slots, iterations=100)
+    assert not slots.acquire(0.01, holder=third)
+    assert slots.position(third) == 1 and third.wait_estimate() is None  # behind a job not measured yet
+    slots.release(job)
+    assert slots.acquire(0.01, holder=second) and not slots.acquire(0.01, holder=third)  # first come first served
+    slots.leave(third)
+    assert slots.waiting == 0
+
+
+def test_streamlit_stop_stops_the_job() -> None:
+    pytest.importorskip("streamlit")
+    from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
+
+    from app import jobs
+
+    job = jobs.Job(plan=[("none", None)], images=None, slots=None, iterations=10)
+    with pytest.raises(RerunException):
+        with jobs.stop_on_script_stop(job):
+            raise RerunException(None)  # a widget interaction reruns: the attack goes on
+    assert not job.stop_event.is_set()
+    with pytest.raises(StopException):
+        with jobs.stop_on_script_stop(job):
+            raise StopException()  # the toolbar's Stop (or the session ending)
+    assert job.stop_event.is_set()
+
+
+def test_job_answers_from_the_cache_without_a_slot(worker_events: list, tmp_path: Path) -> None:
+    pytest.importorskip("streamlit")
+    from app import jobs, resources
+
+    outcome = next(e.outcome for e in worker_events if isinstance(e, worker.Finished) and e.name == "none")
+    cache = ResultCache(tmp_path, max_bytes=10**9)
+    cache.put(run_key(tiny()), outcome)
+    slots = resources.AttackSlots(1)
+    assert slots.acquire(0.01)  # every slot taken: a job that needed one would wait
+    job = jobs.Job(plan=[("none", tiny())], images=None, slots=slots, iterations=3, cache=cache).start()
+    assert job.wait(30) and job.status == "done" and job.cached == {"none"} and job.started is None
+    res = jobs.collect(job, None, "cifar10-00", "cifar10")
+    assert res.defenses[0].from_cache and res.defenses[0].files == outcome.files and res.elapsed_s is None
+    assert jobs.cached_results([("none", tiny())], None, cache, None, "", "cifar10") is not None
+    assert jobs.cached_results([("none", tiny()), ("tip", tiny("tip"))], None, cache, None, "", "cifar10") is None
