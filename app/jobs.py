@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -362,6 +363,56 @@ def cached_results(plan: list[tuple[str, Any]], images: np.ndarray | None, cache
         return None
     return results_of(f"cache-{uuid.uuid4().hex[:8]}", plan, found, set(found), {}, False, settings,
                       image_caption, dataset)
+
+
+# Streamlit's toolbar Stop: the browser sends ``stop_script`` and the session asks its script run to stop.
+# When that arrives between two runs of the live panel (nearly always: a poll takes milliseconds), no
+# exception reaches the page, so the session's handler itself is wrapped to stop the session's job too.
+_TOOLBAR_STOP: dict[str, "weakref.ref[Job]"] = {}
+_TOOLBAR_LOCK = threading.Lock()
+
+
+def install_toolbar_stop_hook() -> bool:
+    """Wrap ``AppSession._handle_stop_script_request`` once per process; False if Streamlit has no such
+    handler any more (then only the page's own Stop button stops an attack)."""
+    try:
+        from streamlit.runtime.app_session import AppSession
+    except ImportError:
+        return False
+    original = getattr(AppSession, "_handle_stop_script_request", None)
+    if original is None:
+        log.warning("Streamlit has no AppSession._handle_stop_script_request: the toolbar Stop will not stop "
+                    "attacks (the page's Stop button still does)")
+        return False
+    if getattr(original, "tip_stops_jobs", False):
+        return True
+
+    def handle_stop_script_request(self: Any) -> None:
+        with _TOOLBAR_LOCK:
+            ref = _TOOLBAR_STOP.pop(getattr(self, "id", None), None)
+        job = ref() if ref is not None else None
+        if job is not None and not job.done:
+            log.info("toolbar Stop: stopping attack job %s", job.id)
+            job.stop()
+        return original(self)
+
+    handle_stop_script_request.tip_stops_jobs = True  # type: ignore[attr-defined]
+    AppSession._handle_stop_script_request = handle_stop_script_request
+    return True
+
+
+def stop_with_toolbar(job: Job | None) -> None:
+    """The toolbar Stop of the current session stops ``job`` (None: forget the session's job)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if ctx is None:
+        return
+    with _TOOLBAR_LOCK:
+        if job is None or job.done:
+            _TOOLBAR_STOP.pop(ctx.session_id, None)
+        else:
+            _TOOLBAR_STOP[ctx.session_id] = weakref.ref(job)
 
 
 def stop_on_script_stop(job: Job | None) -> Any:

@@ -45,7 +45,10 @@ if not warmup.ready:
                     "start takes a few seconds …", show_time=True):
         warmup.wait()
 
-# Streamlit's toolbar Stop interrupts the script with StopException: on the live page, it stops the attack.
+# On the live page, Streamlit's toolbar Stop stops the session's attack: through the session's stop handler
+# (jobs.install_toolbar_stop_hook) and, when it interrupts a script run, through StopException.
+jobs.install_toolbar_stop_hook()
 job = st.session_state.get("job") if page.url_path == "live" else None
+jobs.stop_with_toolbar(job)
 with jobs.stop_on_script_stop(job):
     page.run()

@@ -234,6 +234,27 @@ def test_streamlit_stop_stops_the_job() -> None:
     assert job.stop_event.is_set()
 
 
+def test_toolbar_stop_between_script_runs_stops_the_sessions_job() -> None:
+    pytest.importorskip("streamlit")
+    import types
+    import weakref
+
+    from streamlit.runtime.app_session import AppSession
+
+    from app import jobs
+
+    assert jobs.install_toolbar_stop_hook() and jobs.install_toolbar_stop_hook()  # once, idempotent
+    job = jobs.Job(plan=[("none", None)], images=None, slots=None, iterations=10)
+    other = jobs.Job(plan=[("none", None)], images=None, slots=None, iterations=10)
+    asked: list[str] = []
+    jobs._TOOLBAR_STOP["session-a"] = weakref.ref(job)
+    jobs._TOOLBAR_STOP["session-b"] = weakref.ref(other)
+    session = types.SimpleNamespace(id="session-a", request_script_stop=lambda: asked.append("stop"))
+    AppSession._handle_stop_script_request(session)  # what the browser's stop_script message calls
+    assert job.stop_event.is_set() and not other.stop_event.is_set() and asked == ["stop"]
+    jobs._TOOLBAR_STOP.pop("session-b")
+
+
 def test_job_answers_from_the_cache_without_a_slot(worker_events: list, tmp_path: Path) -> None:
     pytest.importorskip("streamlit")
     from app import jobs, resources

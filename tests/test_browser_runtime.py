@@ -1,9 +1,11 @@
-"""`docker stop` and a Space restart send SIGTERM: with an attack running in a worker process, the server
-must stop the attack, leave no worker behind and exit 0 (it used to die with SIGABRT).
+"""The server's runtime in a real browser, one server for both checks (AppTest cannot reach either):
 
-Starts `streamlit run app/main.py`, starts an attack through headless Chromium (AppTest cannot start a
-server-side job), waits until the worker reports its first steps, sends SIGTERM. Every wait is on state
-(health endpoint, page text, process table) with a deadline, never a fixed sleep.
+* Streamlit's toolbar Stop (not the page's own button) stops a running attack: the results say "Stopped
+  early" (it used to run on).
+* `docker stop` and a Space restart send SIGTERM: with an attack running in a worker process, the server
+  stops the attack, leaves no worker behind and exits 0 (it used to die with SIGABRT).
+
+Every wait is on state (health endpoint, page text, process table) with a deadline, never a fixed sleep.
 """
 
 from __future__ import annotations
@@ -71,10 +73,20 @@ def _wait(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
-def test_sigterm_stops_running_attacks_and_exits_0(tmp_path: Path) -> None:
+def _click_if_visible(locator) -> bool:
+    try:
+        if locator.count() and locator.first.is_visible():
+            locator.first.click(timeout=1000)
+            return True
+    except Exception:  # noqa: BLE001 - the button went away between the check and the click: try again
+        pass
+    return False
+
+
+def test_toolbar_stop_then_sigterm_with_an_attack_running(tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium not installed at {CHROMIUM}: install it with `apt-get install -y chromium`")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
@@ -103,7 +115,19 @@ def test_sigterm_stops_running_attacks_and_exits_0(tmp_path: Path) -> None:
                 page.goto(f"{url}/live?iterations=5000&attack=ig&defenses=none,tip", wait_until="domcontentloaded")
                 page.get_by_role("heading", name="Live attack").wait_for(timeout=STARTUP_S * 1000)
                 page.get_by_role("button", name="Run attack").click()
-                page.get_by_text(re.compile(r"step \d+/5000\b")).first.wait_for(timeout=STARTUP_S * 1000)
+                progress = page.get_by_text(re.compile(r"step \d+/5000\b")).first
+                progress.wait_for(timeout=STARTUP_S * 1000)
+
+                # The toolbar's Stop shows while a script run (here: the live panel's poll) is in flight.
+                toolbar_stop = page.locator('[data-testid="stStatusWidget"]').get_by_role("button", name="Stop")
+                _wait(lambda: _click_if_visible(toolbar_stop), 60, "the toolbar's Stop button")
+                page.get_by_text("Stopped early").first.wait_for(timeout=STARTUP_S * 1000)
+
+                # A new attack, then SIGTERM while it runs.
+                run = page.get_by_role("button", name="Run attack")
+                sync_api.expect(run).to_be_enabled(timeout=30_000)
+                run.click()
+                progress.wait_for(timeout=STARTUP_S * 1000)
                 workers = [pid for pid in _children(proc.pid) if _running(pid)]
                 assert workers, "the attack should run in a child process of the server"
                 proc.send_signal(signal.SIGTERM)
