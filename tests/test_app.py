@@ -137,8 +137,11 @@ def test_jobs_share_the_slots_and_abandoned_jobs_stop() -> None:
                      iterations=10).start(_waiting_runner(calls))
     second = jobs.Job(plan=[("none", "b1")], images=None, slots=slots, iterations=10,
                       abandon_s=1.5).start(_waiting_runner(calls))
-    time.sleep(0.2)
-    assert first.status == "running" and second.status == "waiting" and slots.active == 1
+    deadline = time.monotonic() + 10
+    while not (first.status == "running" and slots.waiting == 1):
+        assert time.monotonic() < deadline, (first.status, second.status)
+        time.sleep(0.01)
+    assert second.status == "waiting" and slots.active == 1 and slots.position(second) == 0
     first.stop()
     assert first.wait(5) and first.status == "stopped" and first.records == {"none": "record of a1"}
     # The second job got the slot, and nobody polls it: it is abandoned, stops, and frees the slot.
@@ -354,6 +357,8 @@ def test_run_streams_results_that_persist() -> None:
     wait_for_results(at)
     res = at.session_state["results"]
     assert [d.defense for d in res.defenses] == ["none", "tip"]
+    assert res.elapsed_s is not None and not any(d.from_cache for d in res.defenses)
+    assert any(c.value.startswith("The attacks took") for c in at.caption)  # the real time, after the run
     for d in res.defenses:
         assert d.iterations == 5 and d.images.shape == (1, 32, 32, 3)
         assert json.loads(d.files["result.json"])["defense"] == d.defense
@@ -368,6 +373,20 @@ def test_run_streams_results_that_persist() -> None:
     at.switch_page("views/live.py").run()
     assert at.session_state["results"] is res
     assert [m.label for m in at.metric].count("PSNR (dB)") == 2
+
+    # The same settings in a new session (a shared link) open with these results from the cache, no run.
+    at2 = new_app({"iterations": "5", "defenses": "none,tip"})
+    at2.switch_page("views/live.py").run()
+    no_exceptions(at2)
+    assert "job" not in at2.session_state
+    cached = at2.session_state["results"]
+    assert [d.defense for d in cached.defenses] == ["none", "tip"] and all(d.from_cache for d in cached.defenses)
+    assert [d.files for d in cached.defenses] == [d.files for d in res.defenses]
+    assert any("result cache" in c.value for c in at2.caption)
+    # Other settings are not answered from it.
+    at3 = new_app({"iterations": "6", "defenses": "none,tip"})
+    at3.switch_page("views/live.py").run()
+    assert "results" not in at3.session_state
 
 
 def test_adaptive_attackers_are_offered_and_links_name_them() -> None:
