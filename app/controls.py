@@ -493,26 +493,38 @@ def build_plan(s: state.Settings, image: ImageChoice) -> list[tuple[str, Any]]:
     return plan
 
 
-def step_seconds(s: state.Settings) -> float:
-    """Estimated seconds per attack step on 2 CPU cores, from ModelSpec.cpu_attack_ms."""
+def step_seconds(s: state.Settings) -> tuple[float, bool]:
+    """(seconds per attack step, measured?): the median of this server's recent runs of the same model and
+    attack when there are some (they include the machine's load), else ModelSpec.cpu_attack_ms."""
+    measured = resources.throughput().seconds_per_step(s.model, attack_name(s))
+    if measured is not None:
+        return measured, True
     reg = resources.registries()
     ms = float(reg["models"][s.model]["cpu_attack_ms"])
     if s.attack in LBFGS_ATTACKS:
         ms *= LBFGS_EVALS_PER_STEP  # one L-BFGS step runs up to 20 closure evaluations
-    return ms / 1000.0
+    return ms / 1000.0, False
 
 
 def estimate(s: state.Settings) -> tuple[float, str]:
-    """(seconds, explanation) for the whole comparison."""
-    per = step_seconds(s)
+    """(seconds, explanation) for the whole comparison, including the wait for a free attack slot."""
+    per, measured = step_seconds(s)
     n = max(len(s.defenses), 1)
     total = s.iterations * per * n
     unit = "L-BFGS step (≤ 20 evaluations)" if s.attack in LBFGS_ATTACKS else "step"
+    source = ("measured on this server in its recent runs" if measured
+              else "a quiet machine's speed; the first run here measures the real one")
     parts = [f"{s.iterations} iterations × {n} defense{'s' if n > 1 else ''} × ~{per * 1000:.0f} ms per {unit} "
-             f"on {MODEL_LABELS.get(s.model, s.model)}"]
+             f"on {MODEL_LABELS.get(s.model, s.model)} ({source})"]
     if "soteria" in s.defenses and s.model == "resnet18":
         total += SOTERIA_RESNET_SECONDS
         parts.append("+ ~10 s for Soteria's per-feature Jacobian on ResNet-18")
+    slots = resources.attack_slots()
+    if slots.active >= slots.capacity:
+        wait = slots.next_free_estimate()
+        total += wait or 0.0
+        parts.append(f"+ {'~' + str(round(wait)) + ' s' if wait else 'an unknown time'} waiting for a free "
+                     f"attack slot ({slots.active} running, {slots.waiting} queued)")
     return total, " ".join(parts)
 
 

@@ -64,6 +64,7 @@ class Job:
     slots: Any  # resources.AttackSlots
     iterations: int
     cache: Any = None  # tipcore.result_cache.ResultCache, or None for no caching
+    throughput: Any = None  # resources.Throughput: where measured seconds per step are reported
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     status: str = "waiting"  # waiting → running → done | stopped | error
     current: str | None = None
@@ -240,6 +241,7 @@ class Job:
                         self.latest_at = time.monotonic()
                     elif isinstance(event, worker.Finished):
                         self.records[event.name] = event.outcome
+                        self._report_speed(event.outcome)
                         if self.cache is not None and event.name in keys:
                             self.cache.put(keys[event.name], event.outcome)
                     elif isinstance(event, worker.Failed):
@@ -252,6 +254,13 @@ class Job:
                     return
         finally:
             run.close()
+
+    def _report_speed(self, outcome: Any) -> None:
+        if self.throughput is None or not outcome.iterations:
+            return
+        cfg = dict(self.plan).get(outcome.defense)
+        if cfg is not None:
+            self.throughput.record(cfg.model, cfg.attack, outcome.seconds / outcome.iterations)
 
     def _run_in_thread(self, todo: list[tuple[str, Any]], runner: Callable[..., Any]) -> None:
         for name, cfg in todo:

@@ -147,13 +147,24 @@ class AttackSlots:
         with self._cond:
             return self._waiters.index(holder) if holder in self._waiters else None
 
+    def next_free_estimate(self) -> float | None:
+        """Seconds until a newcomer (behind every current waiter) would get a slot, or None if unknown."""
+        with self._cond:
+            ahead, running = len(self._waiters), list(self._holders)
+        return self._estimate(ahead, running)
+
     def wait_estimate(self, holder: Any) -> float | None:
         """Seconds until ``holder``'s slot frees, from the running jobs' own estimates (None if unknown)."""
         with self._cond:
             if holder not in self._waiters:
                 return None
-            ahead = self._waiters.index(holder)
-            running = list(self._holders)
+            ahead, running = self._waiters.index(holder), list(self._holders)
+        return self._estimate(ahead, running)
+
+    def _estimate(self, ahead: int, running: list[Any]) -> float | None:
+        free = self.capacity - len(running)
+        if ahead < free:
+            return 0.0
         lefts = []
         for job in running:
             progress = getattr(job, "progress", None)
@@ -162,12 +173,38 @@ class AttackSlots:
                 return None
             lefts.append(left)
         lefts.sort()
-        free = self.capacity - len(running)
-        if ahead < free:
-            return 0.0
         index = ahead - free
         # Slots free in the order the running jobs finish; a queue longer than that is not estimated.
         return lefts[index] if index < len(lefts) else None
+
+
+class Throughput:
+    """Attack seconds per step measured on this server, per (model, attack): recent runs, not a table."""
+
+    KEEP = 5  # the last few runs: follows the machine's load without jumping on one outlier
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], list[float]] = {}
+
+    def record(self, model: str, attack: str, seconds_per_step: float) -> None:
+        if not seconds_per_step > 0:
+            return
+        with self._lock:
+            runs = self._seen.setdefault((model, attack), [])
+            runs.append(float(seconds_per_step))
+            del runs[:-self.KEEP]
+
+    def seconds_per_step(self, model: str, attack: str) -> float | None:
+        """The median of the recent runs, or None if none ran yet."""
+        with self._lock:
+            runs = sorted(self._seen.get((model, attack), []))
+        return runs[len(runs) // 2] if runs else None
+
+
+@st.cache_resource(show_spinner=False)
+def throughput() -> Throughput:
+    return Throughput()
 
 
 @st.cache_resource(show_spinner=False)

@@ -270,3 +270,32 @@ def test_job_answers_from_the_cache_without_a_slot(worker_events: list, tmp_path
     assert res.defenses[0].from_cache and res.defenses[0].files == outcome.files and res.elapsed_s is None
     assert jobs.cached_results([("none", tiny())], None, cache, None, "", "cifar10") is not None
     assert jobs.cached_results([("none", tiny()), ("tip", tiny("tip"))], None, cache, None, "", "cifar10") is None
+
+
+def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue() -> None:
+    pytest.importorskip("streamlit")
+    from app import controls, jobs, resources, state
+
+    s = state.Settings(model="convnet", attack="dlg", defenses=("none", "tip"), iterations=100)
+    tp = resources.throughput()
+    assert tp.seconds_per_step("convnet", "dlg") is None
+    table, measured = controls.step_seconds(s)
+    assert not measured
+    for value in (0.5, 9.0, 0.4):  # the median of recent runs, not the outlier
+        tp.record("convnet", "dlg", value)
+    assert controls.step_seconds(s) == (0.5, True)
+    seconds, how = controls.estimate(s)
+    assert seconds == pytest.approx(100 * 0.5 * 2) and "measured on this server" in how
+    # Every slot busy with a job 30 s from its end: the wait is part of the estimate.
+    slots = resources.attack_slots()
+    busy = [jobs.Job(plan=[("none", None)], images=None, slots=slots, iterations=100) for _ in range(slots.capacity)]
+    for job in busy:
+        job.status, job.current = "running", "none"
+        job.latest["none"] = FakeSnap(step=40, elapsed_s=20.0)  # 0.5 s per step, 60 steps left
+        assert slots.acquire(0.01, holder=job)
+    try:
+        seconds, how = controls.estimate(s)
+        assert seconds == pytest.approx(100 + 30, abs=1.0) and "waiting for a free attack slot" in how
+    finally:
+        for job in busy:
+            slots.release(job)

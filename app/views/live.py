@@ -67,8 +67,9 @@ with top_right:
         f"**{attack_label(controls.attack_name(s))}**, {s.iterations} iterations, seed {s.seed} · "
         f"defenses: {chosen} · ε = {s.epsilon:g}, δ = {s.delta:.0e}"
     )
-    st.markdown(f"Estimated time: **≈ {fmt_seconds(seconds)}** on 2 CPU cores")
-    st.caption(how + ". The first run of a server process also loads the engine (a few seconds).")
+    st.markdown(f"Estimated time: **≈ {fmt_seconds(seconds)}** on this server")
+    st.caption(how + ". Each run also starts its worker process (a few seconds); while it runs, the time left "
+               "comes from its own measured speed.")
     if seconds > 300:
         st.warning("This will take a while. Lower the iterations or the number of defenses for a quick look; "
                    "Stop keeps whatever has been reached.")
@@ -94,7 +95,8 @@ if run_clicked and image is not None and not running:
         st.error(f"Cannot run with these settings: {exc}")
     else:
         job = jobs.Job(plan=plan, images=None if image.gallery_id else image.image[None],
-                       slots=resources.attack_slots(), iterations=int(s.iterations), cache=jobs.result_cache())
+                       slots=resources.attack_slots(), iterations=int(s.iterations), cache=jobs.result_cache(),
+                       throughput=resources.throughput())
         st.session_state["job"] = job
         st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
         st.session_state.pop("results", None)
