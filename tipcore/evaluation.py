@@ -88,7 +88,7 @@ def row_of(record, seconds: float) -> dict[str, Any]:
         "noise_to_signal_median": analysis.get("noise_to_signal_median"),
         "flag_precision": detection.get("precision"), "flag_recall": detection.get("recall"),
         "flagged": detection.get("flagged"), "restarts": record.result.restarts,
-        "stopped": record.result.stopped, "seconds": round(seconds, 2),
+        "stopped": record.result.stopped, "steps": record.result.iterations, "seconds": round(seconds, 2),
     }
 
 
