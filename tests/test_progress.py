@@ -66,6 +66,7 @@ def test_event_fraction_line_and_validation():
     e = Event("attack", 40, 300, "step", "loss 0.12", 12.0, 78.0)
     assert e.fraction == pytest.approx(40 / 300)
     assert e.line() == "attack 40/300 step  loss 0.12  12.0s  eta 78.0s"
+    assert Event("attack", 300, 300, "step", "", 90.0, 0.0).line() == "attack 300/300 step  1.5 min"
     assert Event("sweep", 3, None).fraction is None and "eta" not in Event("sweep", 3, None).line()
     with pytest.raises(ValueError, match="non-negative"):
         Event("x", -1, 3)
@@ -91,6 +92,7 @@ def test_prepare_reports_its_stages_and_gives_what_protect_gives():
     assert [(e.stage, e.done, e.total) for e in seen] == [
         ("client round", 0, 1), ("client round", 1, 1), ("Grad-CAM", 0, 1), ("Grad-CAM", 1, 1),
         ("defense", 0, 1), ("defense", 1, 1)]
+    assert [e.minor for e in seen] == [True, False] * 3  # a log keeps one line per stage, at its end
     assert_monotone(seen)
     # Splitting TIP's Grad-CAM pass from its noise changes no number: the same as protect() in one go.
     model = models.build("lenet", num_classes=prepared.num_classes, seed=cfg.seed).eval()

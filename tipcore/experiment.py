@@ -184,8 +184,8 @@ def prepare_stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
     defense = defenses.create(cfg.defense, cfg.defense_options())
     watch = Stopwatch()
 
-    def stage(name: str, done: int) -> Event:
-        return watch.event(name, done, 1, "pass", f"{cfg.defense} on {cfg.model}")
+    def stage(name: str, done: int) -> Event:  # a log keeps the end of each stage, a bar shows its start too
+        return watch.event(name, done, 1, "pass", f"{cfg.defense} on {cfg.model}", minor=done == 0)
 
     check_stop(should_stop, "before the client round")
     yield stage("client round", 0)

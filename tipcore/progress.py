@@ -57,11 +57,16 @@ class Event:
         if self.message:
             parts.append(self.message)
         parts.append(_duration(self.elapsed_s))
-        if math.isfinite(self.eta_s):
+        if self.remaining_known:
             parts.append(f"eta {_duration(self.eta_s)}")
         if self.stopped:
             parts.append("stopped")
         return "  ".join(parts)
+
+    @property
+    def remaining_known(self) -> bool:
+        """Whether an ETA is worth showing: known, and the stage not finished."""
+        return math.isfinite(self.eta_s) and (self.total is None or self.done < self.total)
 
 
 def _duration(seconds: float) -> str:
@@ -225,7 +230,7 @@ class TerminalProgress:
         if event.message:
             parts.append(event.message)
         parts.append(_duration(event.elapsed_s))
-        if math.isfinite(event.eta_s):
+        if event.remaining_known:
             parts.append(f"eta {_duration(event.eta_s)}")
         if event.stopped:
             parts.append("stopped")
