@@ -66,7 +66,7 @@ def test_event_fraction_line_and_validation():
     e = Event("attack", 40, 300, "step", "loss 0.12", 12.0, 78.0)
     assert e.fraction == pytest.approx(40 / 300)
     assert e.line() == "attack 40/300 step  loss 0.12  12.0s  eta 78.0s"
-    assert Event("attack", 300, 300, "step", "", 90.0, 0.0).line() == "attack 300/300 step  1.5 min"
+    assert Event("attack", 300, 300, "step", "", 150.0, 0.0).line() == "attack 300/300 step  2.5 min"
     assert Event("sweep", 3, None).fraction is None and "eta" not in Event("sweep", 3, None).line()
     with pytest.raises(ValueError, match="non-negative"):
         Event("x", -1, 3)
