@@ -37,14 +37,24 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def parse_options(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def parse_pairs(pairs: Sequence[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise CLIError(f"{flag} expects KEY=VALUE, got '{pair}'")
         key, value = pair.split("=", 1)
-        out[key.strip()] = parse_value(value)
+        out[key.strip()] = value
     return out
+
+
+def parse_options(pairs: Sequence[str] | None, flag: str, config_cls: type | None = None) -> dict[str, Any]:
+    """KEY=VALUE pairs, each parsed by the type ``config_cls`` declares for KEY (loose guess without one)."""
+    from tipcore import knobs
+
+    raw = parse_pairs(pairs, flag)
+    if config_cls is None:
+        return {key: parse_value(value) for key, value in raw.items()}
+    return {key: knobs.parse(config_cls, key, value) for key, value in raw.items()}
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -69,41 +79,55 @@ def add_round_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
 
 
+def defense_flags() -> dict[str, list[tuple[str, Any]]]:
+    """Every knob the registered defenses declare (their clip excepted: it is the round's --clip), as
+    flag dest -> [(defense, Knob)]: the defense flags are generated from these declarations."""
+    from tipcore import knobs
+
+    flags: dict[str, list[tuple[str, Any]]] = {}
+    for name, spec in defenses.DEFENSES.items():
+        for field_name, knob in knobs.knobs(spec.config_cls).items():
+            if knob.role != "clip":
+                flags.setdefault(field_name, []).append((name, knob))
+    return flags
+
+
 def add_defense_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("defense")
+    from tipcore import knobs
+
+    g = p.add_argument_group("defense (each option flag applies to the defenses named in its help)")
     g.add_argument("--defense", default="none", choices=list(defenses.DEFENSES),
                    help="; ".join(f"{n}: {s.summary}" for n, s in defenses.DEFENSES.items()))
     g.add_argument("--defense-opt", action="append", metavar="KEY=VALUE",
-                   help="any field of the defense's config, e.g. ratio=0.3 (see the config classes in tipcore/defenses)")
-    g.add_argument("--ratio", type=float, help="tip*: channel ratio p in [0, 1]; prune/soteria: pruned fraction")
-    g.add_argument("--k", type=int, help="tip*: absolute channels per layer (overrides --ratio)")
-    g.add_argument("--cutoff", type=float, help="tip*: frequency cutoff r in [0, 1]")
-    g.add_argument("--beta", type=float, help="tip*: direct per-element noise scale β >= 0 (instead of calibration)")
-    g.add_argument("--layers", help="tip*: all, last, or comma-separated conv layer names")
-    g.add_argument("--abs-alpha", action="store_true", help="tip*: rank channels by |α| instead of signed α")
-    g.add_argument("--noise-multiplier", type=float, help="dp: noise multiplier z (instead of calibration)")
-    g.add_argument("--sigma", type=float, help="dp_paper: direct noise std")
-    g.add_argument("--epsilon", type=float, help="privacy budget ε > 0 for dp, dp_paper and tip* (default 5)")
-    g.add_argument("--delta", type=float, help="privacy budget δ in (0, 1) (default 1e-5)")
+                   help="any field of the defense's config, e.g. ratio=0.3 (the same fields as the flags below)")
+    for dest, users in defense_flags().items():
+        groups: dict[str, list[str]] = {}  # one description, the defenses that share it
+        for name, _ in users:
+            groups.setdefault(knobs.describe(defenses.DEFENSES[name].config_cls, dest), []).append(name)
+        text = "; ".join(f"{', '.join(names)}: {desc}" for desc, names in groups.items())
+        g.add_argument(f"--{dest.replace('_', '-')}", dest=f"knob_{dest}", metavar="VALUE", help=text.replace("%", "%%"))
+    g.add_argument("--abs-alpha", action="store_true", help="tip*: rank channels by |α| (the same as --signed false)")
 
 
 def defense_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen defense's options from --defense-opt and the generated flags, each parsed by the type its
+    config declares; a flag the defense does not take is an error, not silently ignored."""
+    from tipcore import knobs
+
     spec = defenses.DEFENSES[args.defense]
-    known = {f.name for f in fields(spec.config_cls)}
-    opts = parse_options(args.defense_opt, "--defense-opt")
-    shortcuts = {"ratio": args.ratio, "k": args.k, "cutoff": args.cutoff, "layers": args.layers,
-                 "noise_multiplier": args.noise_multiplier, "sigma": args.sigma,
-                 "epsilon": args.epsilon, "delta": args.delta}
-    if args.beta is not None:
-        shortcuts.update(beta=args.beta, noise="direct")
+    declared = knobs.knobs(spec.config_cls)
+    opts = {key: knobs.parse(spec.config_cls, key, value)
+            for key, value in parse_pairs(args.defense_opt, "--defense-opt").items()}
+    given = {dest: getattr(args, f"knob_{dest}") for dest in defense_flags() if getattr(args, f"knob_{dest}", None) is not None}
     if args.abs_alpha:
-        shortcuts["signed"] = False
-    for key, value in shortcuts.items():
-        if value is None:
-            continue
-        if key not in known:
-            raise CLIError(f"--{key.replace('_', '-')} does not apply to defense '{args.defense}' (its options: {', '.join(sorted(known)) or 'none'})")
-        opts[key] = value
+        given["signed"] = "false"
+    for key, text in given.items():
+        if key not in declared:
+            raise CLIError(f"--{key.replace('_', '-')} does not apply to defense '{args.defense}' "
+                           f"(its options: {', '.join(declared) or 'none'})")
+        opts[key] = knobs.parse(spec.config_cls, key, text)
+        for implied, value in declared[key].implies:  # e.g. --beta switches TIP to noise=direct
+            opts.setdefault(implied, value)
     return opts
 
 
@@ -154,6 +178,8 @@ def experiment_config(args: argparse.Namespace, attack: str = "idlg", attack_cfg
         attack=attack, attack_cfg=attack_cfg or {}, labels_known=getattr(args, "labels_known", False),
         report_every=getattr(args, "report_every", 10), device=args.device,
     )
+    if images is not None:  # the spec names the upload by its pixels, which go next to result.json
+        cfg = cfg.for_upload(images)
     return cfg, images
 
 
@@ -163,7 +189,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from tipcore.experiment import artifact_files, run, write_artifacts
 
     attack_cfg = attacks.preset_options(args.attack, args.attack_preset) if args.attack_preset else {}
-    attack_cfg.update(parse_options(args.attack_opt, "--attack-opt"))
+    attack_cfg.update(parse_options(args.attack_opt, "--attack-opt", attacks.ATTACKS[args.attack].config_cls))
     if args.iters is not None:
         attack_cfg["iterations"] = args.iters
     if args.update_dir:
@@ -182,6 +208,29 @@ def cmd_attack(args: argparse.Namespace) -> int:
         rc = "—" if found["recall"] is None else f"{found['recall']:.2f}"
         print(f"{args.attack} left out {found['flagged']} conv channels it found noised from the update alone "
               f"(the defense noised {found['noised']}): precision {pr}, recall {rc}")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Repeat the run a result.json describes (its RunSpec; an upload's pixels from images.npy beside it)."""
+    from tipcore.experiment import artifact_files, load_run, run, write_artifacts
+
+    spec, images = load_run(args.result)
+    if args.device is not None:
+        from dataclasses import replace
+
+        spec = replace(spec, device=args.device)
+    with progress_display(args) as show:
+        record = run(spec, images, on_event=show)
+    files = artifact_files(record)
+    out = write_artifacts(args.out, files)
+    source = Path(args.result)
+    recorded = (source if source.is_dir() else source.parent) / "reconstruction.png"
+    same = recorded.exists() and recorded.read_bytes() == files["reconstruction.png"]
+    verdict = ("reconstruction identical to the recorded one, byte for byte" if same else
+               "reconstruction DIFFERS from the recorded one (other device, library versions or tipcore version?)"
+               if recorded.exists() else "no recorded reconstruction.png to compare with")
+    print(f"psnr {record.scores.psnr:.2f} dB  ssim {record.scores.ssim:.4f}  {verdict}  -> {out}")
     return 0
 
 
@@ -424,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar (or lines, when stderr is not a terminal)")
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("rerun", help="repeat the run a result.json describes (gallery image or upload), bit for bit")
+    p.add_argument("result", metavar="RESULT", help="result.json of an earlier `attack` run (or its directory)")
+    p.add_argument("--device", default=None, help="override the recorded device (results then may differ)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser("update", help="write the clean and defended updates and defense.json")
     add_round_args(p)

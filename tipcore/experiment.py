@@ -29,65 +29,11 @@ from tipcore.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
 from tipcore.defenses.tip import TIP, compute_alphas
 from tipcore.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
+from tipcore.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, validate_pixels
+
+ExperimentConfig = RunSpec  # the name this module used before the RunSpec; kept for existing callers
 from tipcore.progress import Event, StopHook, Stopwatch, check_stop, drive, never_stop
 from tipcore.seeding import generator, pick_device
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    seed: int = 0
-    model: str = "lenet"
-    weights: str = "random"  # "random" (seeded init) or "digits" (bundled checkpoint)
-    image_ids: tuple[str, ...] = ("cifar10-00",)  # gallery ids; ignored when images are passed in
-    labels: tuple[int, ...] | None = None  # override the gallery labels (required for uploads)
-    num_classes: int | None = None  # None: 10 for digits weights, else what the images' datasets need
-    round: RoundConfig = field(default_factory=RoundConfig)
-    defense: str = "none"
-    defense_cfg: Mapping[str, Any] = field(default_factory=dict)
-    attack: str = "idlg"
-    attack_cfg: Mapping[str, Any] = field(default_factory=dict)
-    labels_known: bool = False  # threat model: the server is told the labels
-    report_every: int = 10
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.model not in models.MODELS:
-            raise ValueError(f"unknown model '{self.model}'; choose one of: {', '.join(models.MODELS)}")
-        if self.weights not in models.WEIGHTS:
-            raise ValueError(f"weights must be one of {', '.join(models.WEIGHTS)}, got '{self.weights}'")
-        if self.defense not in defenses.DEFENSES:
-            raise ValueError(f"unknown defense '{self.defense}'; choose one of: {', '.join(defenses.DEFENSES)}")
-        if self.attack not in attacks.ATTACKS:
-            raise ValueError(f"unknown attack '{self.attack}'; choose one of: {', '.join(attacks.ATTACKS)}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
-        if not 1 <= self.report_every <= 100_000:
-            raise ValueError(f"report_every must be in [1, 100000], got {self.report_every}")
-        # Validate option dicts now, so a bad value fails before any compute.
-        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_cfg)  # unknown keys first
-        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_options())
-        from_dict(attacks.ATTACKS[self.attack].config_cls, self.attack_cfg)
-
-    def defense_options(self) -> dict[str, Any]:
-        """The defense's options as it runs: a clip-calibrated defense takes the round's clip."""
-        return defenses.bind_round(self.defense, self.defense_cfg, self.round)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_ids"] = list(self.image_ids)
-        d["labels"] = None if self.labels is None else list(self.labels)
-        d["defense_cfg"], d["attack_cfg"] = dict(self.defense_cfg), dict(self.attack_cfg)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
-        d = dict(d)
-        if "round" in d and isinstance(d["round"], Mapping):
-            d["round"] = from_dict(RoundConfig, d["round"])
-        for key in ("image_ids", "labels"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -145,9 +91,9 @@ def resolve_images(cfg: ExperimentConfig, images: np.ndarray | None) -> tuple[np
         labels = tuple(cfg.labels) if cfg.labels is not None else tuple(s.label for s in samples)
         needed = max(s.num_classes for s in samples)
     else:
-        arrays = np.asarray(images, dtype=np.float32)
-        if arrays.ndim == 3:
-            arrays = arrays[None]
+        arrays = validate_pixels(images)
+        if cfg.upload_sha256 is not None and pixel_digest(arrays) != cfg.upload_sha256:
+            raise ValueError("these pixels are not the upload the RunSpec names (sha256 differs)")
         if cfg.labels is None:
             raise ValueError("labels are required for images that are not from the gallery")
         labels = tuple(cfg.labels)
@@ -178,6 +124,8 @@ def prepare_stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
     between them: with nothing defended yet there is nothing to attack."""
     device = pick_device(cfg.device)
     arrays, labels, num_classes = resolve_images(cfg, images)
+    if images is not None and cfg.upload_sha256 is None:  # record what ran: the upload, not a gallery id
+        cfg = cfg.for_upload(arrays)
     model = models.build(cfg.model, num_classes=num_classes, weights=cfg.weights, seed=cfg.seed).to(device).eval()
     x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.tensor(labels, dtype=torch.long, device=device)
@@ -330,7 +278,8 @@ def result_dict(record: RunRecord) -> dict[str, Any]:
         "round_seconds": p.round_seconds, "defense_seconds": p.defense_seconds,
         "model": p.config.model, "weights": p.config.weights, "num_classes": p.num_classes,
         "attack": p.config.attack, "defense": p.config.defense, "seed": p.config.seed,
-        "defense_summary": dict(p.diagnostics.summary), "config": p.config.to_dict(),
+        "defense_summary": dict(p.diagnostics.summary),
+        "schema_version": SCHEMA_VERSION, "spec": p.config.to_dict(), "resolved": p.config.resolved(),
         "update": dict(record.analysis),
         "versions": {k: v for k, v in record.environment.items() if k not in ("device", "threads")},
         "device": record.environment.get("device"), "threads": record.environment.get("threads"),
@@ -384,7 +333,47 @@ def artifact_files(record: RunRecord) -> dict[str, bytes]:
         "original.png": png_bytes(image_grid([record.prepared.images])),
         "reconstruction.png": png_bytes(image_grid([record.result.images[list(record.scores.order)]])),
         "progress.png": png_bytes(progress_picture(record)),
+        **({UPLOAD_FILE: npy_bytes(record.prepared.images)} if record.config.upload_sha256 else {}),
     }
+
+
+UPLOAD_FILE = "images.npy"  # an uploaded batch's pixels, next to the result that names their sha256
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_run(result_path: str | os.PathLike) -> tuple[RunSpec, np.ndarray | None]:
+    """The RunSpec of a result.json and, for an upload, its pixels (checked against the recorded sha256)."""
+    from tipcore.runspec import spec_from_result
+
+    path = Path(result_path)
+    if path.is_dir():
+        path = path / "result.json"
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable result.json ({type(exc).__name__})") from None
+    if not isinstance(result, dict):
+        raise ValueError(f"{path} is not a result.json (expected a JSON object)")
+    spec = spec_from_result(result)
+    if spec.upload_sha256 is None:
+        return spec, None
+    pixels_path = path.with_name(UPLOAD_FILE)
+    try:
+        pixels = np.load(pixels_path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"the run was on an uploaded image, but {pixels_path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{pixels_path} is not a readable .npy file ({exc})") from None
+    if pixel_digest(pixels) != spec.upload_sha256:
+        raise ValueError(f"{pixels_path} does not hold the pixels result.json names (sha256 differs)")
+    return spec, pixels
 
 
 def write_artifacts(out: str | os.PathLike, files: Mapping[str, bytes]) -> Path:

@@ -164,3 +164,42 @@ def delta_knob(default: float = 1e-5) -> Any:
 def clip_knob(default: float = 5.0) -> Any:
     return knob(default, "Clip norm C", "the clip norm the noise is calibrated for; it follows the round's clip",
                 low=0.0, low_open=True, role="clip")
+
+
+def parse(config_cls: type, name: str, text: str) -> Any:
+    """A string (CLI flag, KEY=VALUE, URL parameter) as the value field ``name`` of ``config_cls`` takes:
+    finite numbers only, integers stay integers, booleans are exactly true/false, ``none`` for an optional
+    field. Ranges are checked by the config itself when it is built. Raises a one-line ValueError."""
+    hints = field_types(config_cls)
+    if name not in hints:
+        known = ", ".join(f.name for f in dataclasses.fields(config_cls))
+        raise ValueError(f"unknown option '{name}' (known: {known or 'none'})")
+    kind, choices, optional = value_kind(hints[name])
+    raw = str(text).strip()
+    if optional and raw.lower() in ("none", "null"):
+        return None
+    if kind == "bool":
+        if raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        raise ValueError(f"{name} must be true or false, got '{raw}'")
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got '{raw}'") from None
+    if kind == "float":
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got '{raw}'") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got '{raw}'")
+        return value
+    if kind == "choice":
+        for choice in choices:
+            if raw == str(choice):
+                return choice
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got '{raw}'")
+    if not raw:
+        raise ValueError(f"{name} must not be empty")
+    return raw
