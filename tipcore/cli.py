@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -591,7 +592,8 @@ EVERY_COMMAND = "*"
 def build_parser(only: str | None = EVERY_COMMAND) -> argparse.ArgumentParser:
     """The parser; ``only``: the one command whose flags are built (``EVERY_COMMAND``: all; None: none,
     enough for the top-level help and for naming the commands)."""
-    parser = OneLineErrors(prog="python -m tipcore", description=__doc__.splitlines()[0])
+    parser = OneLineErrors(prog="python -m tipcore", description="The TIP explorer's command line: "
+                           "gradient-inversion attacks, the TIP defense and its baselines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors, metavar="COMMAND")
     for name, (help_text, add_args) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -618,6 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # As in __main__ (the `tipcore` console script starts here): passive OpenMP waits, set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from tipcore.runtime import configure_threads
 

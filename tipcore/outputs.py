@@ -86,7 +86,10 @@ class StagedOutput:
             self.discard()
             raise
         self.tmp = None
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # --out was a link to a directory: the link is replaced, what it pointed to kept
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
         return self.out
 
     def discard(self) -> None:
