@@ -245,6 +245,22 @@ def test_an_earlier_result_is_replaced_and_other_files_only_with_overwrite(tmp_p
     assert [p.name for p in out.parent.iterdir()] == ["run"]  # no temporary or old directory left
 
 
+@pytest.mark.parametrize("command, target, error, code", [
+    (["attack"], "tipcore.experiment.run", KeyboardInterrupt, 130),
+    (["attack"], "tipcore.experiment.run", ValueError("diverged (simulated)"), 2),
+    (["update"], "tipcore.experiment.prepare", OSError(28, "No space left on device"), 2),
+])
+def test_a_failure_during_compute_leaves_no_directory_behind(tmp_path, capsys, monkeypatch, command, target, error, code):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(target, fail)
+    out = tmp_path / "new" / "run"
+    assert main([*command, "--out", str(out)]) == code
+    assert capsys.readouterr().err.startswith("error: ")
+    assert list(tmp_path.iterdir()) == []  # neither the staged directory nor the parent made for it
+
+
 def test_results_get_the_umask_permissions_not_0700(tmp_path):
     old = os.umask(0o022)
     try:

@@ -240,20 +240,18 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
         raise CLIError(f"--update-dir brings its own update: drop --{given[0].replace('_', '-')}")
     rec = recorded.load(args.update_dir)
     attack = attacks.create(args.attack, attack_cfg)
-    output = staged(args, "attack")
-    with output:
+    with staged(args, "attack") as output:  # from here to the commit, any error removes the staged directory
         t0 = time.perf_counter()
         result = attacks.drive(attack.reconstruct(rec.view, rec.update, generator=generator(args.seed, "attack"),
                                                   report_every=args.report_every))
-    payload = {"source": str(Path(args.update_dir).resolve()), "attack": args.attack, "attack_cfg": attack_cfg,
-               "seed": args.seed, "model": rec.view.model_name, "mode": rec.update.mode,
-               "num_examples": rec.update.num_examples, "label_pred": list(result.labels),
-               "iterations": result.iterations, "restarts": result.restarts, "diverged": result.diverged,
-               "final_loss": result.final_loss, "seconds": time.perf_counter() - t0, "match": result.match,
-               "flagged": {k: list(v) for k, v in result.flagged.items()},
-               "note": "no private image: reconstruction only, no PSNR",
-               **environment(pick_device("cpu"))}
-    with output:
+        payload = {"source": str(Path(args.update_dir).resolve()), "attack": args.attack, "attack_cfg": attack_cfg,
+                   "seed": args.seed, "model": rec.view.model_name, "mode": rec.update.mode,
+                   "num_examples": rec.update.num_examples, "label_pred": list(result.labels),
+                   "iterations": result.iterations, "restarts": result.restarts, "diverged": result.diverged,
+                   "final_loss": result.final_loss, "seconds": time.perf_counter() - t0, "match": result.match,
+                   "flagged": {k: list(v) for k, v in result.flagged.items()},
+                   "note": "no private image: reconstruction only, no PSNR",
+                   **environment(pick_device("cpu"))}
         out = output.commit({"result.json": strict_json(payload, indent=2),
                              "reconstruction.png": png_bytes(image_grid([result.images]))})
     flagged = sum(len(v) for v in result.flagged.values())
@@ -269,26 +267,22 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     from tipcore.experiment import prepare, strict_json
 
-    cfg, images = experiment_config(args)
-    output = staged(args, "update")
-    with output:
-        prepared = prepare(cfg, images)
-
     def tensor_bytes(tensors) -> bytes:
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buf)
         return buf.getvalue()
 
-    diag = prepared.diagnostics.as_dict()
-    diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels),
-                num_examples=prepared.clean.num_examples, local_steps=prepared.clean.local_steps,
-                lr=prepared.clean.lr, clip=prepared.clean.clip, num_classes=prepared.num_classes)
-    files = {"update_clean.pt": tensor_bytes(prepared.clean.tensors),
-             "update_defended.pt": tensor_bytes(prepared.defended.tensors),
-             "global_weights.pt": tensor_bytes(prepared.view.global_weights),
-             "defense.json": strict_json(diag)}
-    with output:
-        out = output.commit(files)
+    cfg, images = experiment_config(args)
+    with staged(args, "update") as output:  # from here to the commit, any error removes the staged directory
+        prepared = prepare(cfg, images)
+        diag = prepared.diagnostics.as_dict()
+        diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels),
+                    num_examples=prepared.clean.num_examples, local_steps=prepared.clean.local_steps,
+                    lr=prepared.clean.lr, clip=prepared.clean.clip, num_classes=prepared.num_classes)
+        out = output.commit({"update_clean.pt": tensor_bytes(prepared.clean.tensors),
+                             "update_defended.pt": tensor_bytes(prepared.defended.tensors),
+                             "global_weights.pt": tensor_bytes(prepared.view.global_weights),
+                             "defense.json": strict_json(diag)})
     print(f"defense {cfg.defense}: {json.dumps(dict(prepared.diagnostics.summary), default=float)} -> {out}")
     return 0
 
@@ -327,19 +321,16 @@ def cmd_fl(args: argparse.Namespace) -> int:
         configs.append(flsim.FLConfig(
             model=args.model, weights=args.weights, clients=args.clients, rounds=args.rounds, local_epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, clip=args.clip, defense=name, defense_cfg=opts, seed=args.seed))
-    output = staged(args, "fl")
     results = []
-    with output:
+    with staged(args, "fl") as output:  # from here to the commit, any error removes the staged directory
         for name, cfg in zip(names, configs):
             results.append(attacks.drive(flsim.simulate(cfg), lambda r, n=name: print(
                 f"{n}: round {r.round}/{args.rounds}  accuracy {r.accuracy:.3f}  {r.elapsed_s:.0f}s", file=sys.stderr)))
-    table = ["round," + ",".join(names)]
-    for i in range(args.rounds):
-        table.append(f"{i + 1}," + ",".join(f"{r.rounds[i].accuracy:.4f}" for r in results))
-    payload = {"defenses": names, "runs": [r.as_dict() for r in results]}
-    files = {"fl.json": strict_json(payload), "fl.csv": ("\n".join(table) + "\n").encode()}
-    with output:
-        out = output.commit(files)
+        table = ["round," + ",".join(names)]
+        for i in range(args.rounds):
+            table.append(f"{i + 1}," + ",".join(f"{r.rounds[i].accuracy:.4f}" for r in results))
+        payload = {"defenses": names, "runs": [r.as_dict() for r in results]}
+        out = output.commit({"fl.json": strict_json(payload), "fl.csv": ("\n".join(table) + "\n").encode()})
     print("\n".join(table))
     print(f"-> {out}")
     return 0
