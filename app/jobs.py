@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 ABANDON_S = 180.0
 
 
+# The client round's stages (tipcore.experiment.prepare_stream), as the progress widget names them.
+STAGE_TEXT = {"client round": "the client's round", "Grad-CAM": "Grad-CAM on the client's image",
+              "defense": "applying the defense"}
+
+
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:300]
@@ -41,6 +46,7 @@ class Job:
     status: str = "waiting"  # waiting → running → done | stopped | error
     current: str | None = None
     latest: dict[str, Any] = field(default_factory=dict)  # defense -> latest Snapshot
+    events: dict[str, Any] = field(default_factory=dict)  # defense -> latest tipcore.progress.Event
     records: dict[str, Any] = field(default_factory=dict)  # defense -> RunRecord
     errors: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -80,6 +86,22 @@ class Job:
         return self.done
 
     # ------------------------------------------------------------------ progress
+    def on_event(self, name: str, event: Any) -> None:
+        """The engine's progress events for one defense's run: the latest is kept, and an attack's
+        snapshot (its payload) is what the live panel draws."""
+        self.events[name] = event
+        if event.stage == "attack" and event.payload is not None:
+            self.latest[name] = event.payload
+
+    def activity(self) -> str:
+        """What the current run is doing, for the progress widget's text."""
+        event = self.events.get(self.current) if self.current is not None else None
+        if event is None:
+            return "preparing the client's round"
+        if event.stage == "attack":
+            return f"step {event.done}/{event.total}"
+        return STAGE_TEXT.get(event.stage, event.stage)
+
     def progress(self) -> tuple[float, float | None]:
         """(fraction done in [0, 1], seconds left or None if unknown)."""
         n = max(len(self.plan), 1)
@@ -87,10 +109,10 @@ class Job:
         finished = sum(1 for name in names if name in self.records or name in self.errors)
         frac_current, eta_current = 0.0, None
         if self.current is not None and self.current not in self.records:
-            snap = self.latest.get(self.current)
-            if snap is not None:
-                frac_current = min(snap.step / max(self.iterations, 1), 1.0)
-                eta_current = snap.eta_s if np.isfinite(snap.eta_s) else None
+            event = self.events.get(self.current)
+            if event is not None and event.stage == "attack" and event.fraction is not None:
+                frac_current = event.fraction
+                eta_current = event.eta_s if np.isfinite(event.eta_s) else None
         frac = min((finished + frac_current) / n, 1.0)
         if self.done:
             return 1.0, 0.0
@@ -112,6 +134,8 @@ class Job:
                 self.status = "stopped"
                 return
             self.status = "running"
+            from tipcore.progress import Stopped
+
             if runner is None:
                 from tipcore import experiment
 
@@ -122,8 +146,10 @@ class Job:
                 self.current = name
                 try:
                     record = runner(cfg, self.images, should_stop=self.should_stop,
-                                    on_snapshot=lambda snap, n=name: self.latest.__setitem__(n, snap))
+                                    on_event=lambda event, n=name: self.on_event(n, event))
                     self.records[name] = record
+                except Stopped:  # during the client round: nothing to show for this defense
+                    break
                 except Exception as exc:  # noqa: BLE001 - shown to the visitor as one line, logged in full
                     log.exception("attack with defense %s failed", name)
                     self.errors[name] = one_line(exc)

@@ -120,7 +120,7 @@ def test_attack_slots_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _waiting_runner(calls: list):
-    def runner(cfg, images, *, should_stop, on_snapshot):
+    def runner(cfg, images, *, should_stop, on_event):
         calls.append(cfg)
         while not should_stop():
             time.sleep(0.01)

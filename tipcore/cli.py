@@ -204,15 +204,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.update_dir:
         return attack_recorded(args, attack_cfg)
     cfg, images = experiment_config(args, args.attack, attack_cfg)
-    total = attack_cfg.get("iterations") or config_cls().iterations
-
-    def show(snap) -> None:
-        if not args.quiet:
-            print(f"step {snap.step}/{total}  loss {snap.loss:.4g}  elapsed {snap.elapsed_s:.1f}s  eta {snap.eta_s:.1f}s"
-                  + (f"  restart {snap.restart}" if snap.restart else ""), file=sys.stderr)
-
     with staged(args, "attack") as output:
-        record = run(cfg, images, on_snapshot=show)
+        with progress_display(args) as show:
+            record = run(cfg, images, on_event=show)
         out = output.commit(artifact_files(record))
     s = record.scores
     print(f"psnr {s.psnr:.2f} dB  ssim {s.ssim:.4f}  mse {s.mse:.3g}  labels true {list(record.prepared.labels)} "
@@ -233,6 +227,7 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
 
     from tipcore import attacks, recorded
     from tipcore.experiment import environment, image_grid, png_bytes, strict_json
+    from tipcore.progress import drive
     from tipcore.seeding import generator, pick_device
 
     given = [f for f in ("image", "image_id", "label") if getattr(args, f)]
@@ -242,8 +237,9 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
     attack = attacks.create(args.attack, attack_cfg)
     with staged(args, "attack") as output:  # from here to the commit, any error removes the staged directory
         t0 = time.perf_counter()
-        result = attacks.drive(attack.reconstruct(rec.view, rec.update, generator=generator(args.seed, "attack"),
-                                                  report_every=args.report_every))
+        with progress_display(args) as show:
+            result = drive(attack.reconstruct(rec.view, rec.update, generator=generator(args.seed, "attack"),
+                                              report_every=args.report_every), show)
         payload = {"source": str(Path(args.update_dir).resolve()), "attack": args.attack, "attack_cfg": attack_cfg,
                    "seed": args.seed, "model": rec.view.model_name, "mode": rec.update.mode,
                    "num_examples": rec.update.num_examples, "label_pred": list(result.labels),
@@ -274,7 +270,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     cfg, images = experiment_config(args)
     with staged(args, "update") as output:  # from here to the commit, any error removes the staged directory
-        prepared = prepare(cfg, images)
+        with progress_display(args) as show:
+            prepared = prepare(cfg, images, on_event=show)
         diag = prepared.diagnostics.as_dict()
         diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels),
                     num_examples=prepared.clean.num_examples, local_steps=prepared.clean.local_steps,
@@ -288,17 +285,12 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tipcore import attacks, models, training
+    from tipcore import models, training
+    from tipcore.progress import drive
 
-    stream = training.train(args.model, args.epochs, lr=args.lr, seed=args.seed)
-    last = None
-
-    def show(p) -> None:
-        nonlocal last
-        last = p
-        print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  held-out accuracy {p.test_accuracy:.3f}  {p.elapsed_s:.0f}s", file=sys.stderr)
-
-    model = attacks.drive(stream, show)
+    with progress_display(args) as show:
+        trained = drive(training.train(args.model, args.epochs, lr=args.lr, seed=args.seed), show)
+    model, last = trained.model, trained.history[-1]
     meta = {"model": args.model, "epochs": last.epochs, "lr": args.lr, "seed": args.seed,
             "test_accuracy": last.test_accuracy, "seconds": round(last.elapsed_s, 1),
             "command": f"python -m tipcore train --model {args.model} --epochs {last.epochs} --seed {args.seed}",
@@ -309,8 +301,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fl(args: argparse.Namespace) -> int:
-    from tipcore import attacks, defenses, flsim
+    from tipcore import defenses, flsim
     from tipcore.experiment import strict_json
+    from tipcore.progress import drive
 
     names = known_names(args.defenses, "--defenses", defenses.DEFENSES, "defense")
     configs = []  # every run's config built (and so validated) before the first run starts
@@ -323,9 +316,9 @@ def cmd_fl(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, lr=args.lr, clip=args.clip, defense=name, defense_cfg=opts, seed=args.seed))
     results = []
     with staged(args, "fl") as output:  # from here to the commit, any error removes the staged directory
-        for name, cfg in zip(names, configs):
-            results.append(attacks.drive(flsim.simulate(cfg), lambda r, n=name: print(
-                f"{n}: round {r.round}/{args.rounds}  accuracy {r.accuracy:.3f}  {r.elapsed_s:.0f}s", file=sys.stderr)))
+        for cfg in configs:
+            with progress_display(args) as show:
+                results.append(drive(flsim.simulate(cfg), show))
         table = ["round," + ",".join(names)]
         for i in range(args.rounds):
             table.append(f"{i + 1}," + ",".join(f"{r.rounds[i].accuracy:.4f}" for r in results))
@@ -355,9 +348,11 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     from tipcore import showcase
 
     if args.what in ("punchline", "all"):
-        showcase.make_punchline(log=lambda m: print(m, file=sys.stderr))
+        with progress_display(args) as show:
+            showcase.make_punchline(on_event=show)
     if args.what in ("frontier", "all"):
-        showcase.make_frontier(log=lambda m: print(m, file=sys.stderr), quick=args.quick)
+        with progress_display(args) as show:
+            showcase.make_frontier(quick=args.quick, on_event=show)
     print(f"-> {showcase.SHOWCASE_DIR}")
     return 0
 
@@ -378,12 +373,12 @@ def known_names(text: str, flag: str, registry: Any, kind: str) -> tuple[str, ..
     return names
 
 
-def _show_progress(quiet: bool):
-    def show(event) -> None:
-        if not quiet:
-            print(event.line(), file=sys.stderr, flush=True)
+def progress_display(args: argparse.Namespace):
+    """The progress of a long command on stderr: a redrawn bar on a terminal, one line per event otherwise
+    (``--quiet``: nothing). A context manager, so the bar's line is ended before the result or an error."""
+    from tipcore.progress import TerminalProgress
 
-    return show
+    return TerminalProgress(sys.stderr, quiet=getattr(args, "quiet", False))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -406,7 +401,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = sweep.SweepConfig(grid=grid, images=args.images, seeds=seeds, naive=args.naive,
                             adaptive=_names(args.adaptive, "--adaptive"), iterations=args.iters,
                             fl_rounds=args.fl_rounds)
-    out = drive(sweep.run(cfg, job_directory(args.out)), _show_progress(args.quiet))
+    out_dir = job_directory(args.out)
+    with progress_display(args) as show:
+        out = drive(sweep.run(cfg, out_dir), show)
     if (Path(out) / "curves.json").exists():
         print(f"-> {out}/attacks.csv, utility.csv, curves.json, curves.html")
     return 0
@@ -421,7 +418,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         ig_attacks=tuple(n.strip() for n in args.ig_attacks.split(",") if n.strip()), ig_images=args.ig_images,
         ig_iters=args.ig_iters, ig_lr=args.ig_lr, ig_preset=args.ig_preset or "", fl_rounds=args.fl_rounds,
         seed=args.seed, device=args.device)
-    out = drive(reproduce.run(cfg, job_directory(args.out)), _show_progress(args.quiet))
+    out_dir = job_directory(args.out)
+    with progress_display(args) as show:
+        out = drive(reproduce.run(cfg, out_dir), show)
     if (Path(out) / "REPORT.md").exists():
         print(f"-> {out}/REPORT.md, cells.csv, utility.csv")
     return 0
@@ -463,8 +462,8 @@ def attack_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--update-dir", metavar="DIR", help="attack an update recorded elsewhere instead of running a round: "
                                                        "a directory from `tipcore update` or a Flower run "
                                                        "(global_weights.pt, update_defended.pt, defense.json)")
-    g.add_argument("--report-every", type=COUNT, default=10, help="progress line and snapshot every N steps")
-    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g.add_argument("--report-every", type=COUNT, default=10, help="progress update and snapshot every N steps")
+    g.add_argument("--quiet", action="store_true", help="no progress bar (or lines, when stderr is not a terminal)")
     add_out_args(p)
     p.set_defaults(func=cmd_attack)
 

@@ -1,8 +1,9 @@
 """One experiment end to end: image → client round → defense → attack → metrics → one artifact format.
 
 Only this layer holds both the private images and the reconstruction (to score them). ``stream`` is a
-generator of attack snapshots returning a ``RunRecord``; the CLI and the app both consume it, and both
-write or offer the same bytes from ``artifact_files``.
+generator of progress events (the client round's stages, then the attack's snapshots as payloads)
+returning a ``RunRecord``; the CLI and the app both consume it, and both write or offer the same bytes
+from ``artifact_files``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import numpy as np
 import torch
 
 from tipcore import __version__, attacks, data, defenses, metrics, models, update_stats
-from tipcore.attacks.base import AttackResult, Snapshot, StopHook, never_stop
+from tipcore.attacks.base import AttackResult, Snapshot
 from tipcore.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
+from tipcore.defenses.tip import TIP, compute_alphas
 from tipcore.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
 from tipcore.outputs import StagedOutput
+from tipcore.progress import Event, StopHook, Stopwatch, check_stop, drive, never_stop
 from tipcore.seeding import generator, pick_device
 
 
@@ -164,27 +167,61 @@ def resolve_images(cfg: ExperimentConfig, images: np.ndarray | None) -> tuple[np
     return arrays, labels, num_classes
 
 
-def prepare(cfg: ExperimentConfig, images: np.ndarray | None = None) -> PreparedRound:
-    """Run the client's round and its defense; build the server's view."""
+PrepareStream = Generator[Event, None, PreparedRound]
+
+
+def prepare_stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
+                   should_stop: StopHook = never_stop) -> PrepareStream:
+    """Run the client's round and its defense; build the server's view. Yields a start and an end event per
+    stage ("client round", "Grad-CAM" for the TIP family, "defense") and raises ``Stopped`` when told to stop
+    between them: with nothing defended yet there is nothing to attack."""
     device = pick_device(cfg.device)
     arrays, labels, num_classes = resolve_images(cfg, images)
     model = models.build(cfg.model, num_classes=num_classes, weights=cfg.weights, seed=cfg.seed).to(device).eval()
     x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.tensor(labels, dtype=torch.long, device=device)
+    defense = defenses.create(cfg.defense, cfg.defense_options())
+    watch = Stopwatch()
+
+    def stage(name: str, done: int) -> Event:  # a log keeps the end of each stage, a bar shows its start too
+        return watch.event(name, done, 1, "pass", f"{cfg.defense} on {cfg.model}", minor=done == 0)
+
+    check_stop(should_stop, "before the client round")
+    yield stage("client round", 0)
     t0 = time.perf_counter()
     clean, ctx = client_update(model, x, y, cfg.round, generator=generator(cfg.seed, "defense"),
                                share_labels=cfg.labels_known)
     t1 = time.perf_counter()
-    defended, diagnostics = defenses.create(cfg.defense, cfg.defense_options()).protect(clean, ctx)
+    yield stage("client round", 1)
+    if isinstance(defense, TIP):  # its Grad-CAM pass is the slow half: report it and stop after it
+        check_stop(should_stop, "before Grad-CAM")
+        yield stage("Grad-CAM", 0)
+        alphas = compute_alphas(ctx.model, ctx.x, ctx.y, defense.config.layers)
+        yield stage("Grad-CAM", 1)
+        check_stop(should_stop, "before the defense")
+        yield stage("defense", 0)
+        defended, diagnostics = defense.apply(clean, ctx.round, alphas, ctx.generator)  # = protect(clean, ctx)
+    else:
+        check_stop(should_stop, "before the defense")
+        yield stage("defense", 0)
+        defended, diagnostics = defense.protect(clean, ctx)
     t2 = time.perf_counter()
+    yield stage("defense", 1)
     view = ServerView(cfg.model, num_classes, {k: v.detach().clone() for k, v in model.state_dict().items()},
                       AttackerCapabilities(labels_known=cfg.labels_known))
     return PreparedRound(cfg, arrays, labels, num_classes, clean, defended, diagnostics, view, t1 - t0, t2 - t1)
 
 
+def prepare(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
+            on_event: Callable[[Event], None] | None = None) -> PreparedRound:
+    """``prepare_stream`` driven to its end."""
+    return drive(prepare_stream(cfg, images, should_stop=should_stop), on_event)
+
+
 def stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
-           should_stop: StopHook = never_stop) -> Generator[Snapshot, None, RunRecord]:
-    prepared = prepare(cfg, images)
+           should_stop: StopHook = never_stop) -> Generator[Event, None, RunRecord]:
+    """The whole run as one stream: the client round's stages, then the attack's snapshots (payload)."""
+    prepared = yield from prepare_stream(cfg, images, should_stop=should_stop)
     attack = attacks.create(cfg.attack, cfg.attack_cfg)
     result = yield from attack.reconstruct(
         prepared.view, prepared.defended, generator=generator(cfg.seed, "attack"),
@@ -230,7 +267,9 @@ def stream_comparison(cfgs: list[ExperimentConfig], images: np.ndarray | None = 
         for cfg in cfgs:
             records.append((yield from stream(cfg, images, should_stop=should_stop)))
         return records
-    prepared = [prepare(cfg, images) for cfg in cfgs]
+    prepared = []
+    for cfg in cfgs:
+        prepared.append((yield from prepare_stream(cfg, images, should_stop=should_stop)))
     cfg = cfgs[0]
     comparison = BatchedComparison(attacks.create(cfg.attack, cfg.attack_cfg))
     results = yield from comparison.reconstruct(
@@ -243,8 +282,17 @@ def stream_comparison(cfgs: list[ExperimentConfig], images: np.ndarray | None = 
 
 
 def run(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
+        on_event: Callable[[Event], None] | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None) -> RunRecord:
-    return attacks.drive(stream(cfg, images, should_stop=should_stop), on_snapshot)
+    """``stream`` driven to its end. ``on_snapshot`` is a shortcut that sees only the attack's snapshots."""
+
+    def handle(event: Event) -> None:
+        if on_event is not None:
+            on_event(event)
+        if on_snapshot is not None and isinstance(event.payload, Snapshot):
+            on_snapshot(event.payload)
+
+    return drive(stream(cfg, images, should_stop=should_stop), handle)
 
 
 # ---------------------------------------------------------------- artifacts (one format for CLI and app)

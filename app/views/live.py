@@ -122,9 +122,7 @@ def live_panel() -> None:
         st.progress(0, text=f"Waiting for a free attack slot: {slots.active} of {slots.capacity} running on "
                             "this server. Your run starts as soon as one finishes.")
     else:
-        snap = job.latest.get(job.current) if job.current else None
-        step = f"step {snap.step}/{job.iterations}" if snap is not None else "preparing the client's round"
-        text = f"{defense_label(job.current or '')}: {step} · about {fmt_seconds(eta)} left"
+        text = f"{defense_label(job.current or '')}: {job.activity()} · about {fmt_seconds(eta)} left"
         st.progress(min(max(frac, 0.0), 1.0), text=text)
     st.button("Stop", icon=":material/stop:", on_click=job.stop, key="stop_live", disabled=job.stop_event.is_set(),
               help="Stop the attack now and keep what it reached; defenses not started yet are skipped.")

@@ -7,7 +7,7 @@ multiplier z is given, or calibrated from (ε, δ): classically (same σ as TIP 
 or with a Rényi-DP accountant.
 
 ``dp_paper``: the TIP paper's "standard DP": the round's clipped training as usual, then N(0, σ²) once on
-every parameter of the update, σ from TIP-SPEC §3.4 (the same σ TIP splits over its channels).
+every parameter of the update, σ from docs/METHOD.md §3.5 (the same σ TIP splits over its channels).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TIP: targeted interpretable perturbation (Wang and Su, arXiv 2602.11633), per ../shared/TIP-SPEC.md.
+"""TIP: targeted interpretable perturbation (Wang and Su, arXiv 2602.11633), as docs/METHOD.md §3 describes.
 
 1. Grad-CAM channel weight α (signed) of every chosen conv layer, on the client's model at the point the
    update refers to, for one private sample per distinct label (n_cam samples).
