@@ -17,16 +17,6 @@ SELECTED = "#D55E00"  # vermillion: channels TIP noises
 UNSELECTED = "#9AA5B1"  # grey-blue: the rest
 DIVERGING = "RdBu_r"  # blue (negative) – white – red (positive); readable with red-green deficiencies
 
-DEFENSE_LABELS = {
-    "none": "No defense",
-    "dp": "DP-SGD",
-    "dp_paper": "DP (paper)",
-    "prune": "Pruning",
-    "soteria": "Soteria",
-    "tip": "TIP",
-    "tip_random": "TIP, random channels",
-    "tip_fullband": "TIP, full band",
-}
 ATTACK_LABELS = {"dlg": "DLG", "idlg": "iDLG", "ig": "Inverting Gradients"}
 # What the attacker does about the defense (the engine's matchers; "none" is the naive attacker).
 ADAPTIVE_LABELS = {
@@ -39,8 +29,15 @@ ADAPTIVE_SHORT = {"drop": "drop", "lowpass": "low-pass", "noise_aware": "noise-a
 MODEL_LABELS = {"lenet": "LeNet (DLG)", "convnet": "ConvNet", "resnet18": "ResNet-18"}
 
 
+def defense_labels() -> dict[str, str]:
+    """Display names from the engine's registry (each defense declares its own)."""
+    from app import resources
+
+    return {n: d["label"] for n, d in resources.registries()["defenses"].items()}
+
+
 def defense_label(name: str) -> str:
-    return DEFENSE_LABELS.get(name, name)
+    return defense_labels().get(name, name)
 
 
 def split_attack(name: str) -> tuple[str, str]:
@@ -59,7 +56,7 @@ def attack_label(name: str) -> str:
 
 
 def defense_colour(name: str) -> str:
-    names = list(DEFENSE_LABELS)
+    names = list(defense_labels())
     i = names.index(name) if name in names else len(names)
     return OKABE_ITO[i % len(OKABE_ITO)]
 
@@ -343,7 +340,7 @@ def _curves(points: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for p in points:
         groups.setdefault((str(p["defense"]), str(p.get("knob") or ""), str(p["attacker"])), []).append(p)
-    order = list(DEFENSE_LABELS)
+    order = list(defense_labels())
     keys = sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[0], k[1],
                                          0 if k[2] == "naive" else 1))
     return {k: sorted(groups[k], key=lambda p: float(p["strength"])) for k in keys}

@@ -385,7 +385,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tipcore import sweep
     from tipcore.progress import drive
 
-    grid = dict(sweep.DEFAULT_GRID)
+    grid = sweep.default_grid()
     if args.defenses:
         chosen = _names(args.defenses, "--defenses")
         unknown = [d for d in chosen if d not in grid]

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tipcore import data, defenses, metrics
+from tipcore import data, defenses, knobs, metrics
 from tipcore.fl import RoundConfig
 from tipcore.progress import StopHook, drive, never_stop
 from tipcore.seeding import generator
@@ -38,10 +38,11 @@ class DefenseSetting:
 
     def options(self) -> dict[str, Any]:
         opts = dict(self.extra)
-        if self.knob == "beta":  # TIP with a direct per-element noise scale
-            opts.update(noise="direct", beta=self.strength)
-        elif self.knob:
+        if self.knob:
             opts[self.knob] = self.strength
+            declared = knobs.knobs(defenses.DEFENSES[self.defense].config_cls).get(self.knob)
+            if declared is not None:  # e.g. TIP's beta switches its noise to "direct"
+                opts.update(dict(declared.implies))
         return opts
 
     def noise_scale(self) -> float | None:

@@ -26,15 +26,20 @@ from tipcore.progress import Event, StopHook, Stopped, Stopwatch, never_stop
 from tipcore.resumable import ResumableTable, claim_directory, number
 
 DECADES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-DEFAULT_GRID: dict[str, tuple[str, tuple[float, ...]]] = {
-    "none": ("", (0.0,)),
-    "tip": ("beta", DECADES),
-    "tip_random": ("beta", DECADES[1:]),
-    "tip_fullband": ("beta", DECADES[1:]),
-    "dp_paper": ("sigma", DECADES),
-    "prune": ("ratio", (0.3, 0.7, 0.9, 0.99)),
-    "soteria": ("ratio", (0.3, 0.6, 0.9)),
-}
+
+
+def default_grid() -> dict[str, tuple[str, tuple[float, ...]]]:
+    """Every registered defense along its declared strength knob (``knobs.Knob(role="strength", grid=...)``),
+    plus the undefended point; a defense with no strength grid (DP-SGD: its noise multiplier) is left out."""
+    from tipcore import defenses
+
+    grid: dict[str, tuple[str, tuple[float, ...]]] = {"none": ("", (0.0,))}
+    for name, spec in defenses.DEFENSES.items():
+        axis = spec.strength()
+        if name != "none" and axis is not None and axis[1]:
+            grid[name] = axis
+    return grid
+
 ATTACK_COLUMNS = ("defense", "knob", "strength", "noise_scale", "image", "seed", "attack", "attacker", "psnr",
                   "ssim", "label_accuracy", "noise_to_signal", "noise_to_signal_median", "update_cosine",
                   "flag_precision", "flag_recall", "flagged", "restarts", "seconds")
@@ -45,7 +50,7 @@ BATCH = 16  # defense settings attacked together in one batched optimisation (Le
 
 @dataclass(frozen=True)
 class SweepConfig:
-    grid: Mapping[str, tuple[str, tuple[float, ...]]] = field(default_factory=lambda: dict(DEFAULT_GRID))
+    grid: Mapping[str, tuple[str, tuple[float, ...]]] = field(default_factory=default_grid)
     images: int = 2  # first N gallery CIFAR-10 images
     seeds: tuple[int, ...] = (0,)
     naive: str = "idlg"
