@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import pytest
 
+from tipcore.knobs import knob
 from tipcore.parsing import describe, parse_assignments, parse_field, parse_typed
 
 
@@ -19,7 +20,8 @@ class Knobs:
     layers: str = "all"
     names: tuple[str, ...] = ()
     size: tuple[int, int] = (32, 32)
-    cutoff: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
+    cutoff: float = knob(0.5, "Cutoff", "a bounded knob", low=0.0, high=1.0)
+    epsilon: float = knob(5.0, "ε", "an open bound", low=0.0, low_open=True)
 
 
 @pytest.mark.parametrize("name, text, value", [
@@ -28,7 +30,7 @@ class Knobs:
     ("signed", "true", True), ("signed", "FALSE", False), ("signed", "1", True), ("signed", "0", False),
     ("noise", "direct", "direct"), ("noise", "Direct", "direct"),
     ("layers", "body.0,body.2", "body.0,body.2"), ("layers", "none", "none"),
-    ("names", "a, b,", ("a", "b")), ("size", "8,16", (8, 16)), ("cutoff", "1", 1.0),
+    ("names", "a, b,", ("a", "b")), ("size", "8,16", (8, 16)), ("cutoff", "1", 1.0), ("epsilon", "1e-3", 1e-3),
 ])
 def test_values_parse_by_the_fields_type(name, text, value):
     parsed = parse_field(Knobs, name, text)
@@ -46,8 +48,9 @@ def test_values_parse_by_the_fields_type(name, text, value):
     ("signed", "yes", "signed expects true or false"),
     ("noise", "loud", "noise expects one of calibrated, direct, got 'loud'"),
     ("size", "8", "size expects 2 comma-separated values"),
-    ("cutoff", "1.5", "cutoff must be in [0.0, 1.0], got '1.5'"),
-    ("warp", "9", "unknown option 'warp' for Knobs; known: cutoff, k, layers"),
+    ("cutoff", "1.5", "cutoff must be in [0, 1], got '1.5'"),
+    ("epsilon", "0", "epsilon must be > 0, got '0'"),
+    ("warp", "9", "unknown option 'warp' for Knobs; known: cutoff, epsilon, k, layers"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_option(name, text, message):
     with pytest.raises(ValueError) as err:

@@ -2,9 +2,9 @@
 the app's URL parameters.
 
 The expected type comes from a dataclass field's annotation (``int``, ``float``, ``bool``, ``str``,
-``Literal[...]``, ``X | None``, ``tuple[...]``), optionally narrowed by the field's metadata
-(``range=(low, high)``, inclusive, ``None`` for an open end), so a config class is the one declaration of
-what its options accept. The rules:
+``Literal[...]``, ``X | None``, ``tuple[...]``), narrowed by the field's ``tipcore.knobs.Knob`` where it
+declares one (its ``low`` / ``high`` bounds), so a config class is the one declaration of what its options
+accept. The rules:
 
 * numbers are finite (``inf`` and ``nan`` are refused);
 * integers stay integers: ``1.5`` or ``1e3`` for an ``int`` field is an error, not a silent rounding;
@@ -59,11 +59,15 @@ def parse_typed(hint: Any, text: str, *, name: str = "value", metadata: Mapping[
     if not isinstance(text, str):
         raise ValueError(f"{name} expects text to parse, got {type(text).__name__}")
     value = _parse(hint, text.strip(), name)
-    low, high = (metadata or {}).get("range", (None, None))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"{name} must be in [{'-inf' if low is None else low}, "
-                             f"{'inf' if high is None else high}], got {text.strip()!r}")
+    bounds = (metadata or {}).get("knob")  # a tipcore.knobs.Knob (read by its fields: no import needed here)
+    if bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high = bounds.low, bounds.high
+        too_low = low is not None and (value <= low if bounds.low_open else value < low)
+        too_high = high is not None and (value >= high if bounds.high_open else value > high)
+        if too_low or too_high:
+            within = bounds.range_text()
+            raise ValueError(f"{name} must be {'in ' if within.startswith(('[', '(')) else ''}{within}, "
+                             f"got {text.strip()!r}")
     return value
 
 
