@@ -8,17 +8,19 @@
 * ``apply(**changes)`` changes settings from a callback (presets, gallery clicks) and keeps widgets in step.
 * ``publish()`` writes the non-default settings into ``st.query_params``.
 
-Nothing here imports tipcore: validation against the engine's registries happens in ``controls``.
+Of tipcore only the torch-free text parser is used here; validation against the engine's registries
+happens in ``controls``.
 """
 
 from __future__ import annotations
 
-import math
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import streamlit as st
+
+from tipcore.parsing import describe, parse_typed
 
 SETTINGS_KEY = "settings"
 WIDGET_PREFIX = "w_"
@@ -120,34 +122,18 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+MAX_TEXT = 200  # a URL value longer than this is not a setting anyone typed
+
+
 def _parse(hint: Any, raw: str) -> Any:
-    raw = raw.strip()
-    if hint is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected 1 or 0")
-    if hint is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError("expected an integer") from None
-    if hint is float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError("expected a number") from None
-        if not math.isfinite(value):
-            raise ValueError("expected a finite number")
-        return value
-    if typing.get_origin(hint) is tuple:
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if hint is str:
-        if len(raw) > 200:
-            raise ValueError("too long")
-        return raw
-    raise ValueError(f"unsupported type {hint}")  # pragma: no cover - every field type is handled above
+    """One URL value, by the engine's one text parser (finite numbers, integers stay integers, booleans
+    1/0 or true/false); the message says what was expected."""
+    if hint is str and len(raw.strip()) > MAX_TEXT:
+        raise ValueError("too long")
+    try:
+        return parse_typed(hint, raw)
+    except ValueError:
+        raise ValueError(f"expected {describe(hint)}") from None
 
 
 # ------------------------------------------------------------------------------------- session state

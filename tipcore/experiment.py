@@ -13,8 +13,6 @@ import io
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,11 +27,12 @@ from tipcore.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
 from tipcore.defenses.tip import TIP, compute_alphas
 from tipcore.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
+from tipcore.outputs import StagedOutput
 from tipcore.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, validate_pixels
-
-ExperimentConfig = RunSpec  # the name this module used before the RunSpec; kept for existing callers
 from tipcore.progress import Event, StopHook, Stopwatch, check_stop, drive, never_stop
 from tipcore.seeding import generator, pick_device
+
+ExperimentConfig = RunSpec  # the name this module used before the RunSpec; kept for existing callers
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def resolve_images(cfg: ExperimentConfig, images: np.ndarray | None) -> tuple[np
     elif cfg.weights == "digits":
         num_classes = 10
     else:
-        num_classes = max(needed, max(labels) + 1 if max(labels) >= 10 else 10)
+        num_classes = max(needed, 10)  # the images' label space; a bigger label is refused, not grown into
     bad = [lab for lab in labels if not 0 <= lab < num_classes]
     if bad:
         raise ValueError(f"label {bad[0]} is out of range for a {num_classes}-class model (labels must be in [0, {num_classes - 1}])")
@@ -377,26 +376,9 @@ def load_run(result_path: str | os.PathLike) -> tuple[RunSpec, np.ndarray | None
 
 
 def write_artifacts(out: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
-    """Write into a fresh sibling directory, then rename it over ``out``: never half-written."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    try:
-        for name, payload in files.items():
-            (tmp / name).write_bytes(payload)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():  # the swap failed half-way: put the old results back
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    """Write into a fresh sibling directory, then rename it over ``out``: never half-written, and nothing
+    left behind on an error (``tipcore.outputs``; the CLI stages its output before computing instead)."""
+    return StagedOutput(out).commit(files)
 
 
 def with_budget(defense: str, options: Mapping[str, Any], epsilon: float, delta: float) -> dict[str, Any]:
