@@ -48,7 +48,7 @@ def preset_picker() -> Any:
     """The preset selectbox; returns a placeholder for the 'modified' note (filled by ``preset_note``)."""
     sb = st.sidebar
     state.bind(
-        sb.selectbox, "Preset", "preset", options=list(state.PRESETS), format_func=lambda k: state.PRESETS[k][0],
+        sb.selectbox, "Preset", "preset", options=list(state.presets()), format_func=lambda k: state.presets()[k][0],
         on_change=_on_preset,
         help="Start from a ready-made setting. **Class demo**: the DLG paper's LeNet attacked with iDLG in a "
              "few seconds. **Paper setting**: the TIP paper's attack study (CIFAR ResNet-18, one FedAvg update "
@@ -60,7 +60,7 @@ def preset_picker() -> Any:
 
 def preset_note(slot: Any) -> None:
     s = state.current()
-    values = state.PRESETS.get(s.preset, ("", {}))[1]
+    values = state.presets().get(s.preset, ("", {}))[1]
     changed = [k for k, v in values.items() if getattr(s, k) != v]
     if changed:
         slot.caption(f"Modified from the preset: {', '.join(changed)}.")
@@ -328,6 +328,49 @@ def other_defense_picker() -> None:
         )
 
 
+HAND_MADE = (*TIP_FAMILY, "none", "dp", "dp_paper", "prune", "soteria")  # defenses with their own widgets above
+
+
+def generated_defense_pickers(names: Sequence[str]) -> None:
+    """Widgets for a chosen defense this page has no hand-made controls for, one per knob its config
+    declares (tipcore.knobs): a new defense shows up with its options and nothing here to edit."""
+    reg = resources.registries()["defenses"]
+    for name in names:
+        if name in HAND_MADE or name not in reg:
+            continue
+        with st.sidebar.expander(f"{defense_label(name)} options"):
+            for k in reg[name]["knobs"]:
+                if k["role"] in ("budget", "clip"):
+                    continue  # the shared budget and the round's clip
+                key = _generated_key(name, k["name"])
+                label, help_text = k["label"], f"{k['help']}{' ' + k['range'] if k['range'] else ''}"
+                default = k["default"]
+                if k["kind"] == "bool":
+                    st.checkbox(label, value=bool(default), key=key, help=help_text)
+                elif k["kind"] == "choice":
+                    st.selectbox(label, k["choices"], index=k["choices"].index(default), key=key, help=help_text)
+                elif k["kind"] in ("int", "float") and default is not None:
+                    number = int if k["kind"] == "int" else float
+                    bounds = {b: number(k[b]) for b in ("low", "high") if k[b] is not None}
+                    st.number_input(label, value=number(default), min_value=bounds.get("low"),
+                                    max_value=bounds.get("high"), key=key, help=help_text)
+
+
+def _generated_key(defense: str, knob: str) -> str:
+    return f"defense_opt.{defense}.{knob}"
+
+
+def generated_options(name: str) -> dict[str, Any]:
+    """The values of ``generated_defense_pickers``' widgets for one defense (defaults until touched)."""
+    reg = resources.registries()["defenses"].get(name, {})
+    out = {}
+    for k in reg.get("knobs", []):
+        key = _generated_key(name, k["name"])
+        if key in st.session_state:
+            out[k["name"]] = st.session_state[key]
+    return out
+
+
 # ------------------------------------------------------------------------------------------ attack
 
 
@@ -415,6 +458,8 @@ def defense_options(s: state.Settings, name: str) -> dict[str, Any]:
         opts = dict(ratio=float(s.prune_ratio))
     elif name == "soteria":
         opts = dict(ratio=float(s.soteria_ratio))
+    elif name not in HAND_MADE:
+        opts = generated_options(name)
     else:
         opts = {}
     if name in defenses.DEFENSES:
@@ -472,6 +517,7 @@ def build_plan(s: state.Settings, image: ImageChoice) -> list[tuple[str, Any]]:
     """One ExperimentConfig per defense; raises ValueError (with the engine's message) on a bad value."""
     from tipcore import experiment
     from tipcore.fl import RoundConfig
+    from tipcore.runspec import pixel_digest
 
     if not s.defenses:
         raise ValueError("pick at least one defense to compare")
@@ -479,11 +525,12 @@ def build_plan(s: state.Settings, image: ImageChoice) -> list[tuple[str, Any]]:
     if problem:
         raise ValueError(problem)
     round_cfg = RoundConfig(**round_dict(s))
+    upload = None if image.gallery_id else pixel_digest(image.image)  # an upload is named by its pixels
     plan = []
     for name in s.defenses:
-        cfg = experiment.ExperimentConfig(
+        cfg = experiment.RunSpec(
             seed=int(s.seed), model=s.model, weights=s.weights,
-            image_ids=(image.gallery_id,) if image.gallery_id else ("cifar10-00",),
+            image_ids=(image.gallery_id,) if image.gallery_id else (), upload_sha256=upload,
             labels=None if image.gallery_id else (int(image.label),),
             num_classes=None, round=round_cfg, defense=name, defense_cfg=defense_options(s, name),
             attack=attack_name(s), attack_cfg={"iterations": int(s.iterations)}, labels_known=bool(s.labels_known),
@@ -519,6 +566,6 @@ def estimate(s: state.Settings) -> tuple[float, str]:
 __all__ = [
     "ImageChoice", "preset_picker", "preset_note", "image_picker", "gallery_browser", "model_picker",
     "round_picker", "defense_picker", "budget_picker", "tip_picker", "other_defense_picker", "attack_picker",
-    "build_plan", "estimate", "step_seconds", "defense_options", "tip_options", "round_dict", "model_classes",
+    "build_plan", "generated_defense_pickers", "estimate", "step_seconds", "defense_options", "tip_options", "round_dict", "model_classes",
     "image_problem", "clip_problem", "calibrated_defenses", "attack_name", "split_attack_setting",
 ]

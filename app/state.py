@@ -30,7 +30,7 @@ WIDGET_PREFIX = "w_"
 class Settings:
     """Everything a visitor can set; field names are also the URL's query-parameter names."""
 
-    preset: str = "class_demo"
+    preset: str = "demo"
     # image
     source: str = "gallery"  # "gallery" | "upload"
     dataset: str = "cifar10"
@@ -91,22 +91,28 @@ class Settings:
         return s, problems
 
 
-# Presets fill the sidebar in one click; "custom" leaves every value as it is.
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "class_demo": (
-        "Class demo (LeNet, iDLG, fast)",
-        dict(model="lenet", weights="random", mode="fedsgd", local_steps=1, lr=1e-3, clip=5.0,
-             defenses=("none", "dp", "tip"), epsilon=5.0, delta=1e-5, tip_variant="tip", ratio=0.1,
-             cutoff=0.5, noise="calibrated", attack="idlg", adaptive="none", iterations=50, labels_known=False),
-    ),
-    "paper": (
-        "Paper setting (ResNet-18, IG, FedAvg)",
-        dict(model="resnet18", weights="random", mode="fedavg", local_steps=4, lr=1e-3, clip=5.0,
-             defenses=("none", "dp_paper", "tip"), epsilon=5.0, delta=1e-5, tip_variant="tip", ratio=0.1,
-             cutoff=0.5, noise="calibrated", attack="ig", adaptive="none", iterations=200, labels_known=True),
-    ),
-    "custom": ("Custom", {}),
-}
+# Presets fill the sidebar in one click; "custom" leaves every value as it is. The named ones are the
+# engine's (tipcore.presets, also `--preset NAME` on the CLI), translated into this sidebar's settings.
+CUSTOM = "custom"
+
+
+def presets() -> dict[str, tuple[str, dict[str, Any]]]:
+    from tipcore import presets as engine
+
+    out = {name: (p.label, _preset_settings(p)) for name, p in engine.PRESETS.items()}
+    out[CUSTOM] = ("Custom", {})
+    return out
+
+
+def _preset_settings(p: Any) -> dict[str, Any]:
+    tip = dict(p.defense_options.get("tip", {}))
+    r = p.round
+    return dict(model=p.model, weights=p.weights, mode=r.mode, local_steps=r.local_steps, lr=r.lr,
+                clip=0.0 if r.clip is None else r.clip, defenses=tuple(p.defenses), epsilon=p.epsilon, delta=p.delta,
+                tip_variant="tip", ratio=tip.get("ratio", 0.1), cutoff=tip.get("cutoff", 0.5),
+                noise=tip.get("noise", "calibrated"), attack=p.attack, adaptive="none",
+                iterations=p.cpu_iterations or int(p.attack_options.get("iterations", 100)),
+                labels_known=p.labels_known)
 
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -168,7 +174,7 @@ def apply(**changes: Any) -> None:
 
 
 def apply_preset(name: str) -> None:
-    values = PRESETS.get(name, ("", {}))[1]
+    values = presets().get(name, ("", {}))[1]
     apply(preset=name, **values)
 
 
@@ -239,6 +245,6 @@ def snapshot() -> Settings:
 
 
 __all__ = [
-    "Settings", "PRESETS", "current", "apply", "apply_preset", "bind", "publish", "snapshot", "url_problems",
+    "Settings", "presets", "current", "apply", "apply_preset", "bind", "publish", "snapshot", "url_problems",
     "widget_key",
 ]

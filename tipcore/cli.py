@@ -121,7 +121,15 @@ def defense_options(args: argparse.Namespace) -> dict[str, Any]:
 
     spec = defenses.DEFENSES[args.defense]
     declared = knobs.knobs(spec.config_cls)
-    opts = parse_options(args.defense_opt, "--defense-opt", spec.config_cls)
+    opts: dict[str, Any] = {}
+    if getattr(args, "preset", None):
+        from tipcore import presets
+
+        chosen = presets.get(args.preset)
+        opts.update(chosen.defense_options.get(args.defense, {}))
+        if spec.uses_budget:
+            opts.update(epsilon=chosen.epsilon, delta=chosen.delta)
+    opts.update(parse_options(args.defense_opt, "--defense-opt", spec.config_cls))
     given = {dest: getattr(args, f"knob_{dest}") for dest in defense_flags()
              if getattr(args, f"knob_{dest}", None) is not None}
     if args.abs_alpha:
@@ -208,11 +216,15 @@ def staged(args: argparse.Namespace, kind: str) -> StagedOutput:
 # ------------------------------------------------------------------------------------------ commands
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from tipcore import attacks
+    from tipcore import attacks, presets
     from tipcore.experiment import artifact_files, run
 
     config_cls = attacks.ATTACKS[args.attack].config_cls
-    attack_cfg = attacks.preset_options(args.attack, args.attack_preset) if args.attack_preset else {}
+    attack_cfg = {}
+    if args.preset and attacks.base_attack(args.attack) == presets.get(args.preset).attack:
+        attack_cfg.update(presets.get(args.preset).attack_options)  # the preset's attack budget
+    if args.attack_preset:
+        attack_cfg.update(attacks.preset_options(args.attack, args.attack_preset))
     attack_cfg.update(parse_options(args.attack_opt, "--attack-opt", config_cls))
     if args.iters is not None:
         attack_cfg["iterations"] = args.iters
@@ -493,9 +505,28 @@ def add_out_args(p: argparse.ArgumentParser, default: str | None = None) -> None
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
+def add_preset_arg(p: argparse.ArgumentParser) -> None:
+    from tipcore import presets
+
+    p.add_argument("--preset", choices=list(presets.PRESETS), metavar="NAME",
+                   help="named settings shared with the app (flags given override them): "
+                        + "; ".join(f"{n}: {pr.description}" for n, pr in presets.PRESETS.items()))
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    """The flag defaults a preset sets (model, round, attack, threat model)."""
+    from tipcore import presets
+
+    chosen = presets.get(name)
+    r = chosen.round
+    return {"model": chosen.model, "weights": chosen.weights, "mode": r.mode, "local_steps": r.local_steps,
+            "lr": r.lr, "clip": r.clip, "attack": chosen.attack, "labels_known": chosen.labels_known}
+
+
 def attack_args(p: argparse.ArgumentParser) -> None:
     from tipcore import attacks
 
+    add_preset_arg(p)
     add_round_args(p)
     add_defense_args(p)
     g = p.add_argument_group("attack")
@@ -516,6 +547,7 @@ def attack_args(p: argparse.ArgumentParser) -> None:
 
 
 def update_args(p: argparse.ArgumentParser) -> None:
+    add_preset_arg(p)
     add_round_args(p)
     add_defense_args(p)
     add_out_args(p)
@@ -627,7 +659,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 EVERY_COMMAND = "*"
 
 
-def build_parser(only: str | None = EVERY_COMMAND) -> argparse.ArgumentParser:
+def build_parser(only: str | None = EVERY_COMMAND, preset: str | None = None) -> argparse.ArgumentParser:
     """The parser; ``only``: the one command whose flags are built (``EVERY_COMMAND``: all; None: none,
     enough for the top-level help and for naming the commands)."""
     parser = OneLineErrors(prog="python -m tipcore", description="The TIP explorer's command line: "
@@ -637,7 +669,22 @@ def build_parser(only: str | None = EVERY_COMMAND) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if only in (EVERY_COMMAND, name):
             add_args(p)
+            if preset and any(a.dest == "preset" for a in p._actions):
+                p.set_defaults(**{dest: value for dest, value in preset_defaults(preset).items()
+                                  if any(a.dest == dest for a in p._actions)})
     return parser
+
+
+def chosen_preset(argv: Sequence[str]) -> str | None:
+    """The --preset NAME in argv, if it names a preset (else argparse reports the bad name)."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--preset=") else (
+            argv[i + 1] if arg == "--preset" and i + 1 < len(argv) else None)
+        if value is not None:
+            from tipcore import presets
+
+            return value if value in presets.PRESETS else None
+    return None
 
 
 def one_line(exc: BaseException) -> str:
@@ -653,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     instead of exiting, so tests can drive many commands in one process."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(chosen if chosen in COMMANDS else None)
+    parser = build_parser(chosen if chosen in COMMANDS else None, preset=chosen_preset(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed

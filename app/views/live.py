@@ -26,6 +26,7 @@ controls.budget_picker()
 with st.sidebar.expander("TIP settings", expanded=False):
     controls.tip_picker(st)
 controls.other_defense_picker()
+controls.generated_defense_pickers(state.current().defenses)
 controls.attack_picker()
 controls.preset_note(preset_slot)
 state.publish()
