@@ -596,6 +596,12 @@ def test_full_band_disables_the_cutoff_and_says_why() -> None:
     at.selectbox(key="w_tip_variant").set_value("tip").run()
     assert not at.slider(key="w_cutoff").disabled
     assert "left exactly as they were" in " ".join(md.value for md in at.markdown)
+    # Live attack: the cutoff applies as long as one chosen TIP variant uses it.
+    at = new_app({"defenses": "none,tip_fullband"})
+    at.switch_page("views/live.py").run()
+    assert at.slider(key="w_cutoff").disabled
+    at.multiselect(key="w_defenses").set_value(["tip", "tip_fullband"]).run()
+    assert not at.slider(key="w_cutoff").disabled
 
 
 def _selected_channels(at: AppTest) -> list[int]:
