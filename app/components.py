@@ -360,9 +360,10 @@ def loss_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]]) -> go.
         fig.add_trace(go.Scatter(x=list(steps), y=list(losses), mode="lines+markers", name=defense_label(name),
                                  line=dict(color=defense_colour(name))))
     positive = all(min(losses, default=1) > 0 for _, losses in curves.values())
+    # The legend below the plot: above it, eight defenses' names ran into the title.
     fig.update_layout(title="Attack loss (gradient mismatch)", xaxis_title="attack step", yaxis_title="loss",
-                      yaxis_type="log" if positive else "linear", margin=_MARGIN, height=300,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+                      yaxis_type="log" if positive else "linear", margin=_MARGIN, height=340,
+                      legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0.0))
     return plain_numbers(fig)
 
 

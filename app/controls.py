@@ -279,6 +279,7 @@ def budget_picker(container: Any | None = None) -> None:
 
 CUTOFF_UNUSED = ("The full-band ablation noises every frequency bin, DC included, so the cutoff r does not "
                  "apply to it.")
+CUTOFF_UNUSED_SHORT = "Not used: the full band noises every bin."  # under the slider; the help has the rest
 
 
 def cutoff_unused(variants: Sequence[str]) -> str | None:
@@ -319,7 +320,7 @@ def cutoff_slider(container: Any | None = None, variants: Sequence[str] = ("tip"
                        "r = 1 leaves a 3 × 3 kernel clean.",
     )
     if unused:
-        c.caption(unused)
+        c.caption(CUTOFF_UNUSED_SHORT)
     return value
 
 

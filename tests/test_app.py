@@ -589,7 +589,8 @@ def test_full_band_disables_the_cutoff_and_says_why() -> None:
     at.selectbox(key="w_tip_variant").set_value("tip_fullband").run()
     no_exceptions(at)
     assert at.slider(key="w_cutoff").disabled
-    assert any("cutoff r does not apply" in c.value for c in at.caption)
+    assert any("the full band noises every bin" in c.value for c in at.caption)
+    assert "cutoff r does not apply" in at.slider(key="w_cutoff").help
     text = " ".join(md.value for md in at.markdown)
     assert "all 25 frequency bins" in text  # LeNet's 5 x 5 kernels, every bin noised
     assert "left exactly as they were" not in text and "outside cutoff" not in text
@@ -677,6 +678,8 @@ def test_results_stay_readable_with_eight_defenses() -> None:
     assert list(frame["PSNR (dB)"]) == [f"{10.0 + i:.1f}" for i in range(8)]
     labels = [b.label for b in at.get("download_button")]
     assert {"Figure (PNG)", "Metrics (CSV)", "All artifacts (ZIP)", "result.json of TIP, full band"} <= set(labels)
+    (loss,) = [c for c in _charts(at) if c["layout"]["title"]["text"].startswith("Attack loss")]
+    assert loss["layout"]["legend"]["y"] < 0  # eight names below the plot, not over its title
 
 
 def test_comparison_figure_has_titles_and_psnr() -> None:
