@@ -94,7 +94,7 @@ def server() -> Iterator[str]:
 
 @pytest.fixture()
 def page(server: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
@@ -103,6 +103,9 @@ def page(server: str) -> Iterator[object]:
                 profile, executable_path=str(CHROMIUM), headless=True, args=FLAGS,
                 viewport={"width": 1440, "height": 1700},
             )
+            # No wait anywhere may fall back to Playwright's 5 s default: a loaded machine needs longer.
+            expect.set_options(timeout=UI_S * 1000)
+            context.set_default_timeout(UI_S * 1000)
             try:
                 yield context.pages[0] if context.pages else context.new_page()
             finally:
