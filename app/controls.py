@@ -143,8 +143,7 @@ def _upload_picker(sb: Any) -> ImageChoice | None:
             else:
                 st.session_state["upload"] = {"name": uploaded.name, "digest": digest, "image": array}
     if st.session_state.get("upload_error"):
-        sb.error(st.session_state["upload_error"])
-        return None
+        return None  # the page shows the message once, where the image would be (``upload_error``)
     up = st.session_state.get("upload")
     if up is None:
         sb.info("Upload an image, or switch the source to Gallery.")
@@ -278,28 +277,55 @@ def budget_picker(container: Any | None = None) -> None:
     )
 
 
-def tip_picker(container: Any | None = None, *, variant: bool = False) -> None:
+CUTOFF_UNUSED = ("The full-band ablation noises every frequency bin, DC included, so the cutoff r does not "
+                 "apply to it.")
+CUTOFF_UNUSED_SHORT = "Not used: the full band noises every bin."  # under the slider; the help has the rest
+
+
+def cutoff_unused(variants: Sequence[str]) -> str | None:
+    """Why the cutoff slider does nothing for these TIP variants (only the full band among them), or None."""
+    tips = [v for v in variants if v in TIP_FAMILY]
+    return CUTOFF_UNUSED if tips and all(v == "tip_fullband" for v in tips) else None
+
+
+def tip_variant_picker(container: Any | None = None) -> str:
     c = container or st.sidebar
-    if variant:
-        state.bind(
-            c.selectbox, "TIP variant", "tip_variant", options=list(TIP_FAMILY), format_func=defense_label,
-            help="**TIP**: Grad-CAM's top channels, high-frequency noise. **Random channels** (ablation): the "
-                 "same noise on randomly chosen channels. **Full band** (ablation): the top channels, noise on "
-                 "every frequency bin including DC.",
-        )
-    state.bind(
+    return state.bind(
+        c.selectbox, "TIP variant", "tip_variant", options=list(TIP_FAMILY), format_func=defense_label,
+        help="**TIP**: Grad-CAM's top channels, high-frequency noise. **Random channels** (ablation): the "
+             "same noise on randomly chosen channels. **Full band** (ablation): the top channels, noise on "
+             "every frequency bin including DC.",
+    )
+
+
+def ratio_slider(container: Any | None = None) -> float:
+    c = container or st.sidebar
+    return state.bind(
         c.slider, "Channel ratio p", "ratio", min_value=0.0, max_value=1.0, step=0.05,
         valid=lambda v: 0.0 <= v <= 1.0,
         help="Fraction of output channels per conv layer that get noise: k = max(1, floor(p · C_out)), chosen "
              "by the largest signed Grad-CAM weight α (paper: 0.1; p = 0 still noises one channel).",
     )
-    state.bind(
+
+
+def cutoff_slider(container: Any | None = None, variants: Sequence[str] = ("tip",)) -> float:
+    """The cutoff r; disabled, with the reason under it, when none of ``variants`` uses it."""
+    c = container or st.sidebar
+    unused = cutoff_unused(variants)
+    value = state.bind(
         c.slider, "Frequency cutoff r", "cutoff", min_value=0.0, max_value=1.0, step=0.05,
-        valid=lambda v: 0.0 <= v <= 1.0,
-        help="Spectrum bins at radius ≥ r · min(kH, kW)/2 from DC get noise (paper: 0.5). For a 3 × 3 kernel "
-             "r = 0.5 noises all but DC, so each kernel's mean survives; r = 0 noises every bin; r = 1 leaves a "
-             "3 × 3 kernel clean.",
+        valid=lambda v: 0.0 <= v <= 1.0, disabled=unused is not None,
+        help=unused or "Spectrum bins at radius ≥ r · min(kH, kW)/2 from DC get noise (paper: 0.5). For a 3 × 3 "
+                       "kernel r = 0.5 noises all but DC, so each kernel's mean survives; r = 0 noises every bin; "
+                       "r = 1 leaves a 3 × 3 kernel clean.",
     )
+    if unused:
+        c.caption(CUTOFF_UNUSED_SHORT)
+    return value
+
+
+def noise_picker(container: Any | None = None) -> str:
+    c = container or st.sidebar
     noise = state.bind(
         c.radio, "Noise scale", "noise", options=["calibrated", "direct"], horizontal=True,
         format_func=lambda v: {"calibrated": "from ε", "direct": "direct β"}[v],
@@ -312,6 +338,18 @@ def tip_picker(container: Any | None = None, *, variant: bool = False) -> None:
             format="%.4g", valid=lambda v: 0.0 <= v <= 100.0,
             help="Std of the white noise before the high-pass projection; β = 0 switches the noise off.",
         )
+    return noise
+
+
+def tip_picker(container: Any | None = None, *, variant: bool = False, variants: Sequence[str] = ("tip",)) -> None:
+    """TIP's settings in one container; ``variants``: the TIP variants in use (the cutoff is disabled when
+    only the full band is among them)."""
+    c = container or st.sidebar
+    if variant:
+        variants = (tip_variant_picker(c),)
+    ratio_slider(c)
+    cutoff_slider(c, variants)
+    noise_picker(c)
 
 
 def other_defense_picker() -> None:
@@ -565,7 +603,9 @@ def estimate(s: state.Settings) -> tuple[float, str]:
 
 __all__ = [
     "ImageChoice", "preset_picker", "preset_note", "image_picker", "gallery_browser", "model_picker",
-    "round_picker", "defense_picker", "budget_picker", "tip_picker", "other_defense_picker", "attack_picker",
-    "build_plan", "generated_defense_pickers", "estimate", "step_seconds", "defense_options", "tip_options", "round_dict", "model_classes",
+    "round_picker", "defense_picker", "budget_picker", "tip_picker", "tip_variant_picker", "ratio_slider",
+    "cutoff_slider", "noise_picker", "cutoff_unused", "other_defense_picker", "generated_defense_pickers",
+    "attack_picker", "build_plan", "estimate", "step_seconds", "defense_options", "tip_options", "round_dict",
+    "model_classes",
     "image_problem", "clip_problem", "calibrated_defenses", "attack_name", "split_attack_setting",
 ]
