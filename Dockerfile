@@ -15,7 +15,8 @@ ENV HOME=/home/user \
     OMP_WAIT_POLICY=PASSIVE
 WORKDIR /home/user/app
 
-# CPU-only torch first (about 200 MB instead of several GB of CUDA wheels), then the same requirements.txt.
+# CPU-only torch first (about 200 MB instead of several GB of CUDA wheels), then the same requirements.txt:
+# runtime only: the image has no test tools.
 COPY --chown=user requirements-cpu.txt requirements.txt pyproject.toml ./
 RUN pip install --no-cache-dir -r requirements-cpu.txt \
     && pip install --no-cache-dir -r requirements.txt

@@ -17,16 +17,6 @@ SELECTED = "#D55E00"  # vermillion: channels TIP noises
 UNSELECTED = "#9AA5B1"  # grey-blue: the rest
 DIVERGING = "RdBu_r"  # blue (negative) – white – red (positive); readable with red-green deficiencies
 
-DEFENSE_LABELS = {
-    "none": "No defense",
-    "dp": "DP-SGD",
-    "dp_paper": "DP (paper)",
-    "prune": "Pruning",
-    "soteria": "Soteria",
-    "tip": "TIP",
-    "tip_random": "TIP, random channels",
-    "tip_fullband": "TIP, full band",
-}
 ATTACK_LABELS = {"dlg": "DLG", "idlg": "iDLG", "ig": "Inverting Gradients"}
 # What the attacker does about the defense (the engine's matchers; "none" is the naive attacker).
 ADAPTIVE_LABELS = {
@@ -39,8 +29,15 @@ ADAPTIVE_SHORT = {"drop": "drop", "lowpass": "low-pass", "noise_aware": "noise-a
 MODEL_LABELS = {"lenet": "LeNet (DLG)", "convnet": "ConvNet", "resnet18": "ResNet-18"}
 
 
+def defense_labels() -> dict[str, str]:
+    """Display names from the engine's registry (each defense declares its own)."""
+    from app import resources
+
+    return {n: d["label"] for n, d in resources.registries()["defenses"].items()}
+
+
 def defense_label(name: str) -> str:
-    return DEFENSE_LABELS.get(name, name)
+    return defense_labels().get(name, name)
 
 
 def split_attack(name: str) -> tuple[str, str]:
@@ -59,7 +56,7 @@ def attack_label(name: str) -> str:
 
 
 def defense_colour(name: str) -> str:
-    names = list(DEFENSE_LABELS)
+    names = list(defense_labels())
     i = names.index(name) if name in names else len(names)
     return OKABE_ITO[i % len(OKABE_ITO)]
 
@@ -85,6 +82,62 @@ def png(image_uint8: np.ndarray) -> bytes:
 
     buf = io.BytesIO()
     Image.fromarray(image_uint8).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rows_of(items: Sequence[object], per_row: int = 4) -> list[list[object]]:
+    """``items`` in rows of at most ``per_row``: any number of panels stays readable on a page."""
+    items = list(items)
+    per_row = max(int(per_row), 1)
+    return [items[i:i + per_row] for i in range(0, len(items), per_row)]
+
+
+def _wrap(draw: object, text: str, font: object, width: int) -> list[str]:
+    """Words of ``text`` in lines no wider than ``width`` pixels (a single long word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:  # type: ignore[attr-defined]
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def comparison_png(panels: Sequence[tuple[str, str, np.ndarray]], scale: int = 5, per_row: int = 4) -> bytes:
+    """PNG of labelled panels: each (title, subtitle, (H, W, 3) image in [0, 1]) with its title above and its
+    subtitle (e.g. PSNR and SSIM) below, in rows of at most ``per_row``. Pixels stay pixels."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    panels = list(panels)
+    if not panels:
+        raise ValueError("comparison_png needs at least one panel")
+    font = ImageFont.load_default(size=14)
+    small = ImageFont.load_default(size=12)
+    pics = [upscale(img, scale) for _, _, img in panels]
+    side_h, side_w = max(p.shape[0] for p in pics), max(p.shape[1] for p in pics)
+    pad, line = 12, 18
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    titles = [_wrap(probe, t, font, side_w) for t, _, _ in panels]
+    subs = [_wrap(probe, sub, small, side_w) for _, sub, _ in panels]
+    top = max(len(t) for t in titles) * line + 4
+    bottom = max(len(b) for b in subs) * line + 4
+    grid = rows_of(range(len(panels)), per_row)
+    cols = max(len(r) for r in grid)
+    cell_w, cell_h = side_w + pad, top + side_h + bottom + pad
+    canvas = Image.new("RGB", (cols * cell_w + pad, len(grid) * cell_h + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(grid):
+        for c, i in enumerate(row):
+            x, y = pad + c * cell_w, pad + r * cell_h
+            for n, text in enumerate(titles[i]):
+                draw.text((x, y + n * line), text, fill="black", font=font)
+            canvas.paste(Image.fromarray(pics[i]), (x, y + top))
+            for n, text in enumerate(subs[i]):
+                draw.text((x, y + top + side_h + 4 + n * line), text, fill="#333333", font=small)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -135,8 +188,22 @@ def _square_axes(fig: go.Figure, row: int | None = None, col: int | None = None)
 
 
 def _tickformat(magnitude: float) -> str:
-    """Readable ticks for values that may be tiny (gradients) or large (noise)."""
-    return "~s" if 0 < magnitude < 1e-2 else ".2~g"  # "~s": SI prefixes, e.g. 20µ
+    """Ticks for values that may be tiny (gradients) or large (noise): plain decimals, scientific notation
+    for very small or large ones (d3's "g"), never SI prefixes ("20µ" reads as micrometres, "1M" as millions)."""
+    return ".3~g"
+
+
+# Plotly's default exponent format ("B") writes SI prefixes on automatic ticks, log axes included ("1m",
+# "500µ", "1M"); "power" writes 10⁻³ instead.
+EXPONENT_FORMAT = "power"
+
+
+def plain_numbers(fig: go.Figure) -> go.Figure:
+    """Every axis and colour bar of ``fig`` in plain or scientific notation, never SI prefixes."""
+    fig.update_xaxes(exponentformat=EXPONENT_FORMAT)
+    fig.update_yaxes(exponentformat=EXPONENT_FORMAT)
+    fig.update_traces(colorbar_exponentformat=EXPONENT_FORMAT, selector=dict(type="heatmap"))
+    return fig
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, title: str = "Grad-CAM", opacity: float = 0.55) -> go.Figure:
@@ -152,7 +219,12 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, title: str = "Grad-CAM"
     ))
     fig.update_layout(title=title, margin=dict(l=0, r=0, t=40, b=0), height=300)
     _square_axes(fig)
-    return fig
+    return plain_numbers(fig)
+
+
+# Bars per channel, in channel units. Without an explicit width plotly sizes each trace's bars by the gap
+# between that trace's own x values, so two selected channels 5 apart would be drawn 5 channels wide.
+BAR_WIDTH = 0.8
 
 
 def alpha_bars(alpha: np.ndarray, selected: Iterable[int], layer: str, k: int) -> go.Figure:
@@ -163,11 +235,12 @@ def alpha_bars(alpha: np.ndarray, selected: Iterable[int], layer: str, k: int) -
     is_sel = np.array([i in chosen for i in idx])
     fig = go.Figure()
     fig.add_trace(go.Bar(
-        x=idx[~is_sel], y=alpha[~is_sel], name="left clean", marker_color=UNSELECTED,
+        x=idx[~is_sel], y=alpha[~is_sel], name="left clean", marker_color=UNSELECTED, width=BAR_WIDTH,
         hovertemplate="channel %{x}<br>α = %{y:.3g}<extra>clean</extra>",
     ))
     fig.add_trace(go.Bar(
         x=idx[is_sel], y=alpha[is_sel], name=f"selected: noised (k = {k})", marker_color=SELECTED,
+        width=BAR_WIDTH,
         marker_line=dict(color="#000000", width=1),
         hovertemplate="channel %{x}<br>α = %{y:.3g}<extra>selected</extra>",
     ))
@@ -177,7 +250,7 @@ def alpha_bars(alpha: np.ndarray, selected: Iterable[int], layer: str, k: int) -
         yaxis_tickformat=_tickformat(float(np.abs(alpha).max()) if alpha.size else 1.0),
         legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0),
     )
-    return fig
+    return plain_numbers(fig)
 
 
 def mask_outline(mask: np.ndarray) -> tuple[list[float | None], list[float | None]]:
@@ -218,15 +291,21 @@ def kernel_figure(before: np.ndarray, after: np.ndarray, difference: np.ndarray,
                         horizontal_spacing=0.12)
     for col, z in enumerate((before, after, difference), 1):
         z = np.asarray(z, dtype=float)
-        zmax = float(max(np.abs(z).max(), 1e-12))
+        peak = float(np.abs(z).max()) if z.size else 0.0
+        colorbar = dict(thickness=8, len=0.85, x=_colorbar_x(fig, col))
+        if peak > 0:
+            zmax = peak
+            colorbar["tickformat"] = _tickformat(zmax)
+        else:  # all zero (a channel the defense left alone): one honest tick instead of a pico-scale ruler
+            zmax = 1.0
+            colorbar.update(tickvals=[0.0], ticktext=["unchanged"])
         fig.add_trace(go.Heatmap(
-            z=z, colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax,
-            colorbar=dict(thickness=8, len=0.85, x=_colorbar_x(fig, col), tickformat=_tickformat(zmax)),
+            z=z, colorscale=DIVERGING, zmid=0, zmin=-zmax, zmax=zmax, colorbar=colorbar,
             hovertemplate="row %{y}, col %{x}<br>%{z:.3g}<extra></extra>",
         ), row=1, col=col)
         _square_axes(fig, 1, col)
     fig.update_layout(title=title, margin=dict(l=10, r=30, t=60, b=10), height=270)
-    return fig
+    return plain_numbers(fig)
 
 
 def spectrum_figure(before: np.ndarray, after: np.ndarray, mask: np.ndarray, title: str) -> go.Figure:
@@ -256,7 +335,7 @@ def spectrum_figure(before: np.ndarray, after: np.ndarray, mask: np.ndarray, tit
         _square_axes(fig, 1, col)
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=60, b=10), height=300,
                       legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0.0))
-    return fig
+    return plain_numbers(fig)
 
 
 def noise_energy_bars(names: Sequence[str], energy: Sequence[float], std: Sequence[float]) -> go.Figure:
@@ -269,7 +348,7 @@ def noise_energy_bars(names: Sequence[str], energy: Sequence[float], std: Sequen
     ))
     fig.update_layout(title="Noise energy per layer (Σ ΔW²)", margin=_MARGIN, height=300,
                       xaxis_title="conv layer", yaxis_title="Σ ΔW²", yaxis_type="log" if log else "linear")
-    return fig
+    return plain_numbers(fig)
 
 
 def loss_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]]) -> go.Figure:
@@ -278,10 +357,11 @@ def loss_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]]) -> go.
         fig.add_trace(go.Scatter(x=list(steps), y=list(losses), mode="lines+markers", name=defense_label(name),
                                  line=dict(color=defense_colour(name))))
     positive = all(min(losses, default=1) > 0 for _, losses in curves.values())
+    # The legend below the plot: above it, eight defenses' names ran into the title.
     fig.update_layout(title="Attack loss (gradient mismatch)", xaxis_title="attack step", yaxis_title="loss",
-                      yaxis_type="log" if positive else "linear", margin=_MARGIN, height=300,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
-    return fig
+                      yaxis_type="log" if positive else "linear", margin=_MARGIN, height=340,
+                      legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0.0))
+    return plain_numbers(fig)
 
 
 def roughness_bars(layers: Sequence[object]) -> go.Figure:
@@ -301,7 +381,7 @@ def roughness_bars(layers: Sequence[object]) -> go.Figure:
             if not mask.any():
                 continue
             fig.add_trace(go.Bar(
-                x=idx[mask], y=np.maximum(values[mask], 1e-12), name=name, marker_color=colour,
+                x=idx[mask], y=np.maximum(values[mask], 1e-12), name=name, marker_color=colour, width=BAR_WIDTH,
                 marker_line=dict(color=["#000000" if i in flagged else colour for i in idx[mask]],
                                  width=[2.5 if i in flagged else 0 for i in idx[mask]]),
                 showlegend=col == 1, legendgroup=name,
@@ -317,7 +397,7 @@ def roughness_bars(layers: Sequence[object]) -> go.Figure:
         barmode="overlay", margin=dict(l=10, r=10, t=70, b=10), height=320,
         legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0),
     )
-    return fig
+    return plain_numbers(fig)
 
 
 # ------------------------------------------------------------------------------------------ privacy curves
@@ -343,7 +423,7 @@ def _curves(points: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for p in points:
         groups.setdefault((str(p["defense"]), str(p.get("knob") or ""), str(p["attacker"])), []).append(p)
-    order = list(DEFENSE_LABELS)
+    order = list(defense_labels())
     keys = sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[0], k[1],
                                          0 if k[2] == "naive" else 1))
     return {k: sorted(groups[k], key=lambda p: float(p["strength"])) for k in keys}
@@ -406,7 +486,7 @@ def privacy_curves_figure(points: Sequence[dict], reference: dict, x: str = "acc
         yaxis_title="attack PSNR in dB (leakage: lower is more private)", margin=_MARGIN, height=520,
         legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),
     )
-    return fig
+    return plain_numbers(fig)
 
 
 def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
@@ -456,4 +536,4 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
     fig.update_layout(title="Attack PSNR against each defense's strength", margin=dict(l=10, r=10, t=70, b=10),
                       height=300 * rows + 110,
                       legend=dict(orientation="h", yanchor="top", y=-0.3 / rows, xanchor="left", x=0.0))
-    return fig
+    return plain_numbers(fig)

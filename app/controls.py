@@ -48,7 +48,7 @@ def preset_picker() -> Any:
     """The preset selectbox; returns a placeholder for the 'modified' note (filled by ``preset_note``)."""
     sb = st.sidebar
     state.bind(
-        sb.selectbox, "Preset", "preset", options=list(state.PRESETS), format_func=lambda k: state.PRESETS[k][0],
+        sb.selectbox, "Preset", "preset", options=list(state.presets()), format_func=lambda k: state.presets()[k][0],
         on_change=_on_preset,
         help="Start from a ready-made setting. **Class demo**: the DLG paper's LeNet attacked with iDLG in a "
              "few seconds. **Paper setting**: the TIP paper's attack study (CIFAR ResNet-18, one FedAvg update "
@@ -60,7 +60,7 @@ def preset_picker() -> Any:
 
 def preset_note(slot: Any) -> None:
     s = state.current()
-    values = state.PRESETS.get(s.preset, ("", {}))[1]
+    values = state.presets().get(s.preset, ("", {}))[1]
     changed = [k for k, v in values.items() if getattr(s, k) != v]
     if changed:
         slot.caption(f"Modified from the preset: {', '.join(changed)}.")
@@ -143,8 +143,7 @@ def _upload_picker(sb: Any) -> ImageChoice | None:
             else:
                 st.session_state["upload"] = {"name": uploaded.name, "digest": digest, "image": array}
     if st.session_state.get("upload_error"):
-        sb.error(st.session_state["upload_error"])
-        return None
+        return None  # the page shows the message once, where the image would be (``upload_error``)
     up = st.session_state.get("upload")
     if up is None:
         sb.info("Upload an image, or switch the source to Gallery.")
@@ -278,28 +277,55 @@ def budget_picker(container: Any | None = None) -> None:
     )
 
 
-def tip_picker(container: Any | None = None, *, variant: bool = False) -> None:
+CUTOFF_UNUSED = ("The full-band ablation noises every frequency bin, DC included, so the cutoff r does not "
+                 "apply to it.")
+CUTOFF_UNUSED_SHORT = "Not used: the full band noises every bin."  # under the slider; the help has the rest
+
+
+def cutoff_unused(variants: Sequence[str]) -> str | None:
+    """Why the cutoff slider does nothing for these TIP variants (only the full band among them), or None."""
+    tips = [v for v in variants if v in TIP_FAMILY]
+    return CUTOFF_UNUSED if tips and all(v == "tip_fullband" for v in tips) else None
+
+
+def tip_variant_picker(container: Any | None = None) -> str:
     c = container or st.sidebar
-    if variant:
-        state.bind(
-            c.selectbox, "TIP variant", "tip_variant", options=list(TIP_FAMILY), format_func=defense_label,
-            help="**TIP**: Grad-CAM's top channels, high-frequency noise. **Random channels** (ablation): the "
-                 "same noise on randomly chosen channels. **Full band** (ablation): the top channels, noise on "
-                 "every frequency bin including DC.",
-        )
-    state.bind(
+    return state.bind(
+        c.selectbox, "TIP variant", "tip_variant", options=list(TIP_FAMILY), format_func=defense_label,
+        help="**TIP**: Grad-CAM's top channels, high-frequency noise. **Random channels** (ablation): the "
+             "same noise on randomly chosen channels. **Full band** (ablation): the top channels, noise on "
+             "every frequency bin including DC.",
+    )
+
+
+def ratio_slider(container: Any | None = None) -> float:
+    c = container or st.sidebar
+    return state.bind(
         c.slider, "Channel ratio p", "ratio", min_value=0.0, max_value=1.0, step=0.05,
         valid=lambda v: 0.0 <= v <= 1.0,
         help="Fraction of output channels per conv layer that get noise: k = max(1, floor(p · C_out)), chosen "
              "by the largest signed Grad-CAM weight α (paper: 0.1; p = 0 still noises one channel).",
     )
-    state.bind(
+
+
+def cutoff_slider(container: Any | None = None, variants: Sequence[str] = ("tip",)) -> float:
+    """The cutoff r; disabled, with the reason under it, when none of ``variants`` uses it."""
+    c = container or st.sidebar
+    unused = cutoff_unused(variants)
+    value = state.bind(
         c.slider, "Frequency cutoff r", "cutoff", min_value=0.0, max_value=1.0, step=0.05,
-        valid=lambda v: 0.0 <= v <= 1.0,
-        help="Spectrum bins at radius ≥ r · min(kH, kW)/2 from DC get noise (paper: 0.5). For a 3 × 3 kernel "
-             "r = 0.5 noises all but DC, so each kernel's mean survives; r = 0 noises every bin; r = 1 leaves a "
-             "3 × 3 kernel clean.",
+        valid=lambda v: 0.0 <= v <= 1.0, disabled=unused is not None,
+        help=unused or "Spectrum bins at radius ≥ r · min(kH, kW)/2 from DC get noise (paper: 0.5). For a 3 × 3 "
+                       "kernel r = 0.5 noises all but DC, so each kernel's mean survives; r = 0 noises every bin; "
+                       "r = 1 leaves a 3 × 3 kernel clean.",
     )
+    if unused:
+        c.caption(CUTOFF_UNUSED_SHORT)
+    return value
+
+
+def noise_picker(container: Any | None = None) -> str:
+    c = container or st.sidebar
     noise = state.bind(
         c.radio, "Noise scale", "noise", options=["calibrated", "direct"], horizontal=True,
         format_func=lambda v: {"calibrated": "from ε", "direct": "direct β"}[v],
@@ -312,6 +338,18 @@ def tip_picker(container: Any | None = None, *, variant: bool = False) -> None:
             format="%.4g", valid=lambda v: 0.0 <= v <= 100.0,
             help="Std of the white noise before the high-pass projection; β = 0 switches the noise off.",
         )
+    return noise
+
+
+def tip_picker(container: Any | None = None, *, variant: bool = False, variants: Sequence[str] = ("tip",)) -> None:
+    """TIP's settings in one container; ``variants``: the TIP variants in use (the cutoff is disabled when
+    only the full band is among them)."""
+    c = container or st.sidebar
+    if variant:
+        variants = (tip_variant_picker(c),)
+    ratio_slider(c)
+    cutoff_slider(c, variants)
+    noise_picker(c)
 
 
 def other_defense_picker() -> None:
@@ -326,6 +364,49 @@ def other_defense_picker() -> None:
             valid=lambda v: 0.0 <= v <= 1.0,
             help="Soteria: the fraction of the fc layer's input features pruned from the update.",
         )
+
+
+HAND_MADE = (*TIP_FAMILY, "none", "dp", "dp_paper", "prune", "soteria")  # defenses with their own widgets above
+
+
+def generated_defense_pickers(names: Sequence[str]) -> None:
+    """Widgets for a chosen defense this page has no hand-made controls for, one per knob its config
+    declares (tipcore.knobs): a new defense shows up with its options and nothing here to edit."""
+    reg = resources.registries()["defenses"]
+    for name in names:
+        if name in HAND_MADE or name not in reg:
+            continue
+        with st.sidebar.expander(f"{defense_label(name)} options"):
+            for k in reg[name]["knobs"]:
+                if k["role"] in ("budget", "clip"):
+                    continue  # the shared budget and the round's clip
+                key = _generated_key(name, k["name"])
+                label, help_text = k["label"], f"{k['help']}{' ' + k['range'] if k['range'] else ''}"
+                default = k["default"]
+                if k["kind"] == "bool":
+                    st.checkbox(label, value=bool(default), key=key, help=help_text)
+                elif k["kind"] == "choice":
+                    st.selectbox(label, k["choices"], index=k["choices"].index(default), key=key, help=help_text)
+                elif k["kind"] in ("int", "float") and default is not None:
+                    number = int if k["kind"] == "int" else float
+                    bounds = {b: number(k[b]) for b in ("low", "high") if k[b] is not None}
+                    st.number_input(label, value=number(default), min_value=bounds.get("low"),
+                                    max_value=bounds.get("high"), key=key, help=help_text)
+
+
+def _generated_key(defense: str, knob: str) -> str:
+    return f"defense_opt.{defense}.{knob}"
+
+
+def generated_options(name: str) -> dict[str, Any]:
+    """The values of ``generated_defense_pickers``' widgets for one defense (defaults until touched)."""
+    reg = resources.registries()["defenses"].get(name, {})
+    out = {}
+    for k in reg.get("knobs", []):
+        key = _generated_key(name, k["name"])
+        if key in st.session_state:
+            out[k["name"]] = st.session_state[key]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ attack
@@ -415,6 +496,8 @@ def defense_options(s: state.Settings, name: str) -> dict[str, Any]:
         opts = dict(ratio=float(s.prune_ratio))
     elif name == "soteria":
         opts = dict(ratio=float(s.soteria_ratio))
+    elif name not in HAND_MADE:
+        opts = generated_options(name)
     else:
         opts = {}
     if name in defenses.DEFENSES:
@@ -472,6 +555,7 @@ def build_plan(s: state.Settings, image: ImageChoice) -> list[tuple[str, Any]]:
     """One ExperimentConfig per defense; raises ValueError (with the engine's message) on a bad value."""
     from tipcore import experiment
     from tipcore.fl import RoundConfig
+    from tipcore.runspec import pixel_digest
 
     if not s.defenses:
         raise ValueError("pick at least one defense to compare")
@@ -479,11 +563,12 @@ def build_plan(s: state.Settings, image: ImageChoice) -> list[tuple[str, Any]]:
     if problem:
         raise ValueError(problem)
     round_cfg = RoundConfig(**round_dict(s))
+    upload = None if image.gallery_id else pixel_digest(image.image)  # an upload is named by its pixels
     plan = []
     for name in s.defenses:
-        cfg = experiment.ExperimentConfig(
+        cfg = experiment.RunSpec(
             seed=int(s.seed), model=s.model, weights=s.weights,
-            image_ids=(image.gallery_id,) if image.gallery_id else ("cifar10-00",),
+            image_ids=(image.gallery_id,) if image.gallery_id else (), upload_sha256=upload,
             labels=None if image.gallery_id else (int(image.label),),
             num_classes=None, round=round_cfg, defense=name, defense_cfg=defense_options(s, name),
             attack=attack_name(s), attack_cfg={"iterations": int(s.iterations)}, labels_known=bool(s.labels_known),
@@ -530,7 +615,9 @@ def estimate(s: state.Settings) -> tuple[float, str]:
 
 __all__ = [
     "ImageChoice", "preset_picker", "preset_note", "image_picker", "gallery_browser", "model_picker",
-    "round_picker", "defense_picker", "budget_picker", "tip_picker", "other_defense_picker", "attack_picker",
-    "build_plan", "estimate", "step_seconds", "defense_options", "tip_options", "round_dict", "model_classes",
+    "round_picker", "defense_picker", "budget_picker", "tip_picker", "tip_variant_picker", "ratio_slider",
+    "cutoff_slider", "noise_picker", "cutoff_unused", "other_defense_picker", "generated_defense_pickers",
+    "attack_picker", "build_plan", "estimate", "step_seconds", "defense_options", "tip_options", "round_dict",
+    "model_classes",
     "image_problem", "clip_problem", "calibrated_defenses", "attack_name", "split_attack_setting",
 ]

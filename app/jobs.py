@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 ABANDON_S = 180.0
 
 
+# The client round's stages (tipcore.experiment.prepare_stream), as the progress widget names them.
+STAGE_TEXT = {"client round": "the client's round", "Grad-CAM": "Grad-CAM on the client's image",
+              "defense": "applying the defense"}
+
+
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:300]
@@ -70,6 +75,7 @@ class Job:
     current: str | None = None
     latest: dict[str, Any] = field(default_factory=dict)  # defense -> latest worker.LiveSnapshot
     latest_at: float = 0.0  # when the latest snapshot arrived (monotonic)
+    events: dict[str, Any] = field(default_factory=dict)  # defense -> latest client-round stage (worker.Stage)
     records: dict[str, Any] = field(default_factory=dict)  # defense -> worker.RunOutcome
     cached: set[str] = field(default_factory=set)  # defenses answered by the result cache
     errors: dict[str, str] = field(default_factory=dict)
@@ -113,6 +119,27 @@ class Job:
         return self.done
 
     # ------------------------------------------------------------------ progress
+    def on_event(self, name: str, event: Any) -> None:
+        """A progress event for one defense's run: an attack snapshot (``step``) is what the live panel
+        draws; anything else is a client-round stage (``stage``)."""
+        if hasattr(event, "step"):
+            self.latest[name] = event
+            self.latest_at = time.monotonic()
+        else:
+            self.events[name] = event
+
+    def activity(self) -> str:
+        """What the current run is doing, for the progress widget's text."""
+        if self.current is None:
+            return "starting the attack worker"
+        snap = self.latest.get(self.current)
+        if snap is not None:
+            return f"step {snap.step}/{self.iterations}"
+        event = self.events.get(self.current)
+        if event is None:
+            return "preparing the client's round"
+        return STAGE_TEXT.get(event.stage, event.stage)
+
     def seconds_per_step(self) -> float | None:
         """Attack seconds per step measured in this job so far (None before the first snapshot)."""
         seconds, steps = 0.0, 0
@@ -236,9 +263,8 @@ class Job:
                 for event in run.events(timeout=0.25):
                     if isinstance(event, worker.Started):
                         self.current = event.name
-                    elif isinstance(event, worker.LiveSnapshot):
-                        self.latest[event.name] = event
-                        self.latest_at = time.monotonic()
+                    elif isinstance(event, (worker.LiveSnapshot, worker.Stage)):
+                        self.on_event(event.name, event)
                     elif isinstance(event, worker.Finished):
                         self.records[event.name] = event.outcome
                         self._report_speed(event.outcome)
@@ -262,14 +288,22 @@ class Job:
         if cfg is not None:
             self.throughput.record(cfg.model, cfg.attack, outcome.seconds / outcome.iterations)
 
+    def _thread_event(self, name: str, event: Any) -> None:
+        """An engine ``tipcore.progress.Event`` (in-thread runs): its snapshot, or its stage."""
+        self.on_event(name, event.payload if getattr(event, "payload", None) is not None else event)
+
     def _run_in_thread(self, todo: list[tuple[str, Any]], runner: Callable[..., Any]) -> None:
+        from tipcore.progress import Stopped
+
         for name, cfg in todo:
             if self.should_stop():
                 break
             self.current = name
             try:
                 self.records[name] = runner(cfg, self.images, should_stop=self.should_stop,
-                                            on_snapshot=lambda snap, n=name: self.latest.__setitem__(n, snap))
+                                            on_event=lambda event, n=name: self._thread_event(n, event))
+            except Stopped:  # during the client round: nothing to show for this defense
+                break
             except Exception as exc:  # noqa: BLE001 - shown to the visitor as one line, logged in full
                 log.exception("attack with defense %s failed", name)
                 self.errors[name] = one_line(exc)

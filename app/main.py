@@ -19,11 +19,14 @@ import streamlit as st  # noqa: E402
 
 from app import jobs, resources  # noqa: E402  (light: no engine, no torch)
 
+# The icon is a bundled file: Streamlit points an emoji page_icon at a CDN (fails offline). "auto" keeps the
+# sidebar open on a desktop and collapsed on a phone, where it would cover most of the page.
+FAVICON = ROOT / "assets" / "icon" / "favicon.png"
 st.set_page_config(
     page_title="TIP explorer: gradient inversion in federated learning",
-    page_icon=":material/shield:",
+    page_icon=str(FAVICON),
     layout="wide",
-    initial_sidebar_state="expanded",
+    initial_sidebar_state="auto",
 )
 
 PAGES = [

@@ -297,19 +297,26 @@ def class_name(dataset: str, num_classes: int, label: int) -> str:
 # ------------------------------------------------------------------------------------------ engine
 
 
-@st.cache_data(show_spinner=False)
 def registries() -> dict[str, Any]:
-    """Names, summaries and help text of models, defenses and attacks (plain data)."""
-    from tipcore import attacks, defenses, models
+    """Names, labels, knobs and help text of models, defenses and attacks (plain data), cached per set of
+    registered components (a defense registered after start-up shows up)."""
+    from tipcore import attacks, defenses
+
+    return _registries(tuple(defenses.DEFENSES), tuple(attacks.ATTACKS))
+
+
+@st.cache_data(show_spinner=False)
+def _registries(defense_names: tuple[str, ...], attack_names: tuple[str, ...]) -> dict[str, Any]:
+    from tipcore import attacks, defenses, knobs, models
     from tipcore.attacks.matching import MATCH_SUMMARIES
 
     return {
         "models": {n: {"description": m.description, "cpu_attack_ms": m.cpu_attack_ms,
                        "digits": models.has_checkpoint(n)} for n, m in models.MODELS.items()},
         "weights": tuple(models.WEIGHTS),
-        "defenses": {n: {"summary": d.summary, "uses_budget": d.uses_budget, "takes_clip": defenses.takes_clip(n),
-                         "help": _describe_defense(n)}
-                     for n, d in defenses.DEFENSES.items()},
+        "defenses": {n: {"summary": d.summary, "label": d.label, "uses_budget": d.uses_budget,
+                         "takes_clip": d.takes_clip, "help": _describe_defense(n), "knobs": knobs.table(d.config_cls)}
+                     for n, d in defenses.DEFENSES.items() if n in defense_names},
         "attacks": {n: {"summary": a.summary, "help": _describe_attack(n), "base": attacks.base_attack(n)}
                     for n, a in attacks.ATTACKS.items()},
         "matchers": dict(MATCH_SUMMARIES),

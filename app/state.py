@@ -8,17 +8,19 @@
 * ``apply(**changes)`` changes settings from a callback (presets, gallery clicks) and keeps widgets in step.
 * ``publish()`` writes the non-default settings into ``st.query_params``.
 
-Nothing here imports tipcore: validation against the engine's registries happens in ``controls``.
+Of tipcore only the torch-free text parser is used here; validation against the engine's registries
+happens in ``controls``.
 """
 
 from __future__ import annotations
 
-import math
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import streamlit as st
+
+from tipcore.parsing import describe, parse_typed
 
 SETTINGS_KEY = "settings"
 WIDGET_PREFIX = "w_"
@@ -28,7 +30,7 @@ WIDGET_PREFIX = "w_"
 class Settings:
     """Everything a visitor can set; field names are also the URL's query-parameter names."""
 
-    preset: str = "class_demo"
+    preset: str = "demo"
     # image
     source: str = "gallery"  # "gallery" | "upload"
     dataset: str = "cifar10"
@@ -89,22 +91,28 @@ class Settings:
         return s, problems
 
 
-# Presets fill the sidebar in one click; "custom" leaves every value as it is.
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "class_demo": (
-        "Class demo (LeNet, iDLG, fast)",
-        dict(model="lenet", weights="random", mode="fedsgd", local_steps=1, lr=1e-3, clip=5.0,
-             defenses=("none", "dp", "tip"), epsilon=5.0, delta=1e-5, tip_variant="tip", ratio=0.1,
-             cutoff=0.5, noise="calibrated", attack="idlg", adaptive="none", iterations=50, labels_known=False),
-    ),
-    "paper": (
-        "Paper setting (ResNet-18, IG, FedAvg)",
-        dict(model="resnet18", weights="random", mode="fedavg", local_steps=4, lr=1e-3, clip=5.0,
-             defenses=("none", "dp_paper", "tip"), epsilon=5.0, delta=1e-5, tip_variant="tip", ratio=0.1,
-             cutoff=0.5, noise="calibrated", attack="ig", adaptive="none", iterations=200, labels_known=True),
-    ),
-    "custom": ("Custom", {}),
-}
+# Presets fill the sidebar in one click; "custom" leaves every value as it is. The named ones are the
+# engine's (tipcore.presets, also `--preset NAME` on the CLI), translated into this sidebar's settings.
+CUSTOM = "custom"
+
+
+def presets() -> dict[str, tuple[str, dict[str, Any]]]:
+    from tipcore import presets as engine
+
+    out = {name: (p.label, _preset_settings(p)) for name, p in engine.PRESETS.items()}
+    out[CUSTOM] = ("Custom", {})
+    return out
+
+
+def _preset_settings(p: Any) -> dict[str, Any]:
+    tip = dict(p.defense_options.get("tip", {}))
+    r = p.round
+    return dict(model=p.model, weights=p.weights, mode=r.mode, local_steps=r.local_steps, lr=r.lr,
+                clip=0.0 if r.clip is None else r.clip, defenses=tuple(p.defenses), epsilon=p.epsilon, delta=p.delta,
+                tip_variant="tip", ratio=tip.get("ratio", 0.1), cutoff=tip.get("cutoff", 0.5),
+                noise=tip.get("noise", "calibrated"), attack=p.attack, adaptive="none",
+                iterations=p.cpu_iterations or int(p.attack_options.get("iterations", 100)),
+                labels_known=p.labels_known)
 
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -120,34 +128,18 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+MAX_TEXT = 200  # a URL value longer than this is not a setting anyone typed
+
+
 def _parse(hint: Any, raw: str) -> Any:
-    raw = raw.strip()
-    if hint is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected 1 or 0")
-    if hint is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError("expected an integer") from None
-    if hint is float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError("expected a number") from None
-        if not math.isfinite(value):
-            raise ValueError("expected a finite number")
-        return value
-    if typing.get_origin(hint) is tuple:
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if hint is str:
-        if len(raw) > 200:
-            raise ValueError("too long")
-        return raw
-    raise ValueError(f"unsupported type {hint}")  # pragma: no cover - every field type is handled above
+    """One URL value, by the engine's one text parser (finite numbers, integers stay integers, booleans
+    1/0 or true/false); the message says what was expected."""
+    if hint is str and len(raw.strip()) > MAX_TEXT:
+        raise ValueError("too long")
+    try:
+        return parse_typed(hint, raw)
+    except ValueError:
+        raise ValueError(f"expected {describe(hint)}") from None
 
 
 # ------------------------------------------------------------------------------------- session state
@@ -182,7 +174,7 @@ def apply(**changes: Any) -> None:
 
 
 def apply_preset(name: str) -> None:
-    values = PRESETS.get(name, ("", {}))[1]
+    values = presets().get(name, ("", {}))[1]
     apply(preset=name, **values)
 
 
@@ -253,6 +245,6 @@ def snapshot() -> Settings:
 
 
 __all__ = [
-    "Settings", "PRESETS", "current", "apply", "apply_preset", "bind", "publish", "snapshot", "url_problems",
+    "Settings", "presets", "current", "apply", "apply_preset", "bind", "publish", "snapshot", "url_problems",
     "widget_key",
 ]

@@ -120,7 +120,7 @@ def test_attack_slots_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _waiting_runner(calls: list):
-    def runner(cfg, images, *, should_stop, on_snapshot):
+    def runner(cfg, images, *, should_stop, on_event):
         calls.append(cfg)
         while not should_stop():
             time.sleep(0.01)
@@ -363,7 +363,7 @@ def test_run_streams_results_that_persist() -> None:
         assert d.iterations == 5 and d.images.shape == (1, 32, 32, 3)
         assert json.loads(d.files["result.json"])["defense"] == d.defense
     assert res.metrics_csv.startswith(b"defense,attack")
-    assert [m.label for m in at.metric].count("PSNR (dB)") == 2
+    assert list(at.table[0].value["defense"]) == ["No defense", "TIP"]
     labels = [b.label for b in at.get("download_button")]
     assert {"Figure (PNG)", "Metrics (CSV)", "All artifacts (ZIP)"} <= set(labels)
 
@@ -372,7 +372,7 @@ def test_run_streams_results_that_persist() -> None:
     at.switch_page("views/teach.py").run()
     at.switch_page("views/live.py").run()
     assert at.session_state["results"] is res
-    assert [m.label for m in at.metric].count("PSNR (dB)") == 2
+    assert len(at.table[0].value) == 2
 
     # The same settings in a new session (a shared link) open with these results from the cache, no run.
     at2 = new_app({"iterations": "5", "defenses": "none,tip"})
@@ -453,6 +453,11 @@ def test_stop_keeps_what_was_reached() -> None:
     while not job.latest and time.monotonic() - start < 60:
         time.sleep(0.1)
     at.run()
+    # Settings changed while it runs apply to the next run; the header keeps describing the running job.
+    at.number_input(key="w_iterations").set_value(7).run()
+    header = [md.value for md in at.markdown if md.value.startswith("Running:")]
+    assert header and "2000 iterations" in header[0], header
+    assert any("apply to the next run" in c.value for c in at.caption)
     at.button(key="stop_live").click().run()
     assert job.stop_event.is_set()
     wait_for_results(at)
@@ -482,8 +487,9 @@ def test_bad_upload_shows_an_error_and_the_app_keeps_working(payload: bytes) -> 
     at.radio(key="w_source").set_value("upload").run()
     at.file_uploader(key="uploader").upload("broken.png", payload, "image/png").run()
     no_exceptions(at)
-    errors = [e.value for e in at.error]
-    assert any("Could not use 'broken.png'" in e for e in errors), errors
+    errors = [e.value for e in at.error] + [e.value for e in at.sidebar.error]
+    assert [e for e in errors if "Could not use 'broken.png'" in e] == errors and len(errors) == 1, errors
+    assert "Pillow" not in errors[0]
     run = [b for b in at.button if b.label == "Run attack"][0]
     assert run.disabled
 
@@ -528,3 +534,187 @@ def test_query_params_reproduce_the_view() -> None:
     # And the URL follows the widgets.
     at.slider(key="w_cutoff").set_value(0.25).run()
     assert at.query_params["cutoff"] in (["0.25"], "0.25")
+
+
+# ------------------------------------------------------------------------------------------ views and layout
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def _column_rows(node: object) -> list[list[object]]:
+    """Every row of st.columns under ``node``, as its list of columns."""
+    rows = []
+    children = list(getattr(node, "children", {}).values())
+    if children and all(type(c).__name__ == "Column" for c in children):
+        rows.append(children)
+    for child in children:
+        rows += _column_rows(child)
+    return rows
+
+
+def _images_in(node: object) -> int:
+    children = list(getattr(node, "children", {}).values())
+    return sum(1 for c in children if type(c).__name__ == "Image") + sum(_images_in(c) for c in children)
+
+
+def test_bars_are_one_channel_wide() -> None:
+    """Non-adjacent selected channels: plotly would size each trace's bars by the gap between its own x values."""
+    import numpy as np
+
+    from app.components import BAR_WIDTH, alpha_bars, roughness_bars
+
+    alpha = np.linspace(-1.0, 1.0, 12)
+    fig = alpha_bars(alpha, selected=[2, 9], layer="body.0", k=2)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [list(t.x) for t in bars][1] == [2, 9]
+    assert all(t.width == BAR_WIDTH and BAR_WIDTH <= 1 for t in bars)
+
+    class Layer:
+        layer, roughness, noised, flagged = "body.0", np.arange(1.0, 13.0), (1, 7), (7,)
+
+    assert all(t.width == BAR_WIDTH for t in roughness_bars([Layer()]).data if t.type == "bar")
+
+
+def _axes_and_colorbars(spec: dict) -> list[tuple[str, dict]]:
+    layout = spec.get("layout", {})
+    out = [(k, v) for k, v in layout.items() if k.startswith(("xaxis", "yaxis"))]
+    out += [(f"{t.get('type')} colorbar", t.get("colorbar", {})) for t in spec.get("data", [])
+            if t.get("type") == "heatmap"]
+    return out
+
+
+def test_no_si_prefixes_on_any_axis(synthetic_curves: Path) -> None:
+    """Ticks such as "500µ" or "1M" read as units: every axis and colour bar uses plain or power notation."""
+    at = new_app()
+    specs = _charts(at)
+    for page in ("views/tip.py", "views/frontier.py"):
+        at.switch_page(page).run()
+        no_exceptions(at)
+        specs += _charts(at)
+    assert len(specs) >= 6
+    for spec in specs:
+        title = spec.get("layout", {}).get("title", {}).get("text", "")
+        for name, axis in _axes_and_colorbars(spec):
+            assert "s" not in axis.get("tickformat", ""), (title, name, axis)
+            assert axis.get("exponentformat") == "power" or "tickvals" in axis, (title, name, axis)
+
+
+def test_full_band_disables_the_cutoff_and_says_why() -> None:
+    at = new_app()
+    at.switch_page("views/tip.py").run()
+    assert not at.slider(key="w_cutoff").disabled
+    at.selectbox(key="w_tip_variant").set_value("tip_fullband").run()
+    no_exceptions(at)
+    assert at.slider(key="w_cutoff").disabled
+    assert any("the full band noises every bin" in c.value for c in at.caption)
+    assert "cutoff r does not apply" in at.slider(key="w_cutoff").help
+    text = " ".join(md.value for md in at.markdown)
+    assert "all 25 frequency bins" in text  # LeNet's 5 x 5 kernels, every bin noised
+    assert "left exactly as they were" not in text and "outside cutoff" not in text
+    at.selectbox(key="w_tip_variant").set_value("tip").run()
+    assert not at.slider(key="w_cutoff").disabled
+    assert "left exactly as they were" in " ".join(md.value for md in at.markdown)
+    # Live attack: the cutoff applies as long as one chosen TIP variant uses it.
+    at = new_app({"defenses": "none,tip_fullband"})
+    at.switch_page("views/live.py").run()
+    assert at.slider(key="w_cutoff").disabled
+    at.multiselect(key="w_defenses").set_value(["tip", "tip_fullband"]).run()
+    assert not at.slider(key="w_cutoff").disabled
+
+
+def _selected_channels(at: AppTest) -> list[int]:
+    line = selected_text(at).split("channels ", 1)[1].split(" (k =")[0]
+    return [int(c) for c in line.split(", ")]
+
+
+def test_changing_the_image_starts_from_a_selected_channel() -> None:
+    at = new_app({"ratio": "0.25"})  # k = 3 of LeNet's 12 channels per layer
+    at.switch_page("views/tip.py").run()
+    first = _selected_channels(at)
+    assert at.selectbox(key="w_channel").value == first[0]
+    # On purpose, an unselected channel: its difference panel is all zero, and its colour bar says so.
+    at.toggle(key="browse_gallery").set_value(True).run()
+    other_image = None
+    for candidate in ("cifar10-02", "cifar10-03", "cifar10-04", "cifar10-05", "cifar10-06"):
+        at.button(key=f"pick_{candidate}").click().run()
+        others = _selected_channels(at)
+        unselected = [c for c in range(12) if c not in first and c not in others]
+        if unselected:
+            other_image = candidate
+            break
+    assert other_image is not None
+    at.button(key="pick_cifar10-00").click().run()
+    at.selectbox(key="w_channel").set_value(unselected[0]).run()
+    no_exceptions(at)
+    assert at.selectbox(key="w_channel").value == unselected[0]  # kept within the same image and layer
+    kernel = [s for s in _charts(at) if s["layout"]["title"]["text"].startswith("Kernel W[")][0]
+    assert kernel["data"][2]["colorbar"]["ticktext"] == ["unchanged"]
+    # Another image: the channel is not selected there either, so the view starts from one that is.
+    at.button(key=f"pick_{other_image}").click().run()
+    no_exceptions(at)
+    assert at.selectbox(key="w_channel").value == _selected_channels(at)[0]
+    kernel = [s for s in _charts(at) if s["layout"]["title"]["text"].startswith("Kernel W[")][0]
+    assert "ticktext" not in kernel["data"][2]["colorbar"]
+
+
+def _fake_results(names: list[str]):
+    import numpy as np
+
+    from app import jobs
+    from app.state import Settings
+
+    rng = np.random.default_rng(0)
+    defenses = tuple(jobs.DefenseResult(
+        defense=name, images=rng.random((1, 32, 32, 3)).astype(np.float32), psnr=10.0 + i, ssim=0.1 * i,
+        label_true=(3,), label_pred=(3,), label_accuracy=1.0, iterations=30, restarts=0, seconds=2.0 + i,
+        stopped=False, diverged=False, history_steps=(1, 30), history_images=(rng.random((32, 32, 3)),) * 2,
+        history_losses=(1.0, 0.1), summary={"beta": 0.5}, notes="", files={"result.json": b"{}"}, attack="idlg",
+        analysis={}) for i, name in enumerate(names))
+    return jobs.Results("fake01", rng.random((1, 32, 32, 3)).astype(np.float32), "cifar10-00 · cat (label 3)", 10,
+                        "cifar10", defenses, {}, (), False, Settings(defenses=tuple(names)), b"defense,attack\n",
+                        b"")
+
+
+def test_results_stay_readable_with_eight_defenses() -> None:
+    names = ["none", "dp", "dp_paper", "prune", "soteria", "tip", "tip_random", "tip_fullband"]
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.session_state["results"] = _fake_results(names)
+    at.run()
+    at.switch_page("views/live.py").run()
+    no_exceptions(at)
+    # Pictures in rows of at most 4: the header's image; the private image and 8 reconstructions; 8 history
+    # thumbnails.
+    rows = [r for r in _column_rows(at.main) if sum(_images_in(c) for c in r)]
+    assert rows and all(len(r) <= 4 for r in rows), [len(r) for r in rows]
+    assert [sum(_images_in(c) for c in r) for r in rows] == [1, 4, 4, 1, 4, 4]
+    # The numbers in one table, one row per defense, nothing rounded away.
+    (table,) = at.table
+    frame = table.value
+    assert list(frame["defense"]) == ["No defense", "DP-SGD", "DP (paper)", "Pruning", "Soteria", "TIP",
+                                      "TIP, random channels", "TIP, full band"]
+    assert list(frame["PSNR (dB)"]) == [f"{10.0 + i:.1f}" for i in range(8)]
+    labels = [b.label for b in at.get("download_button")]
+    assert {"Figure (PNG)", "Metrics (CSV)", "All artifacts (ZIP)", "result.json of TIP, full band"} <= set(labels)
+    (loss,) = [c for c in _charts(at) if c["layout"]["title"]["text"].startswith("Attack loss")]
+    assert loss["layout"]["legend"]["y"] < 0  # eight names below the plot, not over its title
+
+
+def test_comparison_figure_has_titles_and_psnr() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from app.components import comparison_png
+
+    black = np.zeros((32, 32, 3), np.float32)
+
+    def text_above_and_below(titles: tuple[str, str]) -> tuple[bool, bool]:
+        png = np.asarray(Image.open(io.BytesIO(comparison_png([(*titles, black)], scale=4))).convert("L"))
+        rows = np.where((png[:, 12:140] == 0).all(axis=1))[0]  # the black 128-pixel picture
+        return bool((png[:rows.min(), 12:140] < 128).any()), bool((png[rows.max() + 1:, 12:140] < 128).any())
+
+    assert text_above_and_below(("", "")) == (False, False)
+    assert text_above_and_below(("TIP", "PSNR 5.1 dB · SSIM 0.01")) == (True, True)

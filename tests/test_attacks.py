@@ -29,7 +29,12 @@ def attack(name: str, view, update, *, seed: int = 0, should_stop=attacks.never_
            on_snapshot=None, **options):
     stream = attacks.create(name, options).reconstruct(view, update, generator=generator(seed, "attack"),
                                                        should_stop=should_stop, report_every=report_every)
-    return attacks.drive(stream, on_snapshot)
+    def on_event(event) -> None:  # the stream's events carry the attack's snapshots as payload
+        assert event.stage == "attack" and event.done == event.payload.step
+        if on_snapshot is not None:
+            on_snapshot(event.payload)
+
+    return attacks.drive(stream, on_event)
 
 
 @pytest.fixture(scope="module")

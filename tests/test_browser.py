@@ -1,5 +1,10 @@
 """The app in a real browser: start `streamlit run app/main.py`, drive headless Chromium with Playwright,
-run a tiny attack on the live page, wait for the reconstructions and take a screenshot.
+run a tiny attack with every defense on the live page and check that the results are readable (no cut
+text, no overlapping pictures), check that a TIP slider changes what is in view at 1400 x 900, and that
+a phone starts with the sidebar folded; take a screenshot.
+
+Every wait is on the page's state (Playwright's expect and locator waits, Streamlit's script-running
+indicator), with timeouts generous enough for a busy machine: never a fixed delay.
 
 Needs Chromium at /usr/bin/chromium (`apt-get install -y chromium`); Playwright never downloads a browser.
 """
@@ -7,6 +12,7 @@ Needs Chromium at /usr/bin/chromium (`apt-get install -y chromium`); Playwright 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,8 +34,11 @@ FLAGS = [
     "--disable-component-update", "--disable-sync",
 ]
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
+TIP_SCREENSHOT = ROOT / "docs" / "screenshot_how_tip_works.png"  # the page at 1400 x 900, no scrolling
 STARTUP_S = 90
-ATTACK_S = 240
+ATTACK_S = 600  # 8 defenses x 30 iDLG steps on LeNet: under a minute alone, several on a loaded machine
+UI_S = 120  # a rerun of a page (Grad-CAM, charts) on a loaded machine
+ALL_DEFENSES = "none,dp,dp_paper,prune,soteria,tip,tip_random,tip_fullband"
 
 
 def _free_port() -> int:
@@ -85,7 +94,7 @@ def server() -> Iterator[str]:
 
 @pytest.fixture()
 def page(server: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
@@ -94,6 +103,9 @@ def page(server: str) -> Iterator[object]:
                 profile, executable_path=str(CHROMIUM), headless=True, args=FLAGS,
                 viewport={"width": 1440, "height": 1700},
             )
+            # No wait anywhere may fall back to Playwright's 5 s default: a loaded machine needs longer.
+            expect.set_options(timeout=UI_S * 1000)
+            context.set_default_timeout(UI_S * 1000)
             try:
                 yield context.pages[0] if context.pages else context.new_page()
             finally:
@@ -102,34 +114,126 @@ def page(server: str) -> Iterator[object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def wait_until_idle(page: object, timeout_s: float = UI_S) -> None:
+    """Wait until no script run is in progress: Streamlit shows its status widget while a script runs."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000)
+
+
+# Elements in the main area whose text the browser cuts with an ellipsis (metric values and labels, button
+# labels, table cells all use text-overflow: ellipsis), as their text.
+CUT_TEXT_JS = """() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  return Array.from(main.querySelectorAll('*')).filter(el =>
+      getComputedStyle(el).textOverflow === 'ellipsis' && el.scrollWidth > el.clientWidth + 1
+      && el.textContent.trim().length > 0).map(el => el.textContent.trim());
+}"""
+
+# Pairs of pictures or captions in the main area that overlap by more than a pixel.
+OVERLAPS_JS = """() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  const boxes = Array.from(main.querySelectorAll('[data-testid="stImage"] img, [data-testid="stImageCaption"]'))
+      .map(el => [el.textContent || el.getAttribute('src').slice(-12), el.getBoundingClientRect()])
+      .filter(([_, r]) => r.width > 0 && r.height > 0);
+  const out = [];
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const [a, ra] = boxes[i], [b, rb] = boxes[j];
+    const w = Math.min(ra.right, rb.right) - Math.max(ra.left, rb.left);
+    const h = Math.min(ra.bottom, rb.bottom) - Math.max(ra.top, rb.top);
+    if (w > 1 && h > 1) out.push([a, b]);
+  }
+  return out;
+}"""
+
+
 def test_live_attack_in_chromium(server: str, page: object, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
+    # The punchline's metric labels fit their columns (they were cut to "PSNR (…").
+    page.goto(server, wait_until="domcontentloaded")
+    expect(page.get_by_text("PSNR (dB)").first).to_be_visible(timeout=STARTUP_S * 1000)
+    wait_until_idle(page)
+    assert page.evaluate(CUT_TEXT_JS) == []
+
     # A small budget through the URL (the same kind of link a visitor could share): 30 iDLG steps on LeNet
     # are enough for the undefended reconstruction to show the cat, which makes docs/screenshot.png useful.
-    page.goto(f"{server}/live?iterations=30&defenses=none,dp_paper,tip&dataset=cifar10&image_id=cifar10-01",
+    # Every defense, so the results must stay readable with 8 of them.
+    page.goto(f"{server}/live?iterations=30&defenses={ALL_DEFENSES}&dataset=cifar10&image_id=cifar10-01",
               wait_until="domcontentloaded")
-    page.get_by_role("heading", name="Live attack").wait_for(timeout=STARTUP_S * 1000)
+    expect(page.get_by_role("heading", name="Live attack")).to_be_visible(timeout=STARTUP_S * 1000)
 
     # Pick an image from the gallery thumbnails.
     page.locator(".st-key-browse_gallery").get_by_text("Browse the gallery").click()
     use = page.locator(".st-key-pick_cifar10-00").get_by_role("button", name="Use")
-    use.wait_for(timeout=30_000)
+    expect(use).to_be_visible(timeout=UI_S * 1000)
     use.click()
-    expect(page.get_by_text("cifar10-00 · cat (label 3)").first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("cifar10-00 · cat (label 3)").first).to_be_visible(timeout=UI_S * 1000)
     page.locator(".st-key-browse_gallery").get_by_text("Browse the gallery").click()  # fold the thumbnails
+    expect(page.locator(".st-key-pick_cifar10-00")).to_have_count(0, timeout=UI_S * 1000)
 
     run = page.get_by_role("button", name="Run attack")
-    expect(run).to_be_enabled(timeout=30_000)
+    expect(run).to_be_enabled(timeout=UI_S * 1000)
     run.click()
-    page.get_by_role("heading", name="Results").wait_for(timeout=ATTACK_S * 1000)
-    expect(page.get_by_text("PSNR").first).to_be_visible()
-    expect(page.get_by_role("button", name="Metrics (CSV)")).to_be_visible()
-    page.wait_for_timeout(1500)  # let the images and the loss chart finish drawing
+    expect(page.get_by_role("heading", name="Results")).to_be_visible(timeout=ATTACK_S * 1000)
+    expect(page.get_by_role("button", name="Metrics (CSV)")).to_be_visible(timeout=UI_S * 1000)
+    table = page.locator('[data-testid="stTable"]')
+    expect(table).to_contain_text("TIP, full band", timeout=UI_S * 1000)
+    expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=UI_S * 1000)  # the loss chart
+    wait_until_idle(page)
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    # Readable with 8 defenses: no text cut to "1.." or "resu…", no picture or caption over another.
+    assert page.evaluate(CUT_TEXT_JS) == []
+    assert page.evaluate(OVERLAPS_JS) == []
+    assert table.locator("tbody tr").count() == 8
+
     page.screenshot(path=str(tmp_path / "live.png"), full_page=True)
     if os.environ.get("TIP_UPDATE_SCREENSHOT") == "1":  # refresh the README's picture only when asked,
         page.screenshot(path=str(SCREENSHOT), full_page=False)  # so a test run never dirties the tree
     assert SCREENSHOT.stat().st_size > 10_000
     assert (tmp_path / "live.png").stat().st_size > 10_000
+
+
+def test_tip_slider_changes_what_is_in_view(server: str, page: object) -> None:
+    """At 1400 x 900, moving the cutoff changes the spectrum and its sentence without any scrolling."""
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(f"{server}/how-tip-works", wait_until="domcontentloaded")
+    # The sentence under the spectrum: "Channel 0 is selected: its kernels get noise in 20 of 25 frequency bins …"
+    sentence = page.locator('[data-testid="stMarkdownContainer"]').filter(
+        has_text=re.compile(r"noise in \d+ of \d+ frequency bins"))
+    expect(sentence).to_be_visible(timeout=(STARTUP_S + UI_S) * 1000)
+    wait_until_idle(page)
+    spectrum = page.locator(".st-key-spectrum")
+    expect(spectrum).to_be_in_viewport(timeout=UI_S * 1000)
+    before_text, before_picture = sentence.text_content(), spectrum.screenshot()
+
+    expect(page.locator(".st-key-w_cutoff")).to_be_in_viewport()
+    thumb = page.locator(".st-key-w_cutoff").get_by_role("slider")  # the slider's (visually hidden) input
+    thumb.focus()
+    for _ in range(2):  # r 0.5 -> 0.6: the 5 x 5 kernels' diagonal neighbours of DC join the clean bins
+        thumb.press("ArrowRight")
+    expect(thumb).to_have_attribute("aria-valuetext", "0.60", timeout=UI_S * 1000)
+    expect(sentence).not_to_have_text(before_text or "", timeout=UI_S * 1000)
+    wait_until_idle(page)
+    expect(sentence).to_be_in_viewport()
+    expect(spectrum).to_be_in_viewport()
+    assert page.evaluate("() => window.scrollY") == 0
+    assert spectrum.screenshot() != before_picture
+    if os.environ.get("TIP_UPDATE_SCREENSHOT") == "1":
+        page.screenshot(path=str(TIP_SCREENSHOT), full_page=False)
+
+
+def test_phone_starts_with_the_sidebar_folded(server: str, page: object) -> None:
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(server, wait_until="domcontentloaded")
+    expect(page.get_by_role("heading", name="Can the server see your photo in a gradient?")).to_be_visible(
+        timeout=STARTUP_S * 1000)
+    expect(page.locator('[data-testid="stSidebar"]')).to_have_attribute("data-collapsed", "true",
+                                                                         timeout=UI_S * 1000)
+    # The page icon is served by this server (a bundled file), not fetched from a CDN.
+    icon = page.locator('link[rel~="icon"]').first
+    expect(icon).to_have_attribute("href", re.compile(r"^(/|" + re.escape(server) + r"|\./|media)"),
+                                   timeout=UI_S * 1000)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +17,6 @@ from PIL import Image
 from tipcore.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tipcore", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def test_attack_writes_result_json_and_pngs(tmp_path):
@@ -42,7 +40,7 @@ def test_attack_on_an_image_file_with_a_defense(tmp_path):
     assert main(["attack", "--image", str(path), "--label", "1", "--defense", "tip", "--ratio", "0.3", "--beta", "0.1",
                  "--iters", "5", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["defense"] == "tip" and result["config"]["defense_cfg"]["beta"] == 0.1
+    assert result["defense"] == "tip" and result["spec"]["defense_cfg"]["beta"] == 0.1
 
 
 def test_update_exports_loadable_tensors_and_defense_json(tmp_path):
@@ -61,39 +59,169 @@ def test_update_exports_loadable_tensors_and_defense_json(tmp_path):
         assert changed == layer["selected"][0]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["attack", "--model", "nope"], "invalid choice"),
-    (["attack", "--iters", "abc"], "invalid int"),
-    (["attack", "--image", "/no/such/file.png"], "not found"),
-    (["attack", "--image", "/etc/passwd"], "not a decodable image"),
-    (["attack", "--image-id", "nope"], "unknown image id"),
-    (["attack", "--defense", "dp", "--ratio", "0.3"], "does not apply"),
-    (["attack", "--defense", "tip", "--cutoff", "1.5"], "cutoff must be in [0, 1]"),
-    (["attack", "--defense", "tip", "--ratio", "-0.1"], "ratio must be in [0, 1]"),
-    (["attack", "--defense", "tip", "--beta", "-1"], "beta must be >= 0"),
-    (["attack", "--defense", "dp", "--epsilon", "0"], "epsilon must be > 0"),
-    (["attack", "--defense", "tip", "--layers", "body.9"], "is not a conv layer"),
-    (["attack", "--attack-opt", "warp=9"], "unknown option"),
-    (["attack", "--image-id", "cifar100-00", "--weights", "digits"], "out of range"),
-])
-def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, args, fragment):
-    out = tmp_path / "out"
-    proc = run_cli(*args, "--iters" if "--iters" not in args else "--seed", "2" if "--iters" not in args else "0",
-                   "--out", str(out))
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert fragment in lines[0]
-    assert "Traceback" not in proc.stderr
-    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``cli.main`` in this process (the engine is imported once for the whole file, not once per case)."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("size, mode", [((1, 1), "RGB"), ((20000, 20000), "L")])
-def test_degenerate_image_sizes_are_rejected(tmp_path, size, mode):
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for a directory): what a failed command must not change."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    """Files a new user might hand the CLI by mistake."""
+    root = tmp_path_factory.mktemp("bad-files")
+    (root / "empty.png").write_bytes(b"")
+    (root / "truncated.png").write_bytes((REPO / "assets" / "samples" / "photo_chelsea.png").read_bytes()[:100])
+    (root / "text.png").write_text("not an image\n")
+    (root / "folder.png").mkdir()
+    Image.new("RGB", (1, 1)).save(root / "tiny.png")
+    Image.new("RGB", (40, 40)).save(root / "ok.png")
+    (root / "update-empty").mkdir()
+    return root
+
+
+def _keep_notes(out: Path) -> None:
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+
+def _a_file(out: Path) -> None:
+    out.write_text("a file where --out should be")
+
+
+# (argv with {files} for the bad files and {out} for the output directory, expected fragment, setup of {out}).
+# `attack` cases get `--iters 1` first, so a case that wrongly slips through costs little.
+BAD_INPUTS = [
+    # files: missing, empty, truncated, not an image, a directory, degenerate, wrong count
+    (["attack", "--image", "/no/such/file.png"], "not found", None),
+    (["attack", "--image", "{files}/empty.png"], "image is empty", None),
+    (["attack", "--image", "{files}/truncated.png"], "not a decodable image", None),
+    (["attack", "--image", "{files}/text.png"], "not a decodable image", None),
+    (["attack", "--image", "/etc/passwd"], "not a decodable image", None),
+    (["attack", "--image", "{files}/folder.png"], "directory", None),
+    (["attack", "--image", "{files}/tiny.png"], "", None),
+    (["attack", "--image", "{files}/ok.png", "--image-id", "cifar10-00"], "not both", None),
+    (["attack", "--image", "{files}/ok.png", "--label", "1", "--label", "2"], "got 1 --image but 2 --label", None),
+    # out-of-range and malformed flag values
+    (["attack", "--model", "nope"], "invalid choice", None),
+    (["attack", "--iters", "abc"], "expected an integer >= 1, got 'abc'", None),
+    (["attack", "--iters", "-1"], "expected an integer >= 1", None),
+    (["attack", "--iters", "1.5"], "expected an integer >= 1", None),
+    (["attack", "--seed", "-1"], "--seed: expected an integer >= 0", None),
+    (["attack", "--lr", "nan"], "--lr: expected a finite number", None),
+    (["attack", "--local-steps", "0"], "--local-steps: expected an integer >= 1", None),
+    (["attack", "--report-every", "0"], "--report-every: expected an integer >= 1", None),
+    (["attack", "--defense", "dp_paper", "--clip", "0"], "--clip must be > 0", None),
+    (["attack", "--defense", "tip", "--beta", "inf"], "--beta: beta expects a finite number or none, got 'inf'", None),
+    (["attack", "--defense", "tip", "--beta", "-1"], "beta must be >= 0", None),
+    (["attack", "--defense", "tip", "--ratio", "-0.1"], "ratio must be in [0, 1]", None),
+    (["attack", "--defense", "tip", "--cutoff", "1.5"], "cutoff must be in [0, 1]", None),
+    (["attack", "--defense", "dp", "--epsilon", "0"], "epsilon must be > 0", None),
+    (["attack", "--defense", "tip", "--layers", "body.9"], "is not a conv layer", None),
+    (["attack", "--label", "-1"], "labels must be in [0, 9]", None),
+    (["attack", "--label", "10"], "labels must be in [0, 9]", None),
+    (["attack", "--label", "5000000"], "labels must be in [0, 9]", None),
+    (["attack", "--image", "{files}/ok.png", "--label", "10"], "labels must be in [0, 9]", None),
+    (["attack", "--image-id", "cifar100-00", "--label", "100"], "labels must be in [0, 99]", None),
+    (["attack", "--image-id", "cifar100-00", "--weights", "digits"], "out of range", None),
+    # typed --defense-opt / --attack-opt
+    (["attack", "--defense", "tip", "--defense-opt", "ratio=abc"], "--defense-opt ratio expects a finite number", None),
+    (["attack", "--defense", "tip", "--defense-opt", "signed=maybe"], "signed expects true or false", None),
+    (["attack", "--defense", "tip", "--defense-opt", "beta=nan"], "beta expects a finite number or none", None),
+    (["attack", "--defense", "tip", "--defense-opt", "ratio"], "expects KEY=VALUE", None),
+    (["attack", "--defense", "tip", "--clip", "5", "--defense-opt", "clip=2"], "differs from the round's clip 5.0", None),
+    (["attack", "--attack-opt", "iterations=1.5"], "--attack-opt iterations expects an integer", None),
+    (["attack", "--attack-opt", "warp=9"], "unknown option", None),
+    (["attack", "--attack", "idlg", "--attack-opt", "match=guess"], "match must be one of", None),
+    # unknown names
+    (["attack", "--image-id", "nope"], "unknown image id", None),
+    (["attack", "--defense", "nope"], "invalid choice", None),
+    (["attack", "--attack", "nope"], "invalid choice", None),
+    (["attack", "--attack", "ig_drop", "--attack-preset", "nope"], "has no preset 'nope'", None),
+    (["attack", "--defense", "dp", "--ratio", "0.3"], "does not apply", None),
+    (["showcase", "nope"], "invalid choice", None),
+    # list-valued options: every name checked before the first run
+    (["fl", "--defenses", "none,nonsense"], "unknown defense 'nonsense' in --defenses", None),
+    (["fl", "--rounds", "0"], "rounds must be in [1, 10000]", None),
+    (["fl", "--clients", "-1"], "clients must be in [1, 400]", None),
+    (["utility", "--defenses", "none,bogus"], "unknown defense 'bogus' in --defenses", None),
+    (["utility", "--batch", "-1"], "--batch: expected an integer >= 1", None),
+    (["sweep", "--defenses", "none,nonsense"], "no strength axis for nonsense", None),
+    (["sweep", "--seeds", "a,b"], "--seeds must be comma-separated integers", None),
+    (["sweep", "--adaptive", "idlg_guess"], "unknown attack 'idlg_guess'", None),
+    (["sweep", "--images", "-1"], "images must be in [1, 20]", None),
+    (["sweep", "--images", "0"], "images must be in [1, 20]", None),
+    (["reproduce", "--images", "21"], "images must be in [1, 20]", None),
+    (["reproduce", "--lenet-attacks", "dlg,nope"], "unknown attack 'nope'", None),
+    (["reproduce", "--ig-attacks", "ig,nope"], "unknown attack 'nope'", None),
+    (["fl", "--defenses", " , "], "--defenses needs at least one name", None),
+    (["attack", "--image-id", "cifar10-00", "--image-id", "nope"], "unknown image id 'nope'", None),
+    (["reproduce", "--ig-images", "-1"], "--ig-images: expected an integer >= 0", None),
+    (["reproduce", "--ig-preset", "fast"], "has no preset 'fast'", None),
+    (["reproduce", "--device", "tpu"], "device must be auto, cpu or cuda", None),
+    # output paths: unwritable, the current directory, a file, someone else's directory
+    (["attack", "--out", "/proc/tipcore-out/run"], "cannot be written", None),
+    (["update", "--out", "/proc/tipcore-out"], "cannot be written", None),
+    (["sweep", "--out", "/proc/tipcore-sweep"], "cannot be written", None),
+    (["attack", "--out", "."], "is the current directory", None),
+    (["attack", "--out", "/sys/tipcore-out"], "cannot be written", None),
+    (["sweep", "--out", "."], "is the current directory", None),
+    (["attack"], "exists and is not a directory", _a_file),
+    (["attack"], "not an earlier `attack` result (notes.txt)", _keep_notes),
+    (["fl"], "not an earlier `fl` result (notes.txt)", _keep_notes),
+    (["sweep"], "holds files but no job.json", _keep_notes),
+    # a recorded update that is not one
+    (["attack", "--update-dir", "{files}/nope"], "is not a directory", None),
+    (["attack", "--update-dir", "{files}/update-empty"], "lacks global_weights.pt, update_defended.pt, defense.json", None),
+    (["attack", "--update-dir", "{files}/update-empty", "--image-id", "cifar10-00"], "drop --image-id", None),
+]
+
+
+def test_bad_input_matrix_gives_one_line_errors_and_writes_nothing(tmp_path, capsys, monkeypatch, bad_files):
+    """Every case in one process through ``cli.main``: exit code 2, one line ``error: ...`` naming the
+    problem, no traceback, and the output directory (and everything around it) exactly as before."""
+    assert len(BAD_INPUTS) >= 40
+    monkeypatch.chdir(tmp_path)
+    failures = []
+    for number, (argv, fragment, setup) in enumerate(BAD_INPUTS):
+        work = tmp_path / f"case{number}"
+        work.mkdir()
+        out = work / "out"
+        if setup:
+            setup(out)
+        argv = [a.replace("{files}", str(bad_files)) for a in argv]
+        if argv[0] == "attack":
+            argv = ["attack", "--iters", "1", "--quiet", *argv[1:]]
+        if argv[0] != "showcase" and "--out" not in argv:
+            argv += ["--out", str(out)]
+        before = tree(tmp_path)
+        code, _, err = run_main(argv, capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        problems = []
+        if code != 2:
+            problems.append(f"exit code {code}")
+        if len(lines) != 1 or not lines[0].startswith("error: ") or "Traceback" in err:
+            problems.append(f"stderr {err!r}")
+        elif fragment not in lines[0]:
+            problems.append(f"{fragment!r} not in {lines[0]!r}")
+        if tree(tmp_path) != before:
+            problems.append("files changed: " + ", ".join(sorted(set(tree(tmp_path)) ^ set(before))))
+        if problems:
+            failures.append(f"{' '.join(argv)}: {'; '.join(problems)}")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_huge_image_is_refused_in_one_line(tmp_path, capsys):
     path = tmp_path / "img.png"
-    Image.new(mode, size).save(path)
-    proc = run_cli("attack", "--image", str(path), "--iters", "2", "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    Image.new("L", (20000, 20000)).save(path)
+    code, _, err = run_main(["attack", "--image", str(path), "--iters", "1", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
@@ -103,18 +231,61 @@ def test_other_image_modes_are_converted(tmp_path, mode):
     assert main(["attack", "--image", str(path), "--iters", "2", "--out", str(tmp_path / "out"), "--quiet"]) == 0
 
 
-def test_existing_out_dir_is_replaced_whole(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
+def test_an_earlier_result_is_replaced_and_other_files_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "a" / "run"
+    assert main(["attack", "--iters", "1", "--out", str(out), "--quiet"]) == 0
+    first = (out / "result.json").read_bytes()
+    assert main(["attack", "--iters", "1", "--seed", "1", "--out", str(out), "--quiet"]) == 0  # same kind: replaced
+    assert (out / "result.json").read_bytes() != first
     (out / "stale.txt").write_text("old")
-    assert main(["attack", "--iters", "3", "--out", str(out), "--quiet"]) == 0
+    assert main(["attack", "--iters", "1", "--out", str(out), "--quiet"]) == 2
+    assert "not an earlier `attack` result (stale.txt)" in capsys.readouterr().err
+    assert main(["attack", "--iters", "1", "--out", str(out), "--quiet", "--overwrite"]) == 0
     assert not (out / "stale.txt").exists() and (out / "result.json").is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["run"]  # no temporary or old directory left
 
 
-def test_help_explains_every_subcommand():
+@pytest.mark.parametrize("command, target, error, code", [
+    (["attack"], "tipcore.experiment.run", KeyboardInterrupt, 130),
+    (["attack"], "tipcore.experiment.run", ValueError("diverged (simulated)"), 2),
+    (["update"], "tipcore.experiment.prepare", OSError(28, "No space left on device"), 2),
+])
+def test_a_failure_during_compute_leaves_no_directory_behind(tmp_path, capsys, monkeypatch, command, target, error, code):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(target, fail)
+    out = tmp_path / "new" / "run"
+    assert main([*command, "--out", str(out)]) == code
+    assert capsys.readouterr().err.startswith("error: ")
+    assert list(tmp_path.iterdir()) == []  # neither the staged directory nor the parent made for it
+
+
+def test_results_get_the_umask_permissions_not_0700(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["attack", "--iters", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
+
+
+def test_help_explains_every_subcommand(capsys):
     for sub in ("attack", "update", "train", "fl", "utility", "showcase", "sweep", "reproduce"):
-        proc = run_cli(sub, "--help")
-        assert proc.returncode == 0 and "usage:" in proc.stdout
+        code, out, _ = run_main([sub, "--help"], capsys)
+        assert code == 0 and "usage:" in out and f"python -m tipcore {sub}" in out
+
+
+def test_top_level_help_lists_the_commands_without_importing_the_engine():
+    """`python -m tipcore --help` builds no command's flags, so torch and friends stay unloaded."""
+    probe = ("import runpy, sys\nsys.argv = ['tipcore', '--help']\ntry:\n"
+             "    runpy.run_module('tipcore', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+             "heavy = ('torch', 'torchvision', 'pytorch_grad_cam', 'cv2', 'sklearn', 'numpy', 'PIL')\n"
+             "print('LOADED', code, [m for m in heavy if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "LOADED 0 []" in proc.stdout, proc.stdout + proc.stderr
+    for sub in ("attack", "update", "train", "fl", "utility", "showcase", "sweep", "reproduce"):
+        assert sub in proc.stdout
 
 
 @pytest.mark.slow
@@ -126,39 +297,12 @@ def test_fl_command_runs_small(tmp_path):
 
 # ------------------------------------------------- budgeted defenses, adaptive attacks, sweep and reproduce
 
-@pytest.mark.parametrize("args, fragment", [
-    (["attack", "--defense", "tip", "--clip", "5", "--defense-opt", "clip=2"], "differs from the round's clip 5.0"),
-    (["attack", "--defense", "dp_paper", "--clip", "0"], "--clip must be > 0"),
-    (["attack", "--attack", "ig_drop", "--attack-preset", "nope"], "has no preset 'nope'"),
-    (["attack", "--attack", "idlg", "--attack-opt", "match=guess"], "match must be one of"),
-    (["sweep", "--defenses", "none,nonsense"], "no strength axis for nonsense"),
-    (["sweep", "--seeds", "a,b"], "--seeds must be comma-separated integers"),
-    (["sweep", "--adaptive", "idlg_guess"], "unknown attack 'idlg_guess'"),
-    (["sweep", "--images", "0"], "images must be in [1, 20]"),
-    (["reproduce", "--images", "21"], "images must be in [1, 20]"),
-    (["reproduce", "--lenet-attacks", "dlg,nope"], "unknown attack 'nope'"),
-    (["reproduce", "--ig-preset", "fast"], "has no preset 'fast'"),
-    (["reproduce", "--device", "tpu"], "device must be auto, cpu or cuda"),
-])
-def test_bad_values_for_new_flags_give_one_line_errors(tmp_path, capsys, args, fragment):
-    out = tmp_path / "out"
-    assert main([*args, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
-    assert not out.exists() or not any(out.iterdir())
-
-
-def test_unwritable_out_is_refused_before_any_compute(capsys):
-    assert main(["sweep", "--out", "/proc/tipcore-sweep"]) == 2
-    assert "cannot be written" in capsys.readouterr().err
-
-
 def test_budgeted_defense_takes_the_round_clip_and_the_adaptive_attack_reports_detection(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["attack", "--defense", "tip", "--attack", "idlg_drop", "--iters", "2", "--out", str(out),
                  "--quiet"]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["config"]["round"]["clip"] == 5.0  # the default C for a calibrated defense
+    assert result["spec"]["round"]["clip"] == 5.0  # the default C for a calibrated defense
     assert result["update"]["detection"]["precision"] == 1.0 and result["update"]["noise_to_signal"] > 10
     printed = capsys.readouterr().out
     assert "idlg_drop left out 3 conv channels" in printed and "precision 1.00, recall 1.00" in printed
@@ -186,15 +330,3 @@ def test_attack_reads_an_update_recorded_elsewhere(tmp_path, capsys):
     assert main(["attack", "--update-dir", str(flower), "--attack", "ig", "--iters", "2", "--out",
                  str(tmp_path / "a2"), "--quiet"]) == 0
     assert json.loads((tmp_path / "a2" / "result.json").read_text())["mode"] == "fedavg"
-
-
-@pytest.mark.parametrize("setup, fragment", [
-    (lambda d: None, "is not a directory"),
-    (lambda d: d.mkdir(), "lacks global_weights.pt, update_defended.pt, defense.json"),
-])
-def test_bad_update_dir_gives_one_line_error(tmp_path, capsys, setup, fragment):
-    target = tmp_path / "rec"
-    setup(target)
-    assert main(["attack", "--update-dir", str(target), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and fragment in err[0] and not (tmp_path / "out").exists()

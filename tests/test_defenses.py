@@ -20,7 +20,7 @@ from tipcore.seeding import generator
 
 from conftest import make_round, module_fingerprint, rand_images, tensors_digest
 
-S = lambda delta: math.sqrt(2 * math.log(1.25 / delta))  # noqa: E731  (TIP-SPEC §2)
+S = lambda delta: math.sqrt(2 * math.log(1.25 / delta))  # noqa: E731  (docs/METHOD.md §3.5)
 
 
 def protect(name, update, ctx, seed=0, **options):
@@ -184,7 +184,7 @@ def test_rdp_epsilon_decreases_with_noise_and_grows_with_steps():
 
 
 def test_classic_multiplier_and_gaussian_factor():
-    assert privacy.gaussian_factor(1e-5) == pytest.approx(4.8448, abs=1e-4)  # TIP-SPEC §2
+    assert privacy.gaussian_factor(1e-5) == pytest.approx(4.8448, abs=1e-4)  # docs/METHOD.md §3.5
     assert privacy.classic_noise_multiplier(5.0, 1e-5, 4) == pytest.approx(math.sqrt(4) * S(1e-5) / 5.0)
 
 
@@ -218,7 +218,7 @@ def test_dp_paper_noises_every_tensor_at_sigma_on_resnet18(resnet18_global):
     _, update, ctx = make_round("resnet18", "fedavg", 1, labels=(4,), local_steps=4, lr=1e-3, clip=5.0,
                                 model=resnet18_global)
     defended, diag = protect("dp_paper", update, ctx, epsilon=5.0, delta=1e-5, clip=5.0)
-    sigma = 4 * 1e-3 * 5.0 * S(1e-5) / 5.0  # TIP-SPEC §5 attack study: ≈ 0.0194
+    sigma = 4 * 1e-3 * 5.0 * S(1e-5) / 5.0  # the paper's attack study, docs/METHOD.md §3.5 and §8: ≈ 0.0194
     assert diag.summary["sigma"] == pytest.approx(sigma, rel=1e-12)
     noises = []
     for n, t in update.tensors.items():

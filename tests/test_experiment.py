@@ -121,7 +121,7 @@ def test_artifact_files_are_complete_and_parse(record):
     assert (result["model"], result["attack"], result["defense"], result["seed"]) == ("lenet", "idlg", "tip", 0)
     assert result["iterations"] == 4 and result["restarts"] == 0 and result["seconds"] >= 0
     assert {"torch", "tipcore", "numpy"} <= set(result["versions"]) and isinstance(result["device"], str)
-    assert ExperimentConfig.from_dict(result["config"]) == record.config
+    assert ExperimentConfig.from_dict(result["spec"]) == record.config
     diag = json.loads(files["defense.json"])
     assert diag["defense"] == "tip" and [layer["name"] for layer in diag["layers"]] == ["body.0", "body.2", "body.4"]
     rows = list(csv.reader(io.StringIO(files["metrics.csv"].decode())))

@@ -23,7 +23,7 @@ def test_resnet18_has_20_convs_three_of_them_1x1(resnet18_global):
     assert resnet18_global.conv1.kernel_size == (3, 3) and resnet18_global.conv1.stride == (1, 1)  # CIFAR stem
     assert not any(isinstance(m, nn.MaxPool2d) for m in resnet18_global.modules())
     assert sorted({c.out_channels for c in convs}) == [64, 128, 256, 512]
-    assert abs(models.param_count(resnet18_global) - 11.17e6) < 0.05e6  # TIP-SPEC §5: 11.2M
+    assert abs(models.param_count(resnet18_global) - 11.17e6) < 0.05e6  # docs/METHOD.md §8: 11.2M
 
 
 def test_lenet_is_the_dlg_lenet():

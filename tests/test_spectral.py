@@ -1,4 +1,4 @@
-"""tipcore.spectral: the centred kernel spectrum, TIP's high-frequency mask and high-pass noise (TIP-SPEC §3.5, §3.6)."""
+"""tipcore.spectral: centred kernel spectra, TIP's high-frequency mask, high-pass noise (docs/METHOD.md §3.3, §3.4)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _z(shape, seed=0, dtype=torch.float64):
     return torch.randn(shape, generator=generator(seed, "spectral-test"), dtype=dtype)
 
 
-# TIP-SPEC §3.6: (kernel, cutoff) -> number of noised bins.
+# docs/METHOD.md §3.3 (mask table): (kernel, cutoff) -> number of noised bins.
 MASK_TABLE = [
     (1, 0.5, 0), (3, 0.5, 8), (5, 0.5, 20), (7, 0.5, 40),
     (1, 1.0, 0), (3, 1.0, 0), (5, 1.0, 4), (7, 1.0, 12),

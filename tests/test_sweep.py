@@ -48,19 +48,21 @@ def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "attack_cells", counting_cells)
     monkeypatch.setattr(sweep, "utility_accuracy", counting_utility)
     cfg = tiny_sweep()
-    # Stop after the first cell: the table keeps it, and the rerun does only the rest.
+    # Stop as the second cell starts: the table keeps the first, the second (stopped inside its FL
+    # simulation) is not recorded, and the rerun does only what is missing.
     seen = []
-    drive(sweep.run(cfg, tmp_path, should_stop=lambda: len(seen) >= 1), seen.append)
+    drive(sweep.run(cfg, tmp_path, should_stop=lambda: len(seen) >= 2), seen.append)
     first = dict(calls)
-    assert first == {"attack": 0, "utility": 1} and not (tmp_path / "curves.json").exists()
+    assert first == {"attack": 0, "utility": 2} and not (tmp_path / "curves.json").exists()
+    assert seen[-1].stopped and seen[-1].done == 1 and len(list(csv.DictReader((tmp_path / "utility.csv").open()))) == 1
     drive(sweep.run(cfg, tmp_path))
-    assert calls["utility"] == 2 and calls["attack"] == 4  # 2 settings x 1 image x 2 attackers
+    assert calls["utility"] == 3 and calls["attack"] == 4  # 2 settings x 1 image x 2 attackers
     rows = list(csv.DictReader((tmp_path / "attacks.csv").open()))
     assert len(rows) == 4 and {r["attacker"] for r in rows} == {"naive", "adaptive"}
     tip = [r for r in rows if r["defense"] == "tip"]
     assert all(float(r["noise_to_signal"]) > 1 for r in tip)  # the noise-to-signal of the perturbed slices
     drive(sweep.run(cfg, tmp_path))  # everything done: nothing recomputed
-    assert calls["utility"] == 2 and calls["attack"] == 4
+    assert calls["utility"] == 3 and calls["attack"] == 4
     curves = json.loads((tmp_path / "curves.json").read_text())
     assert {(p["defense"], p["attacker"]) for p in curves["points"]} == {
         ("none", "naive"), ("none", "adaptive"), ("tip", "naive"), ("tip", "adaptive")}

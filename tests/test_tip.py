@@ -1,4 +1,4 @@
-"""TIP (TIP-SPEC §3): Grad-CAM α, top-k output channels, high-frequency kernel noise, calibration, ablations."""
+"""TIP (docs/METHOD.md §3): Grad-CAM α, top-k output channels, high-frequency kernel noise, calibration, ablations."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tipcore.seeding import generator
 
 from conftest import make_round, module_fingerprint, rand_images
 
-S_DELTA_1E5 = math.sqrt(2 * math.log(1.25 / 1e-5))  # TIP-SPEC §2: s = sqrt(2 ln(1.25/δ))
+S_DELTA_1E5 = math.sqrt(2 * math.log(1.25 / 1e-5))  # docs/METHOD.md §3.5: s = sqrt(2 ln(1.25/δ))
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -213,7 +213,7 @@ def test_beta_zero_is_the_identity(rounds):
 
 
 def test_noise_reproduces_from_the_generator_in_spec_order():
-    """TIP-SPEC §3.7 RNG order: samples, then layers in named_modules order, one Z [k, C_in, kH, kW] each."""
+    """docs/METHOD.md §3.6 RNG order: samples, then layers in named_modules order, one Z [k, C_in, kH, kW] each."""
     _, update, ctx = make_round("lenet", "fedsgd", 3, labels=(4, 4, 1))
     beta, cfg = 0.05, dict(noise="direct", beta=0.05, ratio=0.25)
     alphas = compute_alphas(ctx.model, ctx.x, ctx.y)
@@ -257,7 +257,7 @@ def test_channel_count_formula():
             assert TipConfig(ratio=p).channels(c_out) == expected_k(p, c_out), (p, c_out)
 
 
-RESNET_K = {  # TIP-SPEC §3.3
+RESNET_K = {  # docs/METHOD.md §3.2
     0.1: {64: 6, 128: 12, 256: 25, 512: 51},
     0.3: {64: 19, 128: 38, 256: 76, 512: 153},
     0.6: {64: 38, 128: 76, 256: 153, 512: 307},
@@ -323,7 +323,7 @@ def test_selection_is_topk_of_signed_or_absolute_alpha(rounds, model_name):
 # ----------------------------------------------------------------------------------- calibration
 
 def test_calibrated_beta_fedavg_paper_setting():
-    """T = 4, η = 1e-3, C = 5, B = 1, ε = 5: σ = T·η·(C/B)·s/ε, β = σ / n_cam / L (TIP-SPEC §3.4)."""
+    """T = 4, η = 1e-3, C = 5, B = 1, ε = 5: σ = T·η·(C/B)·s/ε, β = σ / n_cam / L (docs/METHOD.md §3.5)."""
     _, update, ctx = make_round("lenet", "fedavg", 1, labels=(2,), local_steps=4, lr=1e-3, clip=5.0)
     defended, diag = run_tip(update, ctx, epsilon=5.0, delta=1e-5, clip=5.0)
     sigma = 4 * 1e-3 * (5.0 / 1) * S_DELTA_1E5 / 5.0
@@ -379,7 +379,7 @@ def test_layers_last_uses_one_layer_and_full_sigma():
 
 
 def test_fedavg_alpha_is_computed_on_the_local_model():
-    """TIP-SPEC §3.7: in FedAvg, α is taken on θ (after local training), not on θ_g."""
+    """docs/METHOD.md §3.6: in FedAvg, α is taken on θ (after local training), not on θ_g."""
     _, update, ctx = make_round("lenet", "fedavg", 1, labels=(6,), local_steps=3, lr=0.5, clip=None)
     _, diag = run_tip(update, ctx, noise="direct", beta=0.0)
     names = [layer.name for layer in diag.layers]

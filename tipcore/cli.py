@@ -1,20 +1,25 @@
-"""Command line: ``python -m tipcore {attack,update,train,fl,utility,showcase,sweep,reproduce} --help``.
+"""The TIP explorer's command line: ``python -m tipcore COMMAND --help`` explains each command.
 
-Every failure the user can cause (bad flag value, unknown name, missing or broken image) ends with one
-line ``error: ...`` on stderr and exit code 2; nothing is half-written in ``--out``.
+Every failure the user can cause (bad flag value, unknown name, missing or broken image, an output path
+that cannot or must not be written) ends with one line ``error: ...`` on stderr and exit code 2, before
+any compute where the value is known up front; nothing is half-written in ``--out`` and nothing the user
+already has there is deleted without ``--overwrite`` (``tipcore.outputs``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from tipcore import attacks, data, defenses, models
-from tipcore.fl import MODES, RoundConfig
+from tipcore.outputs import StagedOutput, job_directory
+from tipcore.parsing import describe, parse_assignments, parse_field, parse_typed
+
+# Only light modules above: `python -m tipcore --help` must not import torch. Each command's flags (whose
+# choices come from the engine's registries) and modules are loaded when that command is chosen.
 
 EXIT_USAGE = 2
 
@@ -23,33 +28,43 @@ class CLIError(ValueError):
     pass
 
 
-def parse_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
+def typed(hint: Any, minimum: int | None = None) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses with ``tipcore.parsing`` (finite numbers, integers stay integers)."""
+    expected = describe(hint) + (f" >= {minimum}" if minimum is not None else "")
+
+    def convert(text: str) -> Any:
         try:
-            return cast(text)
+            value = parse_typed(hint, text)
         except ValueError:
-            pass
-    return text
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    convert.__name__ = expected
+    return convert
 
 
-def parse_options(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise CLIError(f"{flag} expects KEY=VALUE, got '{pair}'")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = parse_value(value)
-    return out
+NUMBER = typed(float)
+INTEGER = typed(int)  # range checked by the config it fills, whose message names the real range
+COUNT = typed(int, minimum=1)
+NON_NEGATIVE = typed(int, minimum=0)
+
+
+def parse_options(pairs: Sequence[str] | None, flag: str, config_cls: type) -> dict[str, Any]:
+    """``--defense-opt`` / ``--attack-opt`` KEY=VALUE pairs, typed by the config's fields."""
+    try:
+        return parse_assignments(config_cls, pairs, flag)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------ arguments
 
 def add_round_args(p: argparse.ArgumentParser) -> None:
+    from tipcore import models
+    from tipcore.fl import MODES
+
     g = p.add_argument_group("the victim's round")
     g.add_argument("--model", default="lenet", choices=list(models.MODELS), help="architecture the client trains")
     g.add_argument("--weights", default="random", choices=list(models.WEIGHTS),
@@ -58,59 +73,88 @@ def add_round_args(p: argparse.ArgumentParser) -> None:
                    help="private image file (any format PIL reads; centre-cropped, resized to 32x32); repeat for a batch")
     g.add_argument("--image-id", action="append", metavar="ID",
                    help="gallery image id (see assets/samples/index.json), e.g. cifar10-00; repeat for a batch")
-    g.add_argument("--label", action="append", type=int, metavar="N",
+    g.add_argument("--label", action="append", type=INTEGER, metavar="N",
                    help="true label of each image (default: the gallery label; 0 for files)")
     g.add_argument("--mode", default="fedsgd", choices=list(MODES), help="fedsgd: send one gradient; fedavg: local SGD steps, send θ_g − θ")
-    g.add_argument("--local-steps", type=int, default=None, help="FedAvg local SGD steps (default 4 in fedavg, 1 in fedsgd)")
-    g.add_argument("--lr", type=float, default=1e-3, help="client learning rate (FedAvg)")
-    g.add_argument("--clip", type=float, default=None, help="global L2 clip norm of each step's gradient (default: none; 5 with dp, dp_paper and tip*, "
+    g.add_argument("--local-steps", type=COUNT, default=None, help="FedAvg local SGD steps (default 4 in fedavg, 1 in fedsgd)")
+    g.add_argument("--lr", type=NUMBER, default=1e-3, help="client learning rate (FedAvg)")
+    g.add_argument("--clip", type=NUMBER, default=None, help="global L2 clip norm of each step's gradient (default: none; 5 with dp, dp_paper and tip*, "
                         "whose noise is calibrated for this very C)")
-    g.add_argument("--seed", type=int, default=0, help="one seed for model init, defense noise and attack start")
+    g.add_argument("--seed", type=NON_NEGATIVE, default=0, help="one seed for model init, defense noise and attack start")
     g.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
 
 
+def defense_flags() -> dict[str, list[tuple[str, Any]]]:
+    """Every knob the registered defenses declare (their clip excepted: it is the round's --clip), as
+    flag dest -> [(defense, Knob)]: the defense flags are generated from these declarations."""
+    from tipcore import defenses, knobs
+
+    flags: dict[str, list[tuple[str, Any]]] = {}
+    for name, spec in defenses.DEFENSES.items():
+        for field_name, knob in knobs.knobs(spec.config_cls).items():
+            if knob.role != "clip":
+                flags.setdefault(field_name, []).append((name, knob))
+    return flags
+
+
 def add_defense_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("defense")
+    from tipcore import defenses, knobs
+
+    g = p.add_argument_group("defense (each option flag names the defenses it applies to)")
     g.add_argument("--defense", default="none", choices=list(defenses.DEFENSES),
                    help="; ".join(f"{n}: {s.summary}" for n, s in defenses.DEFENSES.items()))
     g.add_argument("--defense-opt", action="append", metavar="KEY=VALUE",
-                   help="any field of the defense's config, e.g. ratio=0.3 (see the config classes in tipcore/defenses)")
-    g.add_argument("--ratio", type=float, help="tip*: channel ratio p in [0, 1]; prune/soteria: pruned fraction")
-    g.add_argument("--k", type=int, help="tip*: absolute channels per layer (overrides --ratio)")
-    g.add_argument("--cutoff", type=float, help="tip*: frequency cutoff r in [0, 1]")
-    g.add_argument("--beta", type=float, help="tip*: direct per-element noise scale β >= 0 (instead of calibration)")
-    g.add_argument("--layers", help="tip*: all, last, or comma-separated conv layer names")
-    g.add_argument("--abs-alpha", action="store_true", help="tip*: rank channels by |α| instead of signed α")
-    g.add_argument("--noise-multiplier", type=float, help="dp: noise multiplier z (instead of calibration)")
-    g.add_argument("--sigma", type=float, help="dp_paper: direct noise std")
-    g.add_argument("--epsilon", type=float, help="privacy budget ε > 0 for dp, dp_paper and tip* (default 5)")
-    g.add_argument("--delta", type=float, help="privacy budget δ in (0, 1) (default 1e-5)")
+                   help="any option of the defense's config, e.g. ratio=0.3 (the same names as the flags below)")
+    for dest, users in defense_flags().items():
+        groups: dict[str, list[str]] = {}  # one description -> the defenses that share it
+        for name, _ in users:
+            groups.setdefault(knobs.describe(defenses.DEFENSES[name].config_cls, dest), []).append(name)
+        text = "; ".join(f"{', '.join(names)}: {desc}" for desc, names in groups.items())
+        g.add_argument(f"--{dest.replace('_', '-')}", dest=f"knob_{dest}", metavar="VALUE", help=text.replace("%", "%%"))
+    g.add_argument("--abs-alpha", action="store_true", help="tip*: rank channels by |α| (the same as --signed false)")
 
 
 def defense_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen defense's options from --defense-opt and the generated flags, each parsed by the type and
+    range its config declares; a flag the defense does not take is an error, not silently ignored."""
+    from tipcore import defenses, knobs
+
     spec = defenses.DEFENSES[args.defense]
-    known = {f.name for f in fields(spec.config_cls)}
-    opts = parse_options(args.defense_opt, "--defense-opt")
-    shortcuts = {"ratio": args.ratio, "k": args.k, "cutoff": args.cutoff, "layers": args.layers,
-                 "noise_multiplier": args.noise_multiplier, "sigma": args.sigma,
-                 "epsilon": args.epsilon, "delta": args.delta}
-    if args.beta is not None:
-        shortcuts.update(beta=args.beta, noise="direct")
+    declared = knobs.knobs(spec.config_cls)
+    opts: dict[str, Any] = {}
+    if getattr(args, "preset", None):
+        from tipcore import presets
+
+        chosen = presets.get(args.preset)
+        opts.update(chosen.defense_options.get(args.defense, {}))
+        if spec.uses_budget:
+            opts.update(epsilon=chosen.epsilon, delta=chosen.delta)
+    opts.update(parse_options(args.defense_opt, "--defense-opt", spec.config_cls))
+    given = {dest: getattr(args, f"knob_{dest}") for dest in defense_flags()
+             if getattr(args, f"knob_{dest}", None) is not None}
     if args.abs_alpha:
-        shortcuts["signed"] = False
-    for key, value in shortcuts.items():
-        if value is None:
-            continue
-        if key not in known:
-            raise CLIError(f"--{key.replace('_', '-')} does not apply to defense '{args.defense}' (its options: {', '.join(sorted(known)) or 'none'})")
-        opts[key] = value
+        given["signed"] = "false"
+    for key, text in given.items():
+        flag = f"--{key.replace('_', '-')}"
+        if key not in declared:
+            raise CLIError(f"{flag} does not apply to defense '{args.defense}' "
+                           f"(its options: {', '.join(declared) or 'none'})")
+        try:
+            opts[key] = parse_field(spec.config_cls, key, text)
+        except ValueError as exc:
+            raise CLIError(f"{flag}: {exc}") from None
+        for implied, value in declared[key].implies:  # e.g. --beta switches TIP to noise=direct
+            opts.setdefault(implied, value)
     return opts
 
 
 DEFAULT_CLIP = 5.0  # the paper's C, taken when a clip-calibrated defense runs and --clip is not given
 
 
-def round_config(args: argparse.Namespace, batch: int) -> RoundConfig:
+def round_config(args: argparse.Namespace, batch: int):
+    from tipcore import defenses
+    from tipcore.fl import RoundConfig
+
     steps = args.local_steps if args.local_steps is not None else (4 if args.mode == "fedavg" else 1)
     clip = args.clip
     if clip is None and defenses.takes_clip(args.defense):
@@ -123,6 +167,8 @@ def round_config(args: argparse.Namespace, batch: int) -> RoundConfig:
 def load_batch(args: argparse.Namespace):
     """(image_ids, images or None, labels or None) from --image / --image-id / --label."""
     import numpy as np
+
+    from tipcore import data
 
     if args.image and args.image_id:
         raise CLIError("give either --image or --image-id, not both")
@@ -144,7 +190,9 @@ def load_batch(args: argparse.Namespace):
 
 
 def experiment_config(args: argparse.Namespace, attack: str = "idlg", attack_cfg: dict | None = None):
-    from tipcore.experiment import ExperimentConfig
+    """The run's config and private images, every value checked (labels against the model's classes
+    included) before anything is computed or written."""
+    from tipcore.experiment import ExperimentConfig, resolve_images
 
     ids, images, labels = load_batch(args)
     batch = len(images) if images is not None else len(ids)
@@ -154,30 +202,39 @@ def experiment_config(args: argparse.Namespace, attack: str = "idlg", attack_cfg
         attack=attack, attack_cfg=attack_cfg or {}, labels_known=getattr(args, "labels_known", False),
         report_every=getattr(args, "report_every", 10), device=args.device,
     )
+    resolve_images(cfg, images)
+    if images is not None:  # the spec names an upload by its pixels, which go next to result.json
+        cfg = cfg.for_upload(images)
     return cfg, images
+
+
+def staged(args: argparse.Namespace, kind: str) -> StagedOutput:
+    """The output directory, checked and reserved before any compute (``tipcore.outputs``)."""
+    return StagedOutput(args.out, kind, overwrite=getattr(args, "overwrite", False))
 
 
 # ------------------------------------------------------------------------------------------ commands
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from tipcore.experiment import artifact_files, run, write_artifacts
+    from tipcore import attacks, presets
+    from tipcore.experiment import artifact_files, run
 
-    attack_cfg = attacks.preset_options(args.attack, args.attack_preset) if args.attack_preset else {}
-    attack_cfg.update(parse_options(args.attack_opt, "--attack-opt"))
+    config_cls = attacks.ATTACKS[args.attack].config_cls
+    attack_cfg = {}
+    if args.preset and attacks.base_attack(args.attack) == presets.get(args.preset).attack:
+        attack_cfg.update(presets.get(args.preset).attack_options)  # the preset's attack budget
+    if args.attack_preset:
+        attack_cfg.update(attacks.preset_options(args.attack, args.attack_preset))
+    attack_cfg.update(parse_options(args.attack_opt, "--attack-opt", config_cls))
     if args.iters is not None:
         attack_cfg["iterations"] = args.iters
     if args.update_dir:
         return attack_recorded(args, attack_cfg)
     cfg, images = experiment_config(args, args.attack, attack_cfg)
-    total = attack_cfg.get("iterations") or attacks.ATTACKS[args.attack].config_cls().iterations
-
-    def show(snap) -> None:
-        if not args.quiet:
-            print(f"step {snap.step}/{total}  loss {snap.loss:.4g}  elapsed {snap.elapsed_s:.1f}s  eta {snap.eta_s:.1f}s"
-                  + (f"  restart {snap.restart}" if snap.restart else ""), file=sys.stderr)
-
-    record = run(cfg, images, on_snapshot=show)
-    out = write_artifacts(args.out, artifact_files(record))
+    with staged(args, "attack") as output:
+        with progress_display(args) as show:
+            record = run(cfg, images, on_event=show)
+        out = output.commit(artifact_files(record))
     s = record.scores
     print(f"psnr {s.psnr:.2f} dB  ssim {s.ssim:.4f}  mse {s.mse:.3g}  labels true {list(record.prepared.labels)} "
           f"predicted {list(record.result.labels)}  iterations {record.result.iterations}  restarts {record.result.restarts}  "
@@ -191,12 +248,45 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Repeat the run a result.json describes (its RunSpec; an upload's pixels from images.npy beside it)."""
+    from dataclasses import replace
+
+    from tipcore.experiment import artifact_files, load_run, run
+
+    spec, images = load_run(args.result)
+    if args.device is not None:
+        spec = replace(spec, device=args.device)
+    source = Path(args.result)
+    recorded = (source if source.is_dir() else source.parent) / "reconstruction.png"
+    before = recorded.read_bytes() if recorded.exists() else None  # --out may be the same directory
+    with staged(args, "attack") as output:
+        with progress_display(args) as show:
+            record = run(spec, images, on_event=show)
+        files = artifact_files(record)
+        out = output.commit(files)
+    verdict = ("no recorded reconstruction.png to compare with" if before is None else
+               "reconstruction identical to the recorded one, byte for byte" if before == files["reconstruction.png"]
+               else "reconstruction DIFFERS from the recorded one (another device, library or tipcore version?)")
+    print(f"psnr {record.scores.psnr:.2f} dB  ssim {record.scores.ssim:.4f}  {verdict}  -> {out}")
+    return 0
+
+
+def rerun_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("result", metavar="RESULT", help="result.json of an earlier `attack` run (or its directory)")
+    p.add_argument("--device", default=None, help="override the recorded device (the result may then differ)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_out_args(p)
+    p.set_defaults(func=cmd_rerun)
+
+
 def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int:
     """Attack an update recorded elsewhere (``tipcore update``, a Flower run): no private image to score."""
     import time
 
-    from tipcore import recorded
-    from tipcore.experiment import environment, image_grid, png_bytes, strict_json, write_artifacts
+    from tipcore import attacks, recorded
+    from tipcore.experiment import environment, image_grid, png_bytes, strict_json
+    from tipcore.progress import drive
     from tipcore.seeding import generator, pick_device
 
     given = [f for f in ("image", "image_id", "label") if getattr(args, f)]
@@ -204,19 +294,21 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
         raise CLIError(f"--update-dir brings its own update: drop --{given[0].replace('_', '-')}")
     rec = recorded.load(args.update_dir)
     attack = attacks.create(args.attack, attack_cfg)
-    t0 = time.perf_counter()
-    result = attacks.drive(attack.reconstruct(rec.view, rec.update, generator=generator(args.seed, "attack"),
-                                              report_every=args.report_every))
-    payload = {"source": str(Path(args.update_dir).resolve()), "attack": args.attack, "attack_cfg": attack_cfg,
-               "seed": args.seed, "model": rec.view.model_name, "mode": rec.update.mode,
-               "num_examples": rec.update.num_examples, "label_pred": list(result.labels),
-               "iterations": result.iterations, "restarts": result.restarts, "diverged": result.diverged,
-               "final_loss": result.final_loss, "seconds": time.perf_counter() - t0, "match": result.match,
-               "flagged": {k: list(v) for k, v in result.flagged.items()},
-               "note": "no private image: reconstruction only, no PSNR",
-               **environment(pick_device("cpu"))}
-    out = write_artifacts(args.out, {"result.json": strict_json(payload, indent=2),
-                                     "reconstruction.png": png_bytes(image_grid([result.images]))})
+    with staged(args, "attack") as output:  # from here to the commit, any error removes the staged directory
+        t0 = time.perf_counter()
+        with progress_display(args) as show:
+            result = drive(attack.reconstruct(rec.view, rec.update, generator=generator(args.seed, "attack"),
+                                              report_every=args.report_every), show)
+        payload = {"source": str(Path(args.update_dir).resolve()), "attack": args.attack, "attack_cfg": attack_cfg,
+                   "seed": args.seed, "model": rec.view.model_name, "mode": rec.update.mode,
+                   "num_examples": rec.update.num_examples, "label_pred": list(result.labels),
+                   "iterations": result.iterations, "restarts": result.restarts, "diverged": result.diverged,
+                   "final_loss": result.final_loss, "seconds": time.perf_counter() - t0, "match": result.match,
+                   "flagged": {k: list(v) for k, v in result.flagged.items()},
+                   "note": "no private image: reconstruction only, no PSNR",
+                   **environment(pick_device("cpu"))}
+        out = output.commit({"result.json": strict_json(payload, indent=2),
+                             "reconstruction.png": png_bytes(image_grid([result.images]))})
     flagged = sum(len(v) for v in result.flagged.values())
     print(f"{args.attack} on {args.update_dir}: labels {list(result.labels)}, {result.iterations} steps"
           + (f", left out {flagged} channels it found noised" if result.match == "drop" else "") + f"  -> {out}")
@@ -228,41 +320,36 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     import torch
 
-    from tipcore.experiment import prepare, strict_json, write_artifacts
-
-    cfg, images = experiment_config(args)
-    prepared = prepare(cfg, images)
+    from tipcore.experiment import prepare, strict_json
 
     def tensor_bytes(tensors) -> bytes:
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buf)
         return buf.getvalue()
 
-    diag = prepared.diagnostics.as_dict()
-    diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels),
-                num_examples=prepared.clean.num_examples, local_steps=prepared.clean.local_steps,
-                lr=prepared.clean.lr, clip=prepared.clean.clip, num_classes=prepared.num_classes)
-    files = {"update_clean.pt": tensor_bytes(prepared.clean.tensors),
-             "update_defended.pt": tensor_bytes(prepared.defended.tensors),
-             "global_weights.pt": tensor_bytes(prepared.view.global_weights),
-             "defense.json": strict_json(diag)}
-    out = write_artifacts(args.out, files)
+    cfg, images = experiment_config(args)
+    with staged(args, "update") as output:  # from here to the commit, any error removes the staged directory
+        with progress_display(args) as show:
+            prepared = prepare(cfg, images, on_event=show)
+        diag = prepared.diagnostics.as_dict()
+        diag.update(mode=cfg.round.mode, model=cfg.model, seed=cfg.seed, labels=list(prepared.labels),
+                    num_examples=prepared.clean.num_examples, local_steps=prepared.clean.local_steps,
+                    lr=prepared.clean.lr, clip=prepared.clean.clip, num_classes=prepared.num_classes)
+        out = output.commit({"update_clean.pt": tensor_bytes(prepared.clean.tensors),
+                             "update_defended.pt": tensor_bytes(prepared.defended.tensors),
+                             "global_weights.pt": tensor_bytes(prepared.view.global_weights),
+                             "defense.json": strict_json(diag)})
     print(f"defense {cfg.defense}: {json.dumps(dict(prepared.diagnostics.summary), default=float)} -> {out}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tipcore import training
+    from tipcore import models, training
+    from tipcore.progress import drive
 
-    stream = training.train(args.model, args.epochs, lr=args.lr, seed=args.seed)
-    last = None
-
-    def show(p) -> None:
-        nonlocal last
-        last = p
-        print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  held-out accuracy {p.test_accuracy:.3f}  {p.elapsed_s:.0f}s", file=sys.stderr)
-
-    model = attacks.drive(stream, show)
+    with progress_display(args) as show:
+        trained = drive(training.train(args.model, args.epochs, lr=args.lr, seed=args.seed), show)
+    model, last = trained.model, trained.history[-1]
     meta = {"model": args.model, "epochs": last.epochs, "lr": args.lr, "seed": args.seed,
             "test_accuracy": last.test_accuracy, "seconds": round(last.elapsed_s, 1),
             "command": f"python -m tipcore train --model {args.model} --epochs {last.epochs} --seed {args.seed}",
@@ -273,42 +360,42 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fl(args: argparse.Namespace) -> int:
-    from tipcore import flsim
-    from tipcore.experiment import strict_json, write_artifacts
+    from tipcore import defenses, flsim
+    from tipcore.experiment import strict_json
+    from tipcore.progress import drive
 
-    names = [n.strip() for n in args.defenses.split(",") if n.strip()]
-    results = []
+    names = known_names(args.defenses, "--defenses", defenses.DEFENSES, "defense")
+    configs = []  # every run's config built (and so validated) before the first run starts
     for name in names:
-        if name not in defenses.DEFENSES:
-            raise CLIError(f"unknown defense '{name}' in --defenses; choose from: {', '.join(defenses.DEFENSES)}")
         opts = {}
         if defenses.DEFENSES[name].uses_budget:
             opts = {"epsilon": args.epsilon, "delta": args.delta}
-        cfg = flsim.FLConfig(model=args.model, weights=args.weights, clients=args.clients, rounds=args.rounds, local_epochs=args.epochs,
-                             batch_size=args.batch_size, lr=args.lr, clip=args.clip, defense=name,
-                             defense_cfg=opts, seed=args.seed)
-        result = attacks.drive(flsim.simulate(cfg), lambda r, n=name: print(
-            f"{n}: round {r.round}/{args.rounds}  accuracy {r.accuracy:.3f}  {r.elapsed_s:.0f}s", file=sys.stderr))
-        results.append(result)
-    table = ["round," + ",".join(names)]
-    for i in range(args.rounds):
-        table.append(f"{i + 1}," + ",".join(f"{r.rounds[i].accuracy:.4f}" for r in results))
-    payload = {"defenses": names, "runs": [r.as_dict() for r in results]}
-    files = {"fl.json": strict_json(payload), "fl.csv": ("\n".join(table) + "\n").encode()}
-    out = write_artifacts(args.out, files)
+        configs.append(flsim.FLConfig(
+            model=args.model, weights=args.weights, clients=args.clients, rounds=args.rounds, local_epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, clip=args.clip, defense=name, defense_cfg=opts, seed=args.seed))
+    results = []
+    with staged(args, "fl") as output:  # from here to the commit, any error removes the staged directory
+        for cfg in configs:
+            with progress_display(args) as show:
+                results.append(drive(flsim.simulate(cfg), show))
+        table = ["round," + ",".join(names)]
+        for i in range(args.rounds):
+            table.append(f"{i + 1}," + ",".join(f"{r.rounds[i].accuracy:.4f}" for r in results))
+        payload = {"defenses": names, "runs": [r.as_dict() for r in results]}
+        out = output.commit({"fl.json": strict_json(payload), "fl.csv": ("\n".join(table) + "\n").encode()})
     print("\n".join(table))
     print(f"-> {out}")
     return 0
 
 
 def cmd_utility(args: argparse.Namespace) -> int:
-    from tipcore import utility
-    from tipcore.experiment import write_artifacts
+    from tipcore import defenses, utility
 
-    names = [n.strip() for n in args.defenses.split(",") if n.strip()]
-    rows = utility.compare(args.model, names, batch=args.batch, local_steps=args.local_steps, lr=args.lr,
-                           clip=args.clip, epsilon=args.epsilon, delta=args.delta, seed=args.seed)
-    out = write_artifacts(args.out, {"utility.json": json.dumps([r.as_dict() for r in rows], indent=1).encode()})
+    names = known_names(args.defenses, "--defenses", defenses.DEFENSES, "defense")
+    with staged(args, "utility") as output:
+        rows = utility.compare(args.model, list(names), batch=args.batch, local_steps=args.local_steps, lr=args.lr,
+                               clip=args.clip, epsilon=args.epsilon, delta=args.delta, seed=args.seed)
+        out = output.commit({"utility.json": json.dumps([r.as_dict() for r in rows], indent=1).encode()})
     for r in rows:
         print(f"{r.defense:13s} accuracy {r.accuracy:.4f} (clean update {r.clean_accuracy:.4f})  "
               f"Grad-CAM similarity {r.heatmap_similarity:.3f}  update cosine {r.update_cosine:.3f}")
@@ -320,9 +407,11 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     from tipcore import showcase
 
     if args.what in ("punchline", "all"):
-        showcase.make_punchline(log=lambda m: print(m, file=sys.stderr))
+        with progress_display(args) as show:
+            showcase.make_punchline(on_event=show)
     if args.what in ("frontier", "all"):
-        showcase.make_frontier(log=lambda m: print(m, file=sys.stderr), quick=args.quick)
+        with progress_display(args) as show:
+            showcase.make_frontier(quick=args.quick, on_event=show)
     print(f"-> {showcase.SHOWCASE_DIR}")
     return 0
 
@@ -334,19 +423,28 @@ def _names(text: str, flag: str) -> tuple[str, ...]:
     return names
 
 
-def _show_progress(quiet: bool):
-    def show(event) -> None:
-        if not quiet:
-            print(event.line(), file=sys.stderr, flush=True)
+def known_names(text: str, flag: str, registry: Any, kind: str) -> tuple[str, ...]:
+    """A comma-separated list, every name checked before the first run starts."""
+    names = _names(text, flag)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise CLIError(f"unknown {kind} '{unknown[0]}' in {flag}; choose from: {', '.join(registry)}")
+    return names
 
-    return show
+
+def progress_display(args: argparse.Namespace):
+    """The progress of a long command on stderr: a redrawn bar on a terminal, one line per event otherwise
+    (``--quiet``: nothing). A context manager, so the bar's line is ended before the result or an error."""
+    from tipcore.progress import TerminalProgress
+
+    return TerminalProgress(sys.stderr, quiet=getattr(args, "quiet", False))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tipcore import sweep
     from tipcore.progress import drive
 
-    grid = dict(sweep.DEFAULT_GRID)
+    grid = sweep.default_grid()
     if args.defenses:
         chosen = _names(args.defenses, "--defenses")
         unknown = [d for d in chosen if d not in grid]
@@ -362,7 +460,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = sweep.SweepConfig(grid=grid, images=args.images, seeds=seeds, naive=args.naive,
                             adaptive=_names(args.adaptive, "--adaptive"), iterations=args.iters,
                             fl_rounds=args.fl_rounds)
-    out = drive(sweep.run(cfg, check_output_dir(args.out)), _show_progress(args.quiet))
+    out_dir = job_directory(args.out)
+    with progress_display(args) as show:
+        out = drive(sweep.run(cfg, out_dir), show)
     if (Path(out) / "curves.json").exists():
         print(f"-> {out}/attacks.csv, utility.csv, curves.json, curves.html")
     return 0
@@ -377,25 +477,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         ig_attacks=tuple(n.strip() for n in args.ig_attacks.split(",") if n.strip()), ig_images=args.ig_images,
         ig_iters=args.ig_iters, ig_lr=args.ig_lr, ig_preset=args.ig_preset or "", fl_rounds=args.fl_rounds,
         seed=args.seed, device=args.device)
-    out = drive(reproduce.run(cfg, check_output_dir(args.out)), _show_progress(args.quiet))
+    out_dir = job_directory(args.out)
+    with progress_display(args) as show:
+        out = drive(reproduce.run(cfg, out_dir), show)
     if (Path(out) / "REPORT.md").exists():
         print(f"-> {out}/REPORT.md, cells.csv, utility.csv")
     return 0
-
-
-def check_output_dir(path: str) -> Path:
-    """A resumable job's directory: created now, before any compute, so a bad path fails at once."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise CLIError(f"--out {out} cannot be written: {exc.strerror or exc}") from None
-    return out
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -405,17 +492,47 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrors(prog="python -m tipcore", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
+OUT_HELP = ("output directory, written whole or not at all; an existing one is replaced only if it holds an "
+            "earlier result of this command (else see --overwrite)")
+OVERWRITE_HELP = "replace --out even if it holds other files (they are deleted)"
 
-    p = sub.add_parser("attack", help="run one client round, a defense and an attack; write result.json and PNGs")
+
+def add_out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    if default is None:
+        p.add_argument("--out", required=True, help=OUT_HELP)
+    else:
+        p.add_argument("--out", default=default, help=OUT_HELP + f" (default {default})")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+def add_preset_arg(p: argparse.ArgumentParser) -> None:
+    from tipcore import presets
+
+    p.add_argument("--preset", choices=list(presets.PRESETS), metavar="NAME",
+                   help="named settings shared with the app (flags given override them): "
+                        + "; ".join(f"{n}: {pr.description}" for n, pr in presets.PRESETS.items()))
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    """The flag defaults a preset sets (model, round, attack, threat model)."""
+    from tipcore import presets
+
+    chosen = presets.get(name)
+    r = chosen.round
+    return {"model": chosen.model, "weights": chosen.weights, "mode": r.mode, "local_steps": r.local_steps,
+            "lr": r.lr, "clip": r.clip, "attack": chosen.attack, "labels_known": chosen.labels_known}
+
+
+def attack_args(p: argparse.ArgumentParser) -> None:
+    from tipcore import attacks
+
+    add_preset_arg(p)
     add_round_args(p)
     add_defense_args(p)
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="idlg", choices=list(attacks.ATTACKS),
                    help="; ".join(f"{n}: {s.summary}" for n, s in attacks.ATTACKS.items()))
-    g.add_argument("--iters", type=int, help="optimisation steps (L-BFGS outer steps for dlg/idlg)")
+    g.add_argument("--iters", type=COUNT, help="optimisation steps (L-BFGS outer steps for dlg/idlg)")
     g.add_argument("--attack-opt", action="append", metavar="KEY=VALUE", help="any field of the attack's config, e.g. tv=1e-3")
     g.add_argument("--attack-preset", metavar="NAME", help="named options, e.g. paper for ig / ig_*: the TIP paper's "
                                                            "IG protocol (10000 iterations, lr 0.004, decay 0.5)")
@@ -423,104 +540,180 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--update-dir", metavar="DIR", help="attack an update recorded elsewhere instead of running a round: "
                                                        "a directory from `tipcore update` or a Flower run "
                                                        "(global_weights.pt, update_defended.pt, defense.json)")
-    g.add_argument("--report-every", type=int, default=10, help="progress line and snapshot every N steps")
-    g.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    g.add_argument("--report-every", type=COUNT, default=10, help="progress update and snapshot every N steps")
+    g.add_argument("--quiet", action="store_true", help="no progress bar (or lines, when stderr is not a terminal)")
+    add_out_args(p)
     p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("update", help="write the clean and defended updates and defense.json")
+
+def update_args(p: argparse.ArgumentParser) -> None:
+    add_preset_arg(p)
     add_round_args(p)
     add_defense_args(p)
-    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    add_out_args(p)
     p.set_defaults(func=cmd_update)
 
-    p = sub.add_parser("train", help="train a digits checkpoint into assets/checkpoints")
+
+def train_args(p: argparse.ArgumentParser) -> None:
+    from tipcore import models
+
     p.add_argument("--model", default="lenet", choices=list(models.MODELS))
-    p.add_argument("--epochs", type=int, default=None, help="default: lenet 30, convnet 10, resnet18 1")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=COUNT, default=None, help="default: lenet 30, convnet 10, resnet18 1")
+    p.add_argument("--lr", type=NUMBER, default=1e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("fl", help="multi-round FedAvg on the bundled digits: accuracy per round per defense")
+
+def fl_args(p: argparse.ArgumentParser) -> None:
+    from tipcore import models
+
     p.add_argument("--model", default="convnet", choices=list(models.MODELS))
     p.add_argument("--weights", default="random", choices=list(models.WEIGHTS), help="start from random init or the digits checkpoint")
     p.add_argument("--defenses", default="none,dp_paper,tip", help="comma-separated defenses, run one after another")
-    p.add_argument("--clients", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=1, help="local epochs per round")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.2)
-    p.add_argument("--clip", type=float, default=5.0)
-    p.add_argument("--epsilon", type=float, default=5.0, help="the same ε for every budgeted defense")
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/fl", help="output directory (replaced atomically)")
+    p.add_argument("--clients", type=INTEGER, default=10)
+    p.add_argument("--rounds", type=INTEGER, default=10)
+    p.add_argument("--epochs", type=INTEGER, default=1, help="local epochs per round")
+    p.add_argument("--batch-size", type=INTEGER, default=32)
+    p.add_argument("--lr", type=NUMBER, default=0.2)
+    p.add_argument("--clip", type=NUMBER, default=5.0)
+    p.add_argument("--epsilon", type=NUMBER, default=5.0, help="the same ε for every budgeted defense")
+    p.add_argument("--delta", type=NUMBER, default=1e-5)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    add_out_args(p, "runs/fl")
     p.set_defaults(func=cmd_fl)
 
-    p = sub.add_parser("utility", help="accuracy and Grad-CAM similarity of a digits checkpoint after clean vs defended updates")
+
+def utility_args(p: argparse.ArgumentParser) -> None:
+    from tipcore import models
+
     p.add_argument("--model", default="convnet", choices=list(models.MODELS))
     p.add_argument("--defenses", default="none,dp,dp_paper,prune,soteria,tip,tip_random,tip_fullband")
-    p.add_argument("--batch", type=int, default=32, help="private digits in the client's batch")
-    p.add_argument("--local-steps", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--clip", type=float, default=5.0)
-    p.add_argument("--epsilon", type=float, default=5.0)
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/utility")
+    p.add_argument("--batch", type=COUNT, default=32, help="private digits in the client's batch")
+    p.add_argument("--local-steps", type=COUNT, default=4)
+    p.add_argument("--lr", type=NUMBER, default=0.05)
+    p.add_argument("--clip", type=NUMBER, default=5.0)
+    p.add_argument("--epsilon", type=NUMBER, default=5.0)
+    p.add_argument("--delta", type=NUMBER, default=1e-5)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    add_out_args(p, "runs/utility")
     p.set_defaults(func=cmd_utility)
 
-    p = sub.add_parser("showcase", help="regenerate the app's precomputed results in assets/showcase")
+
+def showcase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=["punchline", "frontier", "all"])
     p.add_argument("--quick", action="store_true", help="frontier: a two-point smoke grid (for tests)")
     p.set_defaults(func=cmd_showcase)
 
 
-    p = sub.add_parser("sweep", help="privacy curves: attack PSNR vs defense strength and utility, naive and adaptive "
-                                     "attacker (CSV + interactive HTML; resumes)")
+def sweep_args(p: argparse.ArgumentParser) -> None:
+    from tipcore import attacks
+
     p.add_argument("--out", default="runs/sweep", help="directory of the sweep's tables; rerunning resumes there")
     p.add_argument("--defenses", help="subset of the grid's defenses (default: all of "
                                       "none, tip, tip_random, tip_fullband, dp_paper, prune, soteria)")
-    p.add_argument("--images", type=int, default=2, help="first N gallery CIFAR-10 images")
+    p.add_argument("--images", type=INTEGER, default=2, help="first N gallery CIFAR-10 images")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--naive", default="idlg", choices=list(attacks.ATTACKS), help="the attacker that ignores the defense")
     p.add_argument("--adaptive", default="idlg_drop,idlg_noise_aware",
                    help="attackers that know the defense; per image the best of them counts")
-    p.add_argument("--iters", type=int, default=100, help="L-BFGS steps per attack")
-    p.add_argument("--fl-rounds", type=int, default=2, help="defended FedAvg rounds behind the utility column")
+    p.add_argument("--iters", type=INTEGER, default=100, help="L-BFGS steps per attack")
+    p.add_argument("--fl-rounds", type=INTEGER, default=2, help="defended FedAvg rounds behind the utility column")
     p.add_argument("--quick", action="store_true", help="two strengths per defense (a smoke run)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("reproduce", help="the 20-image reproduction report (REPORT.md + per-image CSV; resumes)")
+
+def reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/reproduce", help="directory of the report; rerunning resumes there")
-    p.add_argument("--images", type=int, default=20, help="first N gallery CIFAR-10 images (LeNet attacks)")
+    p.add_argument("--images", type=INTEGER, default=20, help="first N gallery CIFAR-10 images (LeNet attacks)")
     p.add_argument("--lenet-attacks", default="dlg,idlg,idlg_drop,idlg_lowpass,idlg_noise_aware")
-    p.add_argument("--lenet-iters", type=int, default=100, help="L-BFGS steps of the LeNet attacks")
+    p.add_argument("--lenet-iters", type=INTEGER, default=100, help="L-BFGS steps of the LeNet attacks")
     p.add_argument("--ig-attacks", default="ig,ig_drop", help="Inverting Gradients attacks on ResNet-18 ('' for none)")
-    p.add_argument("--ig-images", type=int, default=20, help="images for the ResNet-18 attacks (0 for none)")
-    p.add_argument("--ig-iters", type=int, default=24, help="IG iterations (CPU budget; the paper: 10000 on a GPU)")
-    p.add_argument("--ig-lr", type=float, default=0.1, help="IG learning rate (the paper: 0.004 over 10000 iterations)")
+    p.add_argument("--ig-images", type=NON_NEGATIVE, default=20, help="images for the ResNet-18 attacks (0 for none)")
+    p.add_argument("--ig-iters", type=INTEGER, default=24, help="IG iterations (CPU budget; the paper: 10000 on a GPU)")
+    p.add_argument("--ig-lr", type=NUMBER, default=0.1, help="IG learning rate (the paper: 0.004 over 10000 iterations)")
     p.add_argument("--ig-preset", metavar="NAME", help="paper: the TIP paper's IG protocol (10000 iterations, lr 0.004, "
                                                        "decay 0.5; for a GPU), instead of --ig-iters / --ig-lr")
-    p.add_argument("--fl-rounds", type=int, default=2, help="defended FedAvg rounds behind the utility column")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fl-rounds", type=INTEGER, default=2, help="defended FedAvg rounds behind the utility column")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_reproduce)
+
+
+# name -> (one-line help, the function that adds its flags). The flags, and the engine modules their
+# choices come from, are built only for the command that runs, so the top-level help needs no torch.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "attack": ("run one client round, a defense and an attack; write result.json and PNGs", attack_args),
+    "rerun": ("repeat the run a result.json describes (gallery image or upload), bit for bit", rerun_args),
+    "update": ("write the clean and defended updates and defense.json", update_args),
+    "train": ("train a digits checkpoint into assets/checkpoints", train_args),
+    "fl": ("multi-round FedAvg on the bundled digits: accuracy per round per defense", fl_args),
+    "utility": ("accuracy and Grad-CAM similarity of a digits checkpoint after clean vs defended updates",
+                utility_args),
+    "showcase": ("regenerate the app's precomputed results in assets/showcase", showcase_args),
+    "sweep": ("privacy curves: attack PSNR vs defense strength and utility, naive and adaptive attacker "
+              "(CSV + interactive HTML; resumes)", sweep_args),
+    "reproduce": ("the 20-image reproduction report (REPORT.md + per-image CSV; resumes)", reproduce_args),
+}
+EVERY_COMMAND = "*"
+
+
+def build_parser(only: str | None = EVERY_COMMAND, preset: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only``: the one command whose flags are built (``EVERY_COMMAND``: all; None: none,
+    enough for the top-level help and for naming the commands)."""
+    parser = OneLineErrors(prog="python -m tipcore", description="The TIP explorer's command line: "
+                           "gradient-inversion attacks, the TIP defense and its baselines.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors, metavar="COMMAND")
+    for name, (help_text, add_args) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only in (EVERY_COMMAND, name):
+            add_args(p)
+            if preset and any(a.dest == "preset" for a in p._actions):
+                p.set_defaults(**{dest: value for dest, value in preset_defaults(preset).items()
+                                  if any(a.dest == dest for a in p._actions)})
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from tipcore.runtime import configure_threads
+def chosen_preset(argv: Sequence[str]) -> str | None:
+    """The --preset NAME in argv, if it names a preset (else argparse reports the bad name)."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--preset=") else (
+            argv[i + 1] if arg == "--preset" and i + 1 < len(argv) else None)
+        if value is not None:
+            from tipcore import presets
 
-    configure_threads()
+            return value if value in presets.PRESETS else None
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (0, 2 for anything the user can fix, 130 when interrupted)
+    instead of exiting, so tests can drive many commands in one process."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else None, preset=chosen_preset(argv))
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # As in __main__ (the `tipcore` console script starts here): passive OpenMP waits, set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        from tipcore.runtime import configure_threads
+
+        configure_threads()
         return args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, data.ImageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # CLIError, the configs' and data's checks, unwritable paths
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

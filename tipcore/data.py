@@ -212,7 +212,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         got = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
         raise ImageError(f"image has {got}, limit {max_pixels:,} pixels") from None
     except UnidentifiedImageError:
-        raise ImageError("not a decodable image: the data is in no image format Pillow can read") from None
+        raise ImageError("not a decodable image: the data is in no known image format") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"not a decodable image: {_one_line(exc)}") from None
     w, h = img.size

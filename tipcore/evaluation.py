@@ -16,8 +16,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tipcore import data, defenses, metrics
+from tipcore import data, defenses, knobs, metrics
 from tipcore.fl import RoundConfig
+from tipcore.progress import StopHook, drive, never_stop
 from tipcore.seeding import generator
 
 # The class-demo protocol: FedSGD on one image, gradients clipped to C = 5 (the paper's C).
@@ -37,10 +38,11 @@ class DefenseSetting:
 
     def options(self) -> dict[str, Any]:
         opts = dict(self.extra)
-        if self.knob == "beta":  # TIP with a direct per-element noise scale
-            opts.update(noise="direct", beta=self.strength)
-        elif self.knob:
+        if self.knob:
             opts[self.knob] = self.strength
+            declared = knobs.knobs(defenses.DEFENSES[self.defense].config_cls).get(self.knob)
+            if declared is not None:  # e.g. TIP's beta switches its noise to "direct"
+                opts.update(dict(declared.implies))
         return opts
 
     def noise_scale(self) -> float | None:
@@ -66,15 +68,13 @@ def attack_config(image_id: str, setting: DefenseSetting, attack: str, *, iterat
     )
 
 
-def attack_cells(cfgs: list, should_stop=None) -> list[dict[str, Any]]:
+def attack_cells(cfgs: list, should_stop: StopHook = never_stop) -> list[dict[str, Any]]:
     """Run attacks that differ only in their defense (batched where the attack allows it) and flatten what
     the curves and the report need into one row each; ``seconds`` is the group's time split evenly."""
     from tipcore.experiment import stream_comparison
-    from tipcore.progress import drive
 
     t0 = time.perf_counter()
-    kwargs = {} if should_stop is None else {"should_stop": should_stop}
-    records = drive(stream_comparison(list(cfgs), **kwargs))
+    records = drive(stream_comparison(list(cfgs), should_stop=should_stop))
     share = (time.perf_counter() - t0) / max(len(records), 1)
     return [row_of(record, share) for record in records]
 
@@ -88,7 +88,7 @@ def row_of(record, seconds: float) -> dict[str, Any]:
         "noise_to_signal_median": analysis.get("noise_to_signal_median"),
         "flag_precision": detection.get("precision"), "flag_recall": detection.get("recall"),
         "flagged": detection.get("flagged"), "restarts": record.result.restarts,
-        "stopped": record.result.stopped, "seconds": round(seconds, 2),
+        "stopped": record.result.stopped, "steps": record.result.iterations, "seconds": round(seconds, 2),
     }
 
 
@@ -108,18 +108,18 @@ def fl_options(setting: DefenseSetting) -> dict[str, Any]:
 
 
 def utility_accuracy(setting: DefenseSetting, *, rounds: int, seed: int, epsilon: float = 5.0,
-                     delta: float = 1e-5) -> float:
+                     delta: float = 1e-5, should_stop: StopHook = never_stop) -> float | None:
     """Held-out accuracy of the digits ConvNet (from its checkpoint) after ``rounds`` defended FedAvg rounds
-    (10 clients, FLConfig defaults)."""
+    (10 clients, FLConfig defaults); None when stopped before the last round finished."""
     from tipcore import flsim
-    from tipcore.attacks import drive
     from tipcore.experiment import with_budget
 
     opts = fl_options(setting)
     if defenses.DEFENSES[setting.defense].uses_budget:
         opts = {**with_budget(setting.defense, {}, epsilon, delta), **opts}
     cfg = flsim.FLConfig(weights="digits", rounds=rounds, defense=setting.defense, defense_cfg=opts, seed=seed)
-    return float(drive(flsim.simulate(cfg)).rounds[-1].accuracy)
+    result = drive(flsim.simulate(cfg, should_stop=should_stop))
+    return None if result.stopped else float(result.rounds[-1].accuracy)
 
 
 def reference_psnr(image_ids: tuple[str, ...], seed: int = 0) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """One experiment end to end: image → client round → defense → attack → metrics → one artifact format.
 
 Only this layer holds both the private images and the reconstruction (to score them). ``stream`` is a
-generator of attack snapshots returning a ``RunRecord``; the CLI and the app both consume it, and both
-write or offer the same bytes from ``artifact_files``.
+generator of progress events (the client round's stages, then the attack's snapshots as payloads)
+returning a ``RunRecord``; the CLI and the app both consume it, and both write or offer the same bytes
+from ``artifact_files``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import io
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,68 +22,17 @@ import numpy as np
 import torch
 
 from tipcore import __version__, attacks, data, defenses, metrics, models, update_stats
-from tipcore.attacks.base import AttackResult, Snapshot, StopHook, never_stop
+from tipcore.attacks.base import AttackResult, Snapshot
 from tipcore.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
+from tipcore.defenses.tip import TIP, compute_alphas
 from tipcore.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
+from tipcore.outputs import StagedOutput
+from tipcore.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, validate_pixels
+from tipcore.progress import Event, StopHook, Stopwatch, check_stop, drive, never_stop
 from tipcore.seeding import generator, pick_device
 
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    seed: int = 0
-    model: str = "lenet"
-    weights: str = "random"  # "random" (seeded init) or "digits" (bundled checkpoint)
-    image_ids: tuple[str, ...] = ("cifar10-00",)  # gallery ids; ignored when images are passed in
-    labels: tuple[int, ...] | None = None  # override the gallery labels (required for uploads)
-    num_classes: int | None = None  # None: 10 for digits weights, else what the images' datasets need
-    round: RoundConfig = field(default_factory=RoundConfig)
-    defense: str = "none"
-    defense_cfg: Mapping[str, Any] = field(default_factory=dict)
-    attack: str = "idlg"
-    attack_cfg: Mapping[str, Any] = field(default_factory=dict)
-    labels_known: bool = False  # threat model: the server is told the labels
-    report_every: int = 10
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.model not in models.MODELS:
-            raise ValueError(f"unknown model '{self.model}'; choose one of: {', '.join(models.MODELS)}")
-        if self.weights not in models.WEIGHTS:
-            raise ValueError(f"weights must be one of {', '.join(models.WEIGHTS)}, got '{self.weights}'")
-        if self.defense not in defenses.DEFENSES:
-            raise ValueError(f"unknown defense '{self.defense}'; choose one of: {', '.join(defenses.DEFENSES)}")
-        if self.attack not in attacks.ATTACKS:
-            raise ValueError(f"unknown attack '{self.attack}'; choose one of: {', '.join(attacks.ATTACKS)}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
-        if not 1 <= self.report_every <= 100_000:
-            raise ValueError(f"report_every must be in [1, 100000], got {self.report_every}")
-        # Validate option dicts now, so a bad value fails before any compute.
-        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_cfg)  # unknown keys first
-        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_options())
-        from_dict(attacks.ATTACKS[self.attack].config_cls, self.attack_cfg)
-
-    def defense_options(self) -> dict[str, Any]:
-        """The defense's options as it runs: a clip-calibrated defense takes the round's clip."""
-        return defenses.bind_round(self.defense, self.defense_cfg, self.round)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_ids"] = list(self.image_ids)
-        d["labels"] = None if self.labels is None else list(self.labels)
-        d["defense_cfg"], d["attack_cfg"] = dict(self.defense_cfg), dict(self.attack_cfg)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
-        d = dict(d)
-        if "round" in d and isinstance(d["round"], Mapping):
-            d["round"] = from_dict(RoundConfig, d["round"])
-        for key in ("image_ids", "labels"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return from_dict(cls, d)
+ExperimentConfig = RunSpec  # the name this module used before the RunSpec; kept for existing callers
 
 
 @dataclass(frozen=True)
@@ -142,9 +90,9 @@ def resolve_images(cfg: ExperimentConfig, images: np.ndarray | None) -> tuple[np
         labels = tuple(cfg.labels) if cfg.labels is not None else tuple(s.label for s in samples)
         needed = max(s.num_classes for s in samples)
     else:
-        arrays = np.asarray(images, dtype=np.float32)
-        if arrays.ndim == 3:
-            arrays = arrays[None]
+        arrays = validate_pixels(images)
+        if cfg.upload_sha256 is not None and pixel_digest(arrays) != cfg.upload_sha256:
+            raise ValueError("these pixels are not the upload the RunSpec names (sha256 differs)")
         if cfg.labels is None:
             raise ValueError("labels are required for images that are not from the gallery")
         labels = tuple(cfg.labels)
@@ -158,34 +106,70 @@ def resolve_images(cfg: ExperimentConfig, images: np.ndarray | None) -> tuple[np
     elif cfg.weights == "digits":
         num_classes = 10
     else:
-        num_classes = max(needed, max(labels) + 1 if max(labels) >= 10 else 10)
+        num_classes = max(needed, 10)  # the images' label space; a bigger label is refused, not grown into
     bad = [lab for lab in labels if not 0 <= lab < num_classes]
     if bad:
         raise ValueError(f"label {bad[0]} is out of range for a {num_classes}-class model (labels must be in [0, {num_classes - 1}])")
     return arrays, labels, num_classes
 
 
-def prepare(cfg: ExperimentConfig, images: np.ndarray | None = None) -> PreparedRound:
-    """Run the client's round and its defense; build the server's view."""
+PrepareStream = Generator[Event, None, PreparedRound]
+
+
+def prepare_stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
+                   should_stop: StopHook = never_stop) -> PrepareStream:
+    """Run the client's round and its defense; build the server's view. Yields a start and an end event per
+    stage ("client round", "Grad-CAM" for the TIP family, "defense") and raises ``Stopped`` when told to stop
+    between them: with nothing defended yet there is nothing to attack."""
     device = pick_device(cfg.device)
     arrays, labels, num_classes = resolve_images(cfg, images)
+    if images is not None and cfg.upload_sha256 is None:  # record what ran: the upload, not a gallery id
+        cfg = cfg.for_upload(arrays)
     model = models.build(cfg.model, num_classes=num_classes, weights=cfg.weights, seed=cfg.seed).to(device).eval()
     x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.tensor(labels, dtype=torch.long, device=device)
+    defense = defenses.create(cfg.defense, cfg.defense_options())
+    watch = Stopwatch()
+
+    def stage(name: str, done: int) -> Event:  # a log keeps the end of each stage, a bar shows its start too
+        return watch.event(name, done, 1, "pass", f"{cfg.defense} on {cfg.model}", minor=done == 0)
+
+    check_stop(should_stop, "before the client round")
+    yield stage("client round", 0)
     t0 = time.perf_counter()
     clean, ctx = client_update(model, x, y, cfg.round, generator=generator(cfg.seed, "defense"),
                                share_labels=cfg.labels_known)
     t1 = time.perf_counter()
-    defended, diagnostics = defenses.create(cfg.defense, cfg.defense_options()).protect(clean, ctx)
+    yield stage("client round", 1)
+    if isinstance(defense, TIP):  # its Grad-CAM pass is the slow half: report it and stop after it
+        check_stop(should_stop, "before Grad-CAM")
+        yield stage("Grad-CAM", 0)
+        alphas = compute_alphas(ctx.model, ctx.x, ctx.y, defense.config.layers)
+        yield stage("Grad-CAM", 1)
+        check_stop(should_stop, "before the defense")
+        yield stage("defense", 0)
+        defended, diagnostics = defense.apply(clean, ctx.round, alphas, ctx.generator)  # = protect(clean, ctx)
+    else:
+        check_stop(should_stop, "before the defense")
+        yield stage("defense", 0)
+        defended, diagnostics = defense.protect(clean, ctx)
     t2 = time.perf_counter()
+    yield stage("defense", 1)
     view = ServerView(cfg.model, num_classes, {k: v.detach().clone() for k, v in model.state_dict().items()},
                       AttackerCapabilities(labels_known=cfg.labels_known))
     return PreparedRound(cfg, arrays, labels, num_classes, clean, defended, diagnostics, view, t1 - t0, t2 - t1)
 
 
+def prepare(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
+            on_event: Callable[[Event], None] | None = None) -> PreparedRound:
+    """``prepare_stream`` driven to its end."""
+    return drive(prepare_stream(cfg, images, should_stop=should_stop), on_event)
+
+
 def stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
-           should_stop: StopHook = never_stop) -> Generator[Snapshot, None, RunRecord]:
-    prepared = prepare(cfg, images)
+           should_stop: StopHook = never_stop) -> Generator[Event, None, RunRecord]:
+    """The whole run as one stream: the client round's stages, then the attack's snapshots (payload)."""
+    prepared = yield from prepare_stream(cfg, images, should_stop=should_stop)
     attack = attacks.create(cfg.attack, cfg.attack_cfg)
     result = yield from attack.reconstruct(
         prepared.view, prepared.defended, generator=generator(cfg.seed, "attack"),
@@ -231,7 +215,9 @@ def stream_comparison(cfgs: list[ExperimentConfig], images: np.ndarray | None = 
         for cfg in cfgs:
             records.append((yield from stream(cfg, images, should_stop=should_stop)))
         return records
-    prepared = [prepare(cfg, images) for cfg in cfgs]
+    prepared = []
+    for cfg in cfgs:
+        prepared.append((yield from prepare_stream(cfg, images, should_stop=should_stop)))
     cfg = cfgs[0]
     comparison = BatchedComparison(attacks.create(cfg.attack, cfg.attack_cfg))
     results = yield from comparison.reconstruct(
@@ -244,8 +230,17 @@ def stream_comparison(cfgs: list[ExperimentConfig], images: np.ndarray | None = 
 
 
 def run(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
+        on_event: Callable[[Event], None] | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None) -> RunRecord:
-    return attacks.drive(stream(cfg, images, should_stop=should_stop), on_snapshot)
+    """``stream`` driven to its end. ``on_snapshot`` is a shortcut that sees only the attack's snapshots."""
+
+    def handle(event: Event) -> None:
+        if on_event is not None:
+            on_event(event)
+        if on_snapshot is not None and isinstance(event.payload, Snapshot):
+            on_snapshot(event.payload)
+
+    return drive(stream(cfg, images, should_stop=should_stop), handle)
 
 
 # ---------------------------------------------------------------- artifacts (one format for CLI and app)
@@ -282,7 +277,8 @@ def result_dict(record: RunRecord) -> dict[str, Any]:
         "round_seconds": p.round_seconds, "defense_seconds": p.defense_seconds,
         "model": p.config.model, "weights": p.config.weights, "num_classes": p.num_classes,
         "attack": p.config.attack, "defense": p.config.defense, "seed": p.config.seed,
-        "defense_summary": dict(p.diagnostics.summary), "config": p.config.to_dict(),
+        "defense_summary": dict(p.diagnostics.summary),
+        "schema_version": SCHEMA_VERSION, "spec": p.config.to_dict(), "resolved": p.config.resolved(),
         "update": dict(record.analysis),
         "versions": {k: v for k, v in record.environment.items() if k not in ("device", "threads")},
         "device": record.environment.get("device"), "threads": record.environment.get("threads"),
@@ -336,30 +332,53 @@ def artifact_files(record: RunRecord) -> dict[str, bytes]:
         "original.png": png_bytes(image_grid([record.prepared.images])),
         "reconstruction.png": png_bytes(image_grid([record.result.images[list(record.scores.order)]])),
         "progress.png": png_bytes(progress_picture(record)),
+        **({UPLOAD_FILE: npy_bytes(record.prepared.images)} if record.config.upload_sha256 else {}),
     }
 
 
-def write_artifacts(out: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
-    """Write into a fresh sibling directory, then rename it over ``out``: never half-written."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+UPLOAD_FILE = "images.npy"  # an uploaded batch's pixels, next to the result that names their sha256
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_run(result_path: str | os.PathLike) -> tuple[RunSpec, np.ndarray | None]:
+    """The RunSpec of a result.json and, for an upload, its pixels (checked against the recorded sha256)."""
+    from tipcore.runspec import spec_from_result
+
+    path = Path(result_path)
+    if path.is_dir():
+        path = path / "result.json"
     try:
-        for name, payload in files.items():
-            (tmp / name).write_bytes(payload)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():  # the swap failed half-way: put the old results back
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable result.json ({type(exc).__name__})") from None
+    if not isinstance(result, dict):
+        raise ValueError(f"{path} is not a result.json (expected a JSON object)")
+    spec = spec_from_result(result)
+    if spec.upload_sha256 is None:
+        return spec, None
+    pixels_path = path.with_name(UPLOAD_FILE)
+    try:
+        pixels = np.load(pixels_path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"the run was on an uploaded image, but {pixels_path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{pixels_path} is not a readable .npy file ({exc})") from None
+    if pixel_digest(pixels) != spec.upload_sha256:
+        raise ValueError(f"{pixels_path} does not hold the pixels result.json names (sha256 differs)")
+    return spec, pixels
+
+
+def write_artifacts(out: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
+    """Write into a fresh sibling directory, then rename it over ``out``: never half-written, and nothing
+    left behind on an error (``tipcore.outputs``; the CLI stages its output before computing instead)."""
+    return StagedOutput(out).commit(files)
 
 
 def with_budget(defense: str, options: Mapping[str, Any], epsilon: float, delta: float) -> dict[str, Any]:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generator, Mapping
 
 import torch
 
 from tipcore import data, defenses, models
-from tipcore.attacks.base import StopHook, never_stop
 from tipcore.config import from_dict
 from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, local_sgd, trainable_names
+from tipcore.progress import Event, StopHook, Stopwatch, never_stop
 from tipcore.seeding import generator
 from tipcore.training import accuracy
 
@@ -92,7 +91,10 @@ def shards(y: torch.Tensor, clients: int, gen: torch.Generator) -> list[torch.Te
     return [torch.cat(p) for p in parts]
 
 
-def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[RoundResult, None, FLResult]:
+def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[Event, None, FLResult]:
+    """Yields a minor event after each client's update and one per round (payload: its ``RoundResult``);
+    checks ``should_stop`` before every client update. A round stopped part-way is not applied: the result
+    holds the rounds completed."""
     x_train, y_train = data.load_digits("train")
     x_test, y_test = data.load_digits("test")
     global_model = models.build(cfg.model, weights=cfg.weights, seed=cfg.seed).eval()
@@ -101,17 +103,20 @@ def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[
     noise_gen = generator(cfg.seed, "defense")
     defense = defenses.create(cfg.defense, defenses.bind_round(cfg.defense, cfg.defense_cfg, RoundConfig(clip=cfg.clip)))
     names = trainable_names(global_model)
-    start = time.perf_counter()
+    watch = Stopwatch()
     results: list[RoundResult] = []
     initial = accuracy(global_model, x_test, y_test)
-    stopped = False
+    total_updates = cfg.rounds * len(split)
+
+    def event(done: int, message: str, **kw: Any) -> Event:
+        return watch.event(f"FedAvg {cfg.defense}", done, total_updates, "client update", message, **kw)
+
     for rnd in range(1, cfg.rounds + 1):
-        if should_stop():
-            stopped = True
-            break
         total = sum(len(s) for s in split)
         aggregate = {n: torch.zeros_like(p) for n, p in global_model.named_parameters()}
-        for shard in split:
+        for k, shard in enumerate(split):
+            if should_stop():
+                return FLResult(cfg, initial, tuple(results), True)
             xs, ys = x_train[shard], y_train[shard]
             steps = cfg.local_epochs * math.ceil(len(shard) / cfg.batch_size)
             local = copy.deepcopy(global_model)
@@ -128,10 +133,12 @@ def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[
             defended, _ = defense.protect(update, ctx)
             for n in names:
                 aggregate[n] += defended.tensors[n] * (len(shard) / total)
+            yield event((rnd - 1) * len(split) + k + 1, f"round {rnd}/{cfg.rounds}, client {k + 1}/{len(split)}",
+                        minor=True)
         with torch.no_grad():
             for n, p in global_model.named_parameters():
                 p.sub_(aggregate[n])
-        result = RoundResult(rnd, accuracy(global_model, x_test, y_test), time.perf_counter() - start)
+        result = RoundResult(rnd, accuracy(global_model, x_test, y_test), watch.elapsed())
         results.append(result)
-        yield result
-    return FLResult(cfg, initial, tuple(results), stopped)
+        yield event(rnd * len(split), f"round {rnd}/{cfg.rounds}  accuracy {result.accuracy:.3f}", payload=result)
+    return FLResult(cfg, initial, tuple(results), False)

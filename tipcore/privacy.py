@@ -1,6 +1,6 @@
 """Noise calibration from a privacy budget (ε, δ), shared by every noise-adding defense.
 
-The classic Gaussian mechanism adds σ = Δ · sqrt(2 ln(1.25/δ)) / ε for sensitivity Δ. TIP-SPEC §3.4:
+The classic Gaussian mechanism adds σ = Δ · sqrt(2 ln(1.25/δ)) / ε for sensitivity Δ. docs/METHOD.md §3.5:
 the sensitivity of a clipped local trajectory is T·η·C/B (FedAvg, parameter units) or C/B for one mean
 gradient (FedSGD, gradient units), so TIP and DP at the same (ε, δ) use the same σ. The classic bound is
 proven only for ε < 1; the paper uses ε = 5, so these numbers are a noise scale, not a guarantee.
@@ -26,7 +26,7 @@ def gaussian_factor(delta: float) -> float:
 
 
 def update_sigma(round_cfg: RoundConfig, epsilon: float, delta: float, clip: float) -> float:
-    """σ of the whole update, in the update's own units (TIP-SPEC §3.4 and §3.7)."""
+    """σ of the whole update, in the update's own units (docs/METHOD.md §3.5 and §3.6)."""
     check_budget(epsilon, delta)
     if not clip > 0:
         raise ValueError(f"clip must be > 0, got {clip}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generator
@@ -31,7 +30,7 @@ from tipcore.evaluation import (
     DefenseSetting, attack_cells, attack_config, chunks, cifar10_ids, mean_std, reference_psnr, utility_accuracy,
 )
 from tipcore.fl import RoundConfig
-from tipcore.progress import Progress, StopHook, never_stop
+from tipcore.progress import Event, StopHook, Stopped, Stopwatch, never_stop
 from tipcore.resumable import ResumableTable, claim_directory, number
 from tipcore.sweep import DECADES
 
@@ -122,7 +121,7 @@ def kind_of(attack: str) -> str:
     return "naive" if attacks.base_attack(attack) == attack else "adaptive"
 
 
-def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_stop) -> Generator[Progress, None, Path]:
+def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_stop) -> Generator[Event, None, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claim_directory(out, cfg.manifest())
@@ -131,8 +130,11 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
     settings = report_settings()
     images = cifar10_ids(cfg.images)
     ig_images = cifar10_ids(cfg.ig_images) if cfg.ig_images else ()
-    started = time.perf_counter()
+    watch = Stopwatch()
     state = {"done": 0}
+
+    def progress(total: int, message: str, stopped: bool = False) -> Event:
+        return watch.event("reproduce", state["done"], total, "cell", message, stopped=stopped)
 
     def attack_groups(chosen: dict[str, DefenseSetting], models: tuple[str, ...]) -> list[tuple]:
         """Per model, image and attack: the settings still to do, in batches of one optimisation each."""
@@ -147,21 +149,22 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
                     groups += [("attack", (group, model, image, attack)) for group in chunks(todo, size)]
         return groups
 
-    def work(items: list[tuple[str, tuple]]) -> Generator[Progress, None, bool]:
+    def work(items: list[tuple[str, tuple]]) -> Generator[Event, None, bool]:
         total = state["done"] + sum(len(i[1][0]) if i[0] == "attack" else 1 for i in items)
         for kind, item in items:
             if should_stop():
                 return False
-            elapsed = time.perf_counter() - started
             if kind == "utility":
                 label, setting = item
-                yield Progress(state["done"], total, f"utility {label}", elapsed)
-                acc = utility_accuracy(setting, rounds=cfg.fl_rounds, seed=cfg.seed)
+                yield progress(total, f"utility {label}")
+                acc = utility_accuracy(setting, rounds=cfg.fl_rounds, seed=cfg.seed, should_stop=should_stop)
+                if acc is None:
+                    return False
                 utility.append(dict(setting=label, defense=setting.defense, accuracy=acc, fl_rounds=cfg.fl_rounds))
                 state["done"] += 1
                 continue
             group, model, image, attack = item
-            yield Progress(state["done"], total, f"{attack} on {model}, {image}, vs {len(group)} defenses", elapsed)
+            yield progress(total, f"{attack} on {model}, {image}, vs {len(group)} defenses")
             if model == "lenet":
                 ecfgs = [attack_config(image, s, attack, iterations=cfg.lenet_iters, seed=cfg.seed) for _, s in group]
             else:
@@ -169,7 +172,10 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
                 iterations = options.pop("iterations")
                 ecfgs = [attack_config(image, s, attack, iterations=iterations, seed=cfg.seed, model="resnet18",
                                        round_cfg=IG_ROUND, attack_options=options) for _, s in group]
-            rows = attack_cells([replace(c, device=cfg.device) for c in ecfgs], should_stop=should_stop)
+            try:
+                rows = attack_cells([replace(c, device=cfg.device) for c in ecfgs], should_stop=should_stop)
+            except Stopped:  # during a client round, before any attack
+                return False
             if any(r["stopped"] for r in rows):
                 return False
             for (label, setting), row in zip(group, rows):
@@ -178,8 +184,8 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
             state["done"] += len(group)
         return True
 
-    def stopped() -> Progress:
-        return Progress(state["done"], state["done"], "stopped", time.perf_counter() - started, stopped=True)
+    def stopped() -> Event:
+        return progress(state["done"], "stopped", stopped=True)
 
     candidates = {c.label(): c for c in MATCHED_DP_CANDIDATES}
     first = [("utility", (label, s)) for label, s in {**settings, **candidates}.items()
@@ -193,7 +199,7 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
     if not (yield from work(attack_groups({matched_label: matched}, ("lenet",)))):
         yield stopped()
         return out
-    yield Progress(state["done"], state["done"], "writing REPORT.md", time.perf_counter() - started)
+    yield progress(state["done"], "writing REPORT.md")
     reference = reference_psnr(images, cfg.seed)
     (out / "REPORT.md").write_text(report(cfg, cells, utility, matched_label, reference) + "\n")
     return out

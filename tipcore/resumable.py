@@ -78,8 +78,10 @@ def claim_directory(out: Path, settings: Mapping[str, Any]) -> None:
             raise ValueError(f"{out} holds a job with other settings ({', '.join(changed)}); "
                              "rerun with the same settings to resume, or choose another --out")
         return
-    if any(out.glob("*.csv")):
-        raise ValueError(f"{out} holds tables but no job.json: not a directory this job can resume")
+    others = sorted(p.name for p in out.iterdir())
+    if others:  # never mix a job's tables into a directory of the user's, nor resume one without a record
+        raise ValueError(f"{out} holds files but no job.json ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}): not a directory of this job; choose another --out")
     manifest.write_text(json.dumps(wanted, indent=1, sort_keys=True) + "\n")
 
 

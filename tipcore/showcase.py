@@ -16,17 +16,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import numpy as np
 
 from tipcore import data
+from tipcore.progress import Event, StopHook, Stopped, Stopwatch, drive, never_stop, within
 
 if TYPE_CHECKING:
     from tipcore.experiment import ExperimentConfig
 
 SHOWCASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "showcase"
-Log = Callable[[str], None]
 
 PUNCHLINE_IMAGE = "cifar10-00"
 # (defense, attack, title): the naive iDLG against each defense, then TIP against the adaptive iDLG.
@@ -142,22 +142,32 @@ def _channel_views(record: Any) -> list[dict[str, Any]]:
     return out
 
 
-def make_punchline(iterations: int = 300, log: Log = print) -> Path:
-    from tipcore.experiment import run
+def punchline(iterations: int = 300, *, should_stop: StopHook = never_stop) -> Generator[Event, None, Path]:
+    """Attack the punchline image once per entry; each entry's run is relayed as ``punchline i/n · stage``
+    events, and a "punchline" event per finished entry carries its scores. Stopped: nothing is written."""
+    from tipcore.experiment import stream
 
-    SHOWCASE_DIR.mkdir(parents=True, exist_ok=True)
     entries, channels = [], []
-    for defense, attack, title in PUNCHLINE_ENTRIES:
-        record = run(_attack_config(PUNCHLINE_IMAGE, defense, {}, iterations, attack=attack))
+    watch = Stopwatch()
+    total = len(PUNCHLINE_ENTRIES)
+    for i, (defense, attack, title) in enumerate(PUNCHLINE_ENTRIES):
+        cfg = _attack_config(PUNCHLINE_IMAGE, defense, {}, iterations, attack=attack)
+        record = yield from within(stream(cfg, should_stop=should_stop), f"punchline {i + 1}/{total}")
+        if record.result.stopped:
+            yield watch.event("punchline", i, total, "entry", "stopped: nothing written", stopped=True)
+            raise Stopped("stopped: the punchline was not written")
         name = _punch_file(defense, attack)
-        _save_png(SHOWCASE_DIR / name, record.result.images[0])
         entries.append({"defense": defense, "attack": attack, "title": title, "file": name,
                         "psnr": record.scores.psnr, "ssim": record.scores.ssim,
                         "label_true": record.prepared.labels[0], "label_pred": record.result.labels[0],
-                        "analysis": _plain(dict(record.analysis))})
+                        "analysis": _plain(dict(record.analysis)), "image": record.result.images[0]})
         if record.result.match == "drop" and defense.startswith("tip"):
             channels = _channel_views(record)
-        log(f"punchline {defense}/{attack}: psnr {record.scores.psnr:.2f} ssim {record.scores.ssim:.3f}")
+        yield watch.event("punchline", i + 1, total, "entry",
+                          f"{defense}/{attack}: psnr {record.scores.psnr:.2f} ssim {record.scores.ssim:.3f}")
+    SHOWCASE_DIR.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        _save_png(SHOWCASE_DIR / entry["file"], entry.pop("image"))
     _save_png(SHOWCASE_DIR / "punchline_original.png", record.prepared.images[0])
     settings = {**record.config.to_dict(), "defense": "see entries", "attack": "see entries",
                 "defense_cfg": "epsilon=5, delta=1e-5"}
@@ -166,6 +176,10 @@ def make_punchline(iterations: int = 300, log: Log = print) -> Path:
     path = SHOWCASE_DIR / "punchline.json"
     path.write_text(json.dumps(meta, indent=1, default=float) + "\n")
     return path
+
+
+def make_punchline(iterations: int = 300, on_event: Callable[[Event], None] | None = None) -> Path:
+    return drive(punchline(iterations), on_event)
 
 
 def load_punchline() -> Punchline | None:
@@ -240,23 +254,37 @@ def load_privacy_curves(path: str | Path | None = None) -> dict[str, Any] | None
 SHOWCASE_SWEEP_DIR = Path("runs") / "showcase-sweep"
 
 
-def make_frontier(quick: bool = False, log: Log = print) -> Path:
+def frontier(quick: bool = False, *, should_stop: StopHook = never_stop) -> Generator[Event, None, Path | None]:
     """The frontier page's curves: the sweep's default grid (``--quick``: two strengths per defense, one image,
-    a short budget), run in runs/showcase-sweep (resumable), its curves.json copied into assets/showcase."""
+    a short budget), run in runs/showcase-sweep (resumable), its curves.json copied into assets/showcase.
+    Stopped: the sweep keeps its finished cells, nothing is copied, None is returned."""
     from tipcore import sweep
-    from tipcore.progress import drive
+    from tipcore.experiment import strict_json
 
     cfg = sweep.SweepConfig()
     if quick:
         grid = {d: (knob, values[::max(1, len(values) - 1)][:2]) for d, (knob, values) in cfg.grid.items()}
         cfg = sweep.SweepConfig(grid=grid, images=1, iterations=20, fl_rounds=1)
-    out = drive(sweep.run(cfg, SHOWCASE_SWEEP_DIR / ("quick" if quick else "default")), lambda e: log(e.line()))
+    run = sweep.run(cfg, SHOWCASE_SWEEP_DIR / ("quick" if quick else "default"), should_stop=should_stop)
+    stopped = False
+    while True:  # relay the sweep's events, noting a stop (its directory may hold an older curves.json)
+        try:
+            event = next(run)
+        except StopIteration as end:
+            out = end.value
+            break
+        stopped = stopped or event.stopped
+        yield event
+    if stopped or not (out / "curves.json").exists():
+        return None
     summary = json.loads((out / "curves.json").read_text())
     summary["command"] = FRONTIER_COMMAND + (" --quick" if quick else "")
     summary["settings"]["made_by"] = (f"{FRONTIER_COMMAND}: {sweep.SWEEP_COMMAND} with its default grid "
                                       f"({sweep.SWEEP_COMMAND} --help)") if not quick else "quick smoke grid"
     path = SHOWCASE_DIR / ("privacy_curves_quick.json" if quick else PRIVACY_CURVES_FILE)
-    from tipcore.experiment import strict_json
-
     path.write_bytes(strict_json(summary) + b"\n")
     return path
+
+
+def make_frontier(quick: bool = False, on_event: Callable[[Event], None] | None = None) -> Path | None:
+    return drive(frontier(quick), on_event)

@@ -13,7 +13,6 @@ Finished cells are kept in the CSVs as they complete, so rerunning the same comm
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Mapping
@@ -23,19 +22,24 @@ from tipcore.experiment import strict_json
 from tipcore.evaluation import (
     DefenseSetting, attack_cells, attack_config, chunks, cifar10_ids, mean_std, reference_psnr, utility_accuracy,
 )
-from tipcore.progress import Progress, StopHook, never_stop
+from tipcore.progress import Event, StopHook, Stopped, Stopwatch, never_stop
 from tipcore.resumable import ResumableTable, claim_directory, number
 
 DECADES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-DEFAULT_GRID: dict[str, tuple[str, tuple[float, ...]]] = {
-    "none": ("", (0.0,)),
-    "tip": ("beta", DECADES),
-    "tip_random": ("beta", DECADES[1:]),
-    "tip_fullband": ("beta", DECADES[1:]),
-    "dp_paper": ("sigma", DECADES),
-    "prune": ("ratio", (0.3, 0.7, 0.9, 0.99)),
-    "soteria": ("ratio", (0.3, 0.6, 0.9)),
-}
+
+
+def default_grid() -> dict[str, tuple[str, tuple[float, ...]]]:
+    """Every registered defense along its declared strength knob (``knobs.Knob(role="strength", grid=...)``),
+    plus the undefended point; a defense with no strength grid (DP-SGD: its noise multiplier) is left out."""
+    from tipcore import defenses
+
+    grid: dict[str, tuple[str, tuple[float, ...]]] = {"none": ("", (0.0,))}
+    for name, spec in defenses.DEFENSES.items():
+        axis = spec.strength()
+        if name != "none" and axis is not None and axis[1]:
+            grid[name] = axis
+    return grid
+
 ATTACK_COLUMNS = ("defense", "knob", "strength", "noise_scale", "image", "seed", "attack", "attacker", "psnr",
                   "ssim", "label_accuracy", "noise_to_signal", "noise_to_signal_median", "update_cosine",
                   "flag_precision", "flag_recall", "flagged", "restarts", "seconds")
@@ -46,7 +50,7 @@ BATCH = 16  # defense settings attacked together in one batched optimisation (Le
 
 @dataclass(frozen=True)
 class SweepConfig:
-    grid: Mapping[str, tuple[str, tuple[float, ...]]] = field(default_factory=lambda: dict(DEFAULT_GRID))
+    grid: Mapping[str, tuple[str, tuple[float, ...]]] = field(default_factory=default_grid)
     images: int = 2  # first N gallery CIFAR-10 images
     seeds: tuple[int, ...] = (0,)
     naive: str = "idlg"
@@ -96,7 +100,7 @@ def _demo_round():
     return RoundConfig(clip=DEMO_CLIP)
 
 
-def run(cfg: SweepConfig, out: str | Path, *, should_stop: StopHook = never_stop) -> Generator[Progress, None, Path]:
+def run(cfg: SweepConfig, out: str | Path, *, should_stop: StopHook = never_stop) -> Generator[Event, None, Path]:
     """Fill ``out`` cell by cell (resuming), yielding progress; then write curves.json and curves.html."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,34 +122,44 @@ def run(cfg: SweepConfig, out: str | Path, *, should_stop: StopHook = never_stop
                     defense=s.defense, knob=s.knob, strength=s.strength, seed=seed, image=image, attack=attack))]
                 for group in chunks(todo, BATCH):
                     cells.append(("attack", (group, seed, image, attack, kind)))
-    start, total = time.perf_counter(), sum(len(c[1][0]) if c[0] == "attack" else 1 for c in cells)
+    watch, total = Stopwatch(), sum(len(c[1][0]) if c[0] == "attack" else 1 for c in cells)
     done = 0
+
+    def progress(message: str, stopped: bool = False) -> Event:
+        return watch.event("sweep", done, total, "cell", message, stopped=stopped)
+
     for kind, cell in cells:
         if should_stop():
-            yield Progress(done, total, "stopped", time.perf_counter() - start, stopped=True)
+            yield progress("stopped", stopped=True)
             return out
         if kind == "utility":
             setting, seed = cell
-            yield Progress(done, total, f"utility {setting.label()} seed {seed}", time.perf_counter() - start)
-            accuracy = utility_accuracy(setting, rounds=cfg.fl_rounds, seed=seed)
+            yield progress(f"utility {setting.label()} seed {seed}")
+            accuracy = utility_accuracy(setting, rounds=cfg.fl_rounds, seed=seed, should_stop=should_stop)
+            if accuracy is None:
+                yield progress("stopped", stopped=True)
+                return out
             utility_table.append(dict(defense=setting.defense, knob=setting.knob, strength=setting.strength,
                                       seed=seed, accuracy=accuracy, fl_rounds=cfg.fl_rounds))
             done += 1
         else:
             group, seed, image, attack, attacker = cell
             label = f"{attack} vs {len(group)} settings ({group[0].defense} ... {group[-1].defense}) on {image} seed {seed}"
-            yield Progress(done, total, label, time.perf_counter() - start)
-            rows = attack_cells([attack_config(image, s, attack, iterations=cfg.iterations, seed=seed) for s in group],
-                                should_stop=should_stop)
-            if any(r["stopped"] for r in rows):
-                yield Progress(done, total, "stopped", time.perf_counter() - start, stopped=True)
+            yield progress(label)
+            try:
+                rows = attack_cells([attack_config(image, s, attack, iterations=cfg.iterations, seed=seed)
+                                     for s in group], should_stop=should_stop)
+            except Stopped:  # during a client round, before any attack
+                rows = None
+            if rows is None or any(r["stopped"] for r in rows):
+                yield progress("stopped", stopped=True)
                 return out
             for setting, row in zip(group, rows):
                 attack_table.append(dict(defense=setting.defense, knob=setting.knob, strength=setting.strength,
                                          noise_scale=setting.noise_scale(), image=image, seed=seed, attack=attack,
                                          attacker=attacker, **{k: row[k] for k in ATTACK_COLUMNS if k in row}))
             done += len(group)
-    yield Progress(total, total, "done", time.perf_counter() - start)
+    yield progress("done")
     summary = summarise(attack_table, utility_table, cfg, reference_psnr(images))
     (out / "curves.json").write_bytes(strict_json(summary) + b"\n")
     (out / "curves.html").write_text(curves_html(summary))

@@ -6,7 +6,8 @@ interpreter, no forked torch thread pools) that lowers its own OS priority (``os
 ``threads`` intra-op threads, runs each ``ExperimentConfig`` of a plan through ``experiment.stream`` and
 sends small messages back through a queue:
 
-* ``Started(name)`` when a run begins,
+* ``Started(name)`` when a run begins, ``Stage`` for each step of the client's round (round, Grad-CAM,
+  defense),
 * ``LiveSnapshot`` (the first image of the attack's snapshot, the step, the loss, elapsed seconds),
 * ``Finished(name, RunOutcome)``: plain numpy and bytes, with ``files`` = ``experiment.artifact_files``
   of the child's ``RunRecord`` (the bytes the CLI writes),
@@ -46,6 +47,16 @@ JOIN_S = 10.0  # how long stop() + join may take before the child is terminated
 @dataclass(frozen=True)
 class Started:
     name: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage of the client's round (``tipcore.progress.Event`` without its payload)."""
+
+    name: str
+    stage: str
+    done: int
+    total: int | None
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,8 @@ def _child_main(plan: list[tuple[str, dict]], images: np.ndarray | None, out: An
 
     torch.set_num_threads(threads)
     from tipcore import experiment
+    from tipcore.attacks.base import Snapshot
+    from tipcore.progress import Stopped
 
     def should_stop() -> bool:
         # The parent gone (killed, crashed) counts as a stop: no orphaned attacks.
@@ -181,12 +194,18 @@ def _child_main(plan: list[tuple[str, dict]], images: np.ndarray | None, out: An
         try:
             cfg = experiment.ExperimentConfig.from_dict(cfg_dict)
 
-            def on_snapshot(snap: Any, name: str = name) -> None:
-                out.put(LiveSnapshot(name, int(snap.step), float(snap.loss),
-                                     np.asarray(snap.images[:1], dtype=np.float32), float(snap.elapsed_s)))
+            def on_event(event: Any, name: str = name) -> None:
+                snap = event.payload
+                if isinstance(snap, Snapshot):
+                    out.put(LiveSnapshot(name, int(snap.step), float(snap.loss),
+                                         np.asarray(snap.images[:1], dtype=np.float32), float(snap.elapsed_s)))
+                elif event.stage != "attack":
+                    out.put(Stage(name, str(event.stage), int(event.done), event.total))
 
-            record = experiment.run(cfg, images, should_stop=should_stop, on_snapshot=on_snapshot)
+            record = experiment.run(cfg, images, should_stop=should_stop, on_event=on_event)
             out.put(Finished(name, outcome_of(record)))
+        except Stopped:  # during the client round: nothing reached for this run, and the rest are skipped
+            break
         except Exception as exc:  # noqa: BLE001 - reported to the parent as one line, logged in full here
             log.exception("attack with defense %s failed", name)
             out.put(Failed(name, _one_line(exc)))

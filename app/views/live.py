@@ -9,8 +9,12 @@ import streamlit as st
 
 from app import controls, jobs, resources, state
 from app.components import (
-    MODEL_LABELS, attack_label, defense_label, fmt_db, fmt_psnr, fmt_seconds, fmt_ratio, loss_curves, upscale,
+    MODEL_LABELS, attack_label, comparison_png, defense_label, fmt_db, fmt_psnr, fmt_seconds, fmt_ratio,
+    loss_curves, rows_of, upscale,
 )
+
+# Reconstructions per row: 4 keeps every picture and caption readable from 1 to 8 defenses.
+PER_ROW = 4
 
 resources.configure_threads()
 s = state.current()
@@ -24,8 +28,9 @@ st.sidebar.subheader("Defenses")
 controls.defense_picker()
 controls.budget_picker()
 with st.sidebar.expander("TIP settings", expanded=False):
-    controls.tip_picker(st)
+    controls.tip_picker(st, variants=s.defenses)
 controls.other_defense_picker()
+controls.generated_defense_pickers(state.current().defenses)
 controls.attack_picker()
 controls.preset_note(preset_slot)
 state.publish()
@@ -52,24 +57,34 @@ running = job is not None
 if running:
     job.touch()
 
+# While a job runs, the header describes that job (its settings and image), not what the sidebar says now.
+job_settings = st.session_state.get("job_meta", (s,))[0] if running else s
+job_image = st.session_state.get("job_image") if running else None
 top_left, top_right = st.columns([1, 3], gap="large")
 with top_left:
-    if image is not None:
+    if job_image is not None:
+        st.image(upscale(job_image[1], 6), caption=job_image[0], width=192)
+    elif image is not None:
         st.image(upscale(image.image, 6), caption=image.caption, width=192)
     elif controls.upload_error():
         st.error(controls.upload_error())
 with top_right:
-    seconds, how = controls.estimate(s)
-    protocol = f"FedAvg, {s.local_steps} local steps" if s.mode == "fedavg" else "FedSGD"
-    chosen = ", ".join(defense_label(d) for d in s.defenses) or "—"
+    h = job_settings
+    seconds, how = controls.estimate(h)
+    protocol = f"FedAvg, {h.local_steps} local steps" if h.mode == "fedavg" else "FedSGD"
+    chosen = ", ".join(defense_label(d) for d in h.defenses) or "—"
     st.markdown(
-        f"**{MODEL_LABELS.get(s.model, s.model)}** ({s.weights} weights) · **{protocol}** · "
-        f"**{attack_label(controls.attack_name(s))}**, {s.iterations} iterations, seed {s.seed} · "
-        f"defenses: {chosen} · ε = {s.epsilon:g}, δ = {s.delta:.0e}"
+        ("Running: " if running else "")
+        + f"**{MODEL_LABELS.get(h.model, h.model)}** ({h.weights} weights) · **{protocol}** · "
+        f"**{attack_label(controls.attack_name(h))}**, {h.iterations} iterations, seed {h.seed} · "
+        f"defenses: {chosen} · ε = {h.epsilon:g}, δ = {h.delta:.0e}"
     )
-    st.markdown(f"Estimated time: **≈ {fmt_seconds(seconds)}** on this server")
-    st.caption(how + ". Each run also starts its worker process (a few seconds); while it runs, the time left "
-               "comes from its own measured speed.")
+    if running and h != s:
+        st.caption("You changed settings in the sidebar: they apply to the next run.")
+    if not running:  # while a run goes, its own measured time left is in the live panel below
+        st.markdown(f"Estimated time: **≈ {fmt_seconds(seconds)}** on this server")
+        st.caption(how + ". Each run also starts its worker process (a few seconds); while it runs, the time "
+                   "left comes from its own measured speed.")
     if seconds > 300:
         st.warning("This will take a while. Lower the iterations or the number of defenses for a quick look; "
                    "Stop keeps whatever has been reached.")
@@ -99,6 +114,7 @@ if run_clicked and image is not None and not running:
                        throughput=resources.throughput())
         st.session_state["job"] = job
         st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
+        st.session_state["job_image"] = (image.caption, image.image)
         st.session_state.pop("results", None)
         job.start()
         running = True
@@ -134,28 +150,30 @@ def _live_panel_body(job: jobs.Job) -> None:
         st.progress(0, text=f"Waiting for a free attack slot: {slots.active} of {slots.capacity} running on this "
                             f"server{f', {ahead} run(s) queued ahead of yours' if ahead else ''}; {when}.")
     else:
-        snap = job.latest.get(job.current) if job.current else None
-        step = f"step {snap.step}/{job.iterations}" if snap is not None else "starting the attack worker"
-        left = (f"about {fmt_seconds(eta)} left (measured speed)" if eta is not None
-                else "measuring the speed")
-        st.progress(min(max(frac, 0.0), 1.0),
-                    text=f"{defense_label(job.current or '')}: {step} · {left} · {fmt_seconds(job.elapsed_s or 0)} so far")
-    cols = st.columns(max(len(job.plan), 1))
-    for col, (name, _) in zip(cols, job.plan):
-        with col:
-            st.markdown(f"**{defense_label(name)}**")
-            rec = job.records.get(name)
-            snap = job.latest.get(name)
-            if rec is not None:
-                st.image(upscale(rec.images[0], 5), width="stretch")
-                st.caption(f"{'from the cache' if name in job.cached else 'done'} · PSNR {fmt_psnr(rec.psnr)}")
-            elif name in job.errors:
-                st.error(job.errors[name])
-            elif snap is not None:
-                st.image(upscale(snap.images[0], 5), width="stretch")
-                st.caption(f"step {snap.step} · loss {snap.loss:.3g}")
-            else:
-                st.caption("queued")
+        text = f"{defense_label(job.current or '')}: {job.activity()} · "
+        text += f"about {fmt_seconds(eta)} left (measured speed)" if eta is not None else "measuring the speed"
+        st.progress(min(max(frac, 0.0), 1.0), text=f"{text} · {fmt_seconds(job.elapsed_s or 0)} so far")
+    for row in rows_of(job.plan, PER_ROW):
+        for col, (name, _) in zip(st.columns(PER_ROW), row):
+            _live_cell(col, job, name)
+
+
+def _live_cell(col: object, job: jobs.Job, name: str) -> None:
+    """One defense's picture in the live panel: done (or from the cache), failed, the latest snapshot, or queued."""
+    with col:  # type: ignore[attr-defined]
+        st.markdown(f"**{defense_label(name)}**")
+        rec = job.records.get(name)
+        snap = job.latest.get(name)
+        if rec is not None:
+            st.image(upscale(rec.images[0], 5), width="stretch")
+            st.caption(f"{'from the cache' if name in job.cached else 'done'} · PSNR {fmt_psnr(rec.psnr)}")
+        elif name in job.errors:
+            st.error(job.errors[name])
+        elif snap is not None:
+            st.image(upscale(snap.images[0], 5), width="stretch")
+            st.caption(f"step {snap.step} · loss {snap.loss:.3g}")
+        else:
+            st.caption("queued")
 
 
 if running:
@@ -170,7 +188,7 @@ def _zip(res: jobs.Results) -> bytes:
             for fname, payload in d.files.items():
                 zf.writestr(f"{d.defense}/{fname}", payload)
         zf.writestr("metrics.csv", res.metrics_csv)
-        zf.writestr("comparison.png", res.grid_png)
+        zf.writestr("comparison.png", figure_png(res))
     return buf.getvalue()
 
 
@@ -213,6 +231,55 @@ def show_analysis(analysis: dict) -> None:
                         "defended update with the clean one.")
 
 
+def _notes(d: jobs.DefenseResult) -> str:
+    extra = []
+    if d.stopped:
+        extra.append("stopped")
+    if d.restarts:
+        extra.append(f"{d.restarts} restart{'s' if d.restarts > 1 else ''}")
+    if d.diverged:
+        extra.append("diverged")
+    return ", ".join(extra) or "—"
+
+
+def metrics_rows(res: jobs.Results) -> list[dict[str, str]]:
+    """One row per defense for the metrics table (strings, so nothing is rounded or cut by the table)."""
+    rows = []
+    for d in res.defenses:
+        ok = d.label_pred == d.label_true
+        row = {"defense": defense_label(d.defense), "PSNR (dB)": fmt_db(d.psnr), "SSIM": f"{d.ssim:.2f}",
+               "label inferred": f"{_label_text(res, d.label_pred)} {'✓' if ok else '✗'}",
+               "iterations": str(d.iterations), "time": fmt_seconds(d.seconds), "notes": _notes(d)}
+        detection = d.analysis.get("detection")
+        if isinstance(detection, dict) and (detection.get("flagged") or detection.get("noised")):
+            row["noised channels found"] = (f"{detection.get('true_positives', 0)} of {detection.get('noised', 0)} "
+                                            f"(precision {_fraction(detection.get('precision'))})")
+        rows.append(row)
+    if any("noised channels found" in r for r in rows):
+        for r in rows:
+            r.setdefault("noised channels found", "—")
+    return rows
+
+
+def figure_panels(res: jobs.Results) -> list[tuple[str, str, object]]:
+    """(title, subtitle, image) for the private image and each reconstruction."""
+    first = res.defenses[0]
+    panels = [("Private image", f"label: {_label_text(res, first.label_true)}", res.original[0])]
+    panels += [(defense_label(d.defense), f"PSNR {fmt_psnr(d.psnr)} · SSIM {d.ssim:.2f}", d.images[0])
+               for d in res.defenses]
+    return panels
+
+
+def figure_png(res: jobs.Results) -> bytes:
+    """The downloadable comparison figure, titled and with PSNR per panel (made once per result)."""
+    key = ("figure_png", res.job_id)
+    cache = st.session_state.setdefault("figure_png", {})
+    if key not in cache:
+        cache.clear()  # only the shown result's figure is kept
+        cache[key] = comparison_png(figure_panels(res), per_row=PER_ROW)
+    return cache[key]
+
+
 def show_results(res: jobs.Results) -> None:
     st.subheader("Results")
     cfg = res.settings
@@ -237,35 +304,16 @@ def show_results(res: jobs.Results) -> None:
     if not res.defenses:
         return
 
-    cols = st.columns(1 + len(res.defenses))
-    with cols[0]:
-        st.markdown("**Private image**")
-        st.image(upscale(res.original[0], 5), width="stretch")
-        st.caption(f"label: {_label_text(res, res.defenses[0].label_true)}")
-    for col, d in zip(cols[1:], res.defenses):
-        with col:
-            st.markdown(f"**{defense_label(d.defense)}**")
-            st.image(upscale(d.images[0], 5), width="stretch")
-            m1, m2 = st.columns(2)
-            m1.metric("PSNR (dB)", fmt_db(d.psnr), help="Between private image and reconstruction, data range 1; "
-                      "higher means more leakage (above ~25 dB the image is recognisable).")
-            m2.metric("SSIM", f"{d.ssim:.2f}", help="Structural similarity: 1 identical, ~0 unrelated.")
-            ok = d.label_pred == d.label_true
-            st.caption(f"label inferred: {_label_text(res, d.label_pred)} {'✓' if ok else '✗'}")
-            extra = []
-            if d.stopped:
-                extra.append("stopped")
-            if d.restarts:
-                extra.append(f"{d.restarts} restart{'s' if d.restarts > 1 else ''}")
-            if d.diverged:
-                extra.append("diverged")
-            tail = f" · {', '.join(extra)}" if extra else ""
-            st.caption(f"{d.iterations} iterations · {fmt_seconds(d.seconds)}{tail}")
-            show_analysis(d.analysis)
-            st.download_button("result.json", d.files["result.json"], file_name=f"{d.defense}_result.json",
-                               mime="application/json", key=f"dl_json_{res.job_id}_{d.defense}",
-                               icon=":material/download:",
-                               help="The run's settings, seed, metrics and versions: the same file the CLI writes.")
+    # The pictures in rows of at most PER_ROW (same width in every row), the numbers in one table below.
+    for row in rows_of(figure_panels(res), PER_ROW):
+        for col, (title, subtitle, image) in zip(st.columns(PER_ROW), row):
+            with col:
+                st.markdown(f"**{title}**")
+                st.image(upscale(image, 5), width="stretch")
+                st.caption(subtitle)
+    st.table(metrics_rows(res), hide_index=True)
+    st.caption("PSNR between private image and reconstruction (data range 1): higher means more leakage, above "
+               "~25 dB the image is recognisable. SSIM: 1 identical, ~0 unrelated.")
 
     # The attack's progress, one slider over the snapshots of every defense.
     steps = sorted({step for d in res.defenses for step in d.history_steps})
@@ -275,13 +323,11 @@ def show_results(res: jobs.Results) -> None:
             "Attack step", options=steps, value=steps[-1], key=f"hist_{res.job_id}",
             help="Scrub through the snapshots the attack reported while it ran.",
         )
-        hcols = st.columns(1 + len(res.defenses))
-        hcols[0].caption(f"step {chosen}")
-        for col, d in zip(hcols[1:], res.defenses):
-            idx = [i for i, st_ in enumerate(d.history_steps) if st_ <= chosen]
-            with col:
-                if idx:
-                    i = idx[-1]
+        shown = [d for d in res.defenses if any(st_ <= chosen for st_ in d.history_steps)]
+        for row in rows_of(shown, PER_ROW):
+            for col, d in zip(st.columns(PER_ROW), row):
+                i = [j for j, st_ in enumerate(d.history_steps) if st_ <= chosen][-1]
+                with col:
                     st.image(upscale(d.history_images[i], 4), width=128,
                              caption=f"{defense_label(d.defense)} · step {d.history_steps[i]}")
         curves = {d.defense: (d.history_steps, d.history_losses) for d in res.defenses if d.history_steps}
@@ -290,9 +336,10 @@ def show_results(res: jobs.Results) -> None:
 
     st.markdown("**Downloads**")
     d1, d2, d3 = st.columns(3)
-    d1.download_button("Figure (PNG)", res.grid_png, file_name="comparison.png", mime="image/png",
+    d1.download_button("Figure (PNG)", figure_png(res), file_name="comparison.png", mime="image/png",
                        icon=":material/image:", key=f"dl_png_{res.job_id}",
-                       help="Private image, then each defense's reconstruction, upscaled without smoothing.")
+                       help="Private image, then each defense's reconstruction with its PSNR and SSIM, "
+                            "upscaled without smoothing.")
     d2.download_button("Metrics (CSV)", res.metrics_csv, file_name="metrics.csv", mime="text/csv",
                        icon=":material/table:", key=f"dl_csv_{res.job_id}",
                        help="One row per defense: PSNR, SSIM, MSE, label accuracy, iterations, time.")
@@ -301,13 +348,17 @@ def show_results(res: jobs.Results) -> None:
                        help="Per defense: result.json, defense.json, metrics.csv and PNGs, exactly as the CLI "
                             "writes them; plus the comparison figure.")
 
-    with st.expander("Defense diagnostics"):
+    with st.expander("Per defense: what it did to the update, the attacker's detection, result.json"):
         for d in res.defenses:
+            st.markdown(f"**{defense_label(d.defense)}**")
             summary = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                                 for k, v in d.summary.items())
-            st.markdown(f"**{defense_label(d.defense)}**: {summary or 'no parameters'}")
-            if d.notes:
-                st.caption(d.notes)
+            st.caption(f"{summary or 'no parameters'}" + (f" · {d.notes}" if d.notes else ""))
+            show_analysis(d.analysis)
+            st.download_button(f"result.json of {defense_label(d.defense)}", d.files["result.json"],
+                               file_name=f"{d.defense}_result.json", mime="application/json",
+                               key=f"dl_json_{res.job_id}_{d.defense}", icon=":material/download:",
+                               help="The run's settings, seed, metrics and versions: the same file the CLI writes.")
 
 
 results: jobs.Results | None = st.session_state.get("results")

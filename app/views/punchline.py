@@ -67,10 +67,10 @@ else:
                                 "alone (drop: finds the channels TIP noised and leaves them out).")
             psnr, ssim = float(entry.psnr), float(entry.ssim)
             true, pred = getattr(entry, "label_true", None), getattr(entry, "label_pred", None)
-            m1, m2 = st.columns(2)
-            m1.metric("PSNR (dB)", fmt_db(psnr), help="Peak signal-to-noise ratio between the private image and "
+            # One above the other: side by side in a fifth of the page, the labels were cut to "PSNR (…".
+            st.metric("PSNR (dB)", fmt_db(psnr), help="Peak signal-to-noise ratio between the private image and "
                       "the reconstruction (data range 1). Above ~25 dB the image is plainly recognisable.")
-            m2.metric("SSIM", f"{ssim:.2f}", help="Structural similarity, 1 = identical, near 0 = unrelated.")
+            st.metric("SSIM", f"{ssim:.2f}", help="Structural similarity, 1 = identical, near 0 = unrelated.")
             if true is not None and pred is not None:
                 ok = list(np.atleast_1d(true)) == list(np.atleast_1d(pred))
                 verdict = "✓ leaked" if ok else "✗ wrong"

@@ -14,35 +14,48 @@ from app.components import (
     alpha_bars, defense_label, heatmap_overlay, kernel_figure, noise_energy_bars, spectrum_figure, upscale,
 )
 
+INTRO = {
+    "tip": "TIP asks Grad-CAM which output channels of each convolution drive the true class on the client's own "
+           "image, keeps the top fraction **p** of them, and adds Gaussian noise to those channels' kernels **only "
+           "in the high-frequency part of each kernel's 2D spectrum** (outside cutoff **r**).",
+    "tip_random": "The random-channel ablation adds TIP's high-frequency noise (outside cutoff **r**) to a "
+                  "**random** fraction **p** of each convolution's output channels, ignoring Grad-CAM.",
+    "tip_fullband": "The full-band ablation picks the same top-**p** Grad-CAM channels as TIP, but adds the noise "
+                    "to **every bin** of their kernels' spectra, DC included: there is no cutoff.",
+}
+
 resources.configure_threads()
 s = state.current()
+
+st.title("How TIP works")
+intro = st.empty()  # filled once the variant is known
+for problem in state.url_problems():
+    st.warning(problem)
+
+# ------------------------------------------------------------------------------------------ controls
+# TIP's own controls sit above the charts they change, so a slider move shows its effect without scrolling.
+c_variant, c_ratio, c_cutoff, c_noise = st.columns([1.1, 1, 1, 1.2], gap="medium")
+variant = controls.tip_variant_picker(c_variant)
+controls.ratio_slider(c_ratio)
+controls.cutoff_slider(c_cutoff, [variant])
+controls.noise_picker(c_noise)
+intro.markdown(INTRO.get(variant, INTRO["tip"]) + " Move the sliders: only the cheap selection-and-noise step "
+               "is recomputed, never an attack.")
 
 # ------------------------------------------------------------------------------------------ sidebar
 image = controls.image_picker()
 controls.model_picker()
 controls.round_picker(calibrated=[s.tip_variant])
-st.sidebar.subheader("TIP")
-controls.tip_picker(variant=True)
 if s.noise == "calibrated":
+    st.sidebar.subheader("TIP's budget")
     controls.budget_picker()
 state.publish()
-
-st.title("How TIP works")
-st.markdown(
-    "TIP asks Grad-CAM which output channels of each convolution drive the true class on the client's own "
-    "image, keeps the top fraction **p** of them, and adds Gaussian noise to those channels' kernels **only "
-    "in the high-frequency part of each kernel's 2D spectrum** (outside cutoff **r**). Move the sliders: "
-    "only the cheap selection-and-noise step is recomputed, never an attack."
-)
-for problem in state.url_problems():
-    st.warning(problem)
-
-controls.gallery_browser()
 
 if image is None:
     if controls.upload_error():
         st.error(controls.upload_error())
     st.info("Choose a gallery image or upload one in the sidebar.")
+    controls.gallery_browser()
     st.stop()
 problem = controls.image_problem(s, image) or controls.clip_problem(s, [s.tip_variant])
 if problem:
@@ -66,6 +79,62 @@ layers = list(preview.layers)
 names = [layer.name for layer in layers]
 summary = dict(preview.summary)
 
+# ------------------------------------------------------------------------------------------ layer / channel
+c_layer, c_channel = st.columns(2)
+with c_layer:
+    layer_name = state.bind(
+        st.selectbox, "Conv layer", "layer", options=names, fallback=names[0],
+        format_func=lambda n: f"{n} ({'×'.join(map(str, preview.layer(n).kernel_size))}, "
+                              f"{np.asarray(preview.layer(n).alpha).shape[-1]} channels)",
+        help="Which convolution to inspect: its Grad-CAM heatmap, α per channel, and one kernel's spectrum.",
+    )
+diag = preview.layer(layer_name)
+alpha = np.asarray(diag.alpha)
+c_out = int(alpha.shape[-1])
+selected = sorted({c for sel in diag.selected for c in sel})
+# A channel picked for another image, layer or variant says nothing here if it is not selected now: start
+# from a selected one. (Within one context the visitor may still pick an unselected channel on purpose.)
+channel_context = (explainer_key, layer_name, s.tip_variant)
+shown_channel = st.session_state.get(state.widget_key("channel"), s.channel)
+if (st.session_state.get("channel_context", channel_context) != channel_context and selected
+        and shown_channel not in selected):
+    state.apply(channel=selected[0])
+st.session_state["channel_context"] = channel_context
+with c_channel:
+    channel = state.bind(
+        st.selectbox, "Output channel", "channel", options=list(range(c_out)),
+        fallback=selected[0] if selected else 0,
+        format_func=lambda c: f"{c} · selected, noised" if c in selected else f"{c}",
+        help="The kernel W[c, 0] (input channel 0) drawn below, before and after TIP, in space and frequency.",
+    )
+
+# ------------------------------------------------------------------------------------------ α and spectrum
+kv = preview.kernel(layer_name, int(channel), 0)
+col_alpha, col_spectrum = st.columns([1.3, 1], gap="medium")
+with col_alpha:
+    st.plotly_chart(alpha_bars(alpha[0], diag.selected[0] if diag.selected else (), layer_name, len(selected)),
+                    key="alpha")
+with col_spectrum:
+    st.plotly_chart(spectrum_figure(kv.spectrum_before, kv.spectrum_after, kv.mask,
+                                    f"|DFT| of kernel W[{channel}, 0] (DC in the middle)"), key="spectrum")
+mask = np.asarray(kv.mask)
+noised, total = int(mask.sum()), int(mask.size)
+if not kv.selected:
+    st.markdown(f"Channel {channel} is **not selected**: its kernel is sent unchanged (difference 0). Pick a "
+                "channel marked 'selected' to see the noise.")
+elif variant == "tip_fullband":
+    st.markdown(f"Channel {channel} **is selected**: the full-band ablation puts noise in all {total} frequency "
+                "bins of its kernels, DC and the lowest frequencies included; no bin is left as it was.")
+elif noised == total:
+    st.markdown(f"Channel {channel} **is selected**: at cutoff r = {s.cutoff:g} its kernels get noise in all "
+                f"{total} frequency bins, DC included.")
+elif noised == 0:
+    st.markdown(f"Channel {channel} **is selected**, but a {mask.shape[0]} × {mask.shape[1]} kernel has no bin "
+                f"beyond cutoff r = {s.cutoff:g}: this layer gets no noise.")
+else:
+    st.markdown(f"Channel {channel} **is selected**: its kernels get noise in {noised} of {total} frequency bins; "
+                "the bins inside the white outline (DC and the lowest frequencies) are left exactly as they were.")
+
 # ------------------------------------------------------------------------------------------ key numbers
 total_k = sum(len(layer.selected[0]) if layer.selected else 0 for layer in layers)
 total_c = sum(int(np.asarray(layer.alpha).shape[-1]) for layer in layers)
@@ -82,33 +151,23 @@ m[2].metric("Channels noised", f"{total_k}/{total_c}",
 m[3].metric("Layers L", f"{len(layers)}", help="Conv layers TIP targets (all Conv2d, 1 × 1 included).")
 m[4].metric("Noise energy Σ ΔW²", f"{float(summary.get('noise_energy', 0.0)):.3g}",
             help="Total squared noise added to the update, all layers together.")
-st.caption(f"{defense_label(s.tip_variant)} · p = {s.ratio:g}, r = {s.cutoff:g} · "
+cutoff_text = "every bin" if variant == "tip_fullband" else f"r = {s.cutoff:g}"
+st.caption(f"{defense_label(s.tip_variant)} · p = {s.ratio:g}, {cutoff_text} · "
            + (f"ε = {s.epsilon:g}, δ = {s.delta:.0e}" if s.noise == "calibrated" else f"direct β = {s.beta:g}")
            + (f" · {preview.notes}" if preview.notes and s.noise == "calibrated" else ""))
+st.markdown(
+    f"**Selected in {layer_name}**: channels {', '.join(map(str, selected)) or '—'} "
+    f"(k = {len(selected)} of {c_out}) · per-element noise std {diag.effective_std:.3g} · β = {diag.beta:.3g}"
+)
+st.caption(
+    "α is the signed Grad-CAM weight: the spatial mean of ∂(true-class logit)/∂(channel's output map). The "
+    "heatmap (ReLU of the α-weighted maps) shows where in the image those channels respond. "
+    + ("The random-channel ablation ignores α and picks channels at random." if variant == "tip_random" else
+       "TIP noises the largest-α channels: those that carry the image's semantics.")
+)
 
-# ------------------------------------------------------------------------------------------ layer / channel
-c_layer, c_channel = st.columns(2)
-with c_layer:
-    layer_name = state.bind(
-        st.selectbox, "Conv layer", "layer", options=names, fallback=names[0],
-        format_func=lambda n: f"{n} ({'×'.join(map(str, preview.layer(n).kernel_size))}, "
-                              f"{np.asarray(preview.layer(n).alpha).shape[-1]} channels)",
-        help="Which convolution to inspect: its Grad-CAM heatmap, α per channel, and one kernel's spectrum.",
-    )
-diag = preview.layer(layer_name)
-alpha = np.asarray(diag.alpha)
-c_out = int(alpha.shape[-1])
-selected = sorted({c for sel in diag.selected for c in sel})
-with c_channel:
-    channel = state.bind(
-        st.selectbox, "Output channel", "channel", options=list(range(c_out)),
-        fallback=selected[0] if selected else 0,
-        format_func=lambda c: f"{c} · selected, noised" if c in selected else f"{c}",
-        help="The kernel W[c, 0] (input channel 0) drawn below, before and after TIP, in space and frequency.",
-    )
-
-# ------------------------------------------------------------------------------------------ Grad-CAM and α
-col_img, col_cam, col_alpha = st.columns([1, 1.4, 2.4], gap="medium")
+# ------------------------------------------------------------------------------------------ image, Grad-CAM, kernel
+col_img, col_cam, col_kernel = st.columns([1, 1.3, 2.2], gap="medium")
 with col_img:
     st.markdown("**Private image**")
     st.image(upscale(image.image, 6), caption=image.caption, width=192)
@@ -120,41 +179,10 @@ with col_cam:
         st.error(str(exc))
     if heat is not None:
         st.plotly_chart(heatmap_overlay(image.image, heat, f"Grad-CAM at {layer_name}"), key="gradcam")
-with col_alpha:
-    st.plotly_chart(alpha_bars(alpha[0], diag.selected[0] if diag.selected else (), layer_name, len(selected)),
-                    key="alpha")
-st.markdown(
-    f"**Selected in {layer_name}**: channels {', '.join(map(str, selected)) or '—'} "
-    f"(k = {len(selected)} of {c_out}) · per-element noise std {diag.effective_std:.3g} · β = {diag.beta:.3g}"
-)
-st.caption(
-    "α is the signed Grad-CAM weight: the spatial mean of ∂(true-class logit)/∂(channel's output map). The "
-    "heatmap (ReLU of the α-weighted maps) shows where in the image those channels respond. TIP noises the "
-    "largest-α channels: those that carry the image's semantics."
-)
-
-# ------------------------------------------------------------------------------------------ kernel spectra
-kv = preview.kernel(layer_name, int(channel), 0)
-k1, k2 = st.columns([1.4, 1], gap="medium")
-with k1:
+with col_kernel:
     st.plotly_chart(kernel_figure(kv.before, kv.after, kv.difference,
                                   f"Kernel W[{channel}, 0] of {layer_name} in the update"), key="kernel")
-with k2:
-    st.plotly_chart(spectrum_figure(kv.spectrum_before, kv.spectrum_after, kv.mask,
-                                    "Centred DFT magnitude (DC in the middle)"), key="spectrum")
-mask = np.asarray(kv.mask)
-noised, total = int(mask.sum()), int(mask.size)
-if kv.selected:
-    st.markdown(f"Channel {channel} **is selected**: its kernels get noise in {noised} of {total} frequency bins; "
-                "the bins inside the white outline (DC and the lowest frequencies) are left exactly as they were.")
-else:
-    st.markdown(f"Channel {channel} is **not selected**: its kernel is sent unchanged (difference 0). Pick a "
-                "channel marked 'selected' to see the noise.")
-if noised == total:
-    st.caption("Cutoff r = 0 (or the full-band ablation): every bin, DC included, gets noise.")
-elif noised == 0:
-    st.caption(f"At this cutoff a {kv.mask.shape[0]} × {kv.mask.shape[1]} kernel has no bin beyond the cutoff: "
-               "this layer gets no noise.")
+controls.gallery_browser()
 
 # ------------------------------------------------------------------------------------------ per layer
 st.plotly_chart(noise_energy_bars(names, [layer.noise_energy for layer in layers],

@@ -1,7 +1,8 @@
 """What every attack shares: the progress stream, the result, the registry, and the gradient-matching setup.
 
-An attack is a generator: it yields a ``Snapshot`` every ``report_every`` steps, checks ``should_stop()``,
-and returns an ``AttackResult``. The CLI and the app consume the same stream through ``drive()``.
+An attack is a generator: every ``report_every`` steps it yields a ``tipcore.progress.Event`` whose payload
+is a ``Snapshot``, checks ``should_stop()`` before each step, and returns an ``AttackResult``. The CLI and
+the app consume the same stream through ``tipcore.progress.drive``.
 Attacks receive a ``ServerView`` and a ``SharedUpdate`` and nothing else: no private image, no client context.
 """
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from tipcore.config import create_registered
-from tipcore.progress import StopHook, drive, never_stop  # noqa: F401  (re-exported)
+from tipcore.progress import Event, StopHook, drive, never_stop  # noqa: F401  (drive, never_stop re-exported)
 from tipcore.fl import ServerView, SharedUpdate
 
 SMALL_MODEL_PARAMS = 1_000_000
@@ -49,7 +50,13 @@ class AttackResult:
     flagged: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # drop: conv layer -> channels left out
 
 
-AttackStream = Generator[Snapshot, None, AttackResult]
+AttackStream = Generator[Event, None, AttackResult]
+
+
+def snapshot_event(snap: Snapshot, total: int) -> Event:
+    """The progress event of an attack snapshot: ``snap.step`` of ``total`` steps, the snapshot as payload."""
+    message = f"loss {snap.loss:.4g}" + (f"  restart {snap.restart}" if snap.restart else "")
+    return Event("attack", snap.step, total, "step", message, snap.elapsed_s, snap.eta_s, payload=snap)
 
 
 class Attack(Protocol):

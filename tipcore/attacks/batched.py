@@ -26,7 +26,7 @@ from tipcore.attacks.lbfgs import FlatLBFGS
 from tipcore.attacks.replicate import Replicated
 from tipcore.attacks.template import GradientInversion, Recipe, SignedAdamOptimiser, choose_labels, total_variation
 from tipcore.fl import ServerView, SharedUpdate
-from tipcore.progress import StopHook, never_stop
+from tipcore.progress import Event, StopHook, never_stop
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class BatchedComparison:
 
     def reconstruct(self, view: ServerView, updates: Sequence[SharedUpdate], *,
                     generators: Sequence[torch.Generator], should_stop: StopHook = never_stop,
-                    report_every: int = 10) -> Generator[BatchSnapshot, None, list[AttackResult]]:
+                    report_every: int = 10) -> Generator[Event, None, list[AttackResult]]:
         recipe = self.recipe
         if len(updates) != len(generators) or not updates:
             raise ValueError("give one generator per update, and at least one update")
@@ -146,7 +146,9 @@ class BatchedComparison:
             step = max(p.step for p in problems)
             if step % report_every == 0 or all(p.finished for p in problems):
                 images = to_images(z.detach().view(n, *shape)[:, 0])
-                yield BatchSnapshot(step, tuple(p.loss for p in problems), images, clock.elapsed(), clock.eta(step))
+                snap = BatchSnapshot(step, tuple(p.loss for p in problems), images, clock.elapsed(), clock.eta(step))
+                yield Event("attack", step, recipe.iterations, "step", f"{n} updates at once",
+                            snap.elapsed_s, snap.eta_s, payload=snap)
 
         results = []
         for k, p in enumerate(problems):

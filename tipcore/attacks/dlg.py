@@ -14,31 +14,20 @@ from dataclasses import dataclass
 from tipcore.attacks.base import register, register_adaptive_variants
 from tipcore.attacks.matching import MatchOptions
 from tipcore.attacks.template import GradientInversion, Recipe
+from tipcore.knobs import knob
 
 
 @dataclass(frozen=True)
 class DLGConfig(MatchOptions):
-    iterations: int = 300  # L-BFGS outer steps
-    lr: float = 1.0
-    evals_per_step: int = 20  # L-BFGS max_iter: closure evaluations allowed per outer step
-    history_size: int = 100
-    max_restarts: int = 3  # restarts of a diverging run, each from fresh random numbers
-    explode_factor: float = 1e4  # loss above this multiple of the first loss counts as divergence
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 1 <= self.iterations <= 100_000:
-            raise ValueError(f"iterations must be in [1, 100000], got {self.iterations}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 1 <= self.evals_per_step <= 1000:
-            raise ValueError(f"evals_per_step must be in [1, 1000], got {self.evals_per_step}")
-        if not 1 <= self.history_size <= 1000:
-            raise ValueError(f"history_size must be in [1, 1000], got {self.history_size}")
-        if not 0 <= self.max_restarts <= 100:
-            raise ValueError(f"max_restarts must be in [0, 100], got {self.max_restarts}")
-        if not self.explode_factor > 1:
-            raise ValueError(f"explode_factor must be > 1, got {self.explode_factor}")
+    iterations: int = knob(300, "Iterations", "L-BFGS outer steps", low=1, high=100_000, unit="steps")
+    lr: float = knob(1.0, "Learning rate", "L-BFGS step size", low=0.0, low_open=True)
+    evals_per_step: int = knob(20, "Evaluations per step", "L-BFGS max_iter: closure evaluations allowed per "
+                               "outer step", low=1, high=1000)
+    history_size: int = knob(100, "History", "L-BFGS history size", low=1, high=1000)
+    max_restarts: int = knob(3, "Restarts", "restarts of a diverging run, each from fresh random numbers", low=0,
+                             high=100)
+    explode_factor: float = knob(1e4, "Divergence factor", "loss above this multiple of the first loss counts as "
+                                 "divergence", low=1.0, low_open=True)
 
 
 class _LBFGSMatching(GradientInversion):

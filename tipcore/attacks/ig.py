@@ -16,40 +16,26 @@ from typing import Literal
 from tipcore.attacks.base import ATTACK_PRESETS, register, register_adaptive_variants
 from tipcore.attacks.matching import MatchOptions
 from tipcore.attacks.template import GradientInversion, Recipe
+from tipcore.knobs import knob
 
 
 @dataclass(frozen=True)
 class IGConfig(MatchOptions):
-    iterations: int = 1000
-    lr: float = 0.1
-    tv: float = 1e-4
-    trials: int = 1  # independent starts; the lowest final loss wins
-    signed: bool = True
-    boxed: bool = True
-    lr_decay: bool = True  # MultiStepLR at 3/8, 5/8 and 7/8 of the iterations
-    decay_gamma: float = 0.1  # IG's original; the TIP paper used 0.5
-    labels: Literal["auto", "known", "infer"] = "auto"  # auto: the shared labels if any, else iDLG's rule
-    max_restarts: int = 3
-    explode_factor: float = 1e3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 1 <= self.iterations <= 100_000:
-            raise ValueError(f"iterations must be in [1, 100000], got {self.iterations}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.tv >= 0:
-            raise ValueError(f"tv must be >= 0, got {self.tv}")
-        if not 1 <= self.trials <= 100:
-            raise ValueError(f"trials must be in [1, 100], got {self.trials}")
-        if not 0 < self.decay_gamma <= 1:
-            raise ValueError(f"decay_gamma must be in (0, 1], got {self.decay_gamma}")
-        if self.labels not in ("auto", "known", "infer"):
-            raise ValueError(f"labels must be auto, known or infer, got '{self.labels}'")
-        if not 0 <= self.max_restarts <= 100:
-            raise ValueError(f"max_restarts must be in [0, 100], got {self.max_restarts}")
-        if not self.explode_factor > 1:
-            raise ValueError(f"explode_factor must be > 1, got {self.explode_factor}")
+    iterations: int = knob(1000, "Iterations", "signed-Adam steps", low=1, high=100_000, unit="steps")
+    lr: float = knob(0.1, "Learning rate", "Adam step size (decayed in steps)", low=0.0, low_open=True,
+                     log=True)
+    tv: float = knob(1e-4, "TV weight", "weight of the total-variation prior", low=0.0, log=True)
+    trials: int = knob(1, "Trials", "independent starts; the lowest final loss wins", low=1, high=100)
+    signed: bool = knob(True, "Signed gradients", "Adam on the sign of the gradient (IG's choice)")
+    boxed: bool = knob(True, "Box [0, 1]", "clamp the image to [0, 1] after every step")
+    lr_decay: bool = knob(True, "lr decay", "MultiStepLR at 3/8, 5/8 and 7/8 of the iterations")
+    decay_gamma: float = knob(0.1, "Decay factor", "lr factor at each milestone (IG's 0.1; the TIP paper 0.5)",
+                              low=0.0, low_open=True, high=1.0)
+    labels: Literal["auto", "known", "infer"] = knob("auto", "Labels", "auto: the shared labels if any, else "
+                                                     "iDLG's rule")
+    max_restarts: int = knob(3, "Restarts", "restarts of a diverging run", low=0, high=100)
+    explode_factor: float = knob(1e3, "Divergence factor", "loss above this multiple of the first counts as "
+                                 "divergence", low=1.0, low_open=True)
 
 
 # The TIP paper's attack protocol (arXiv 2602.11633, its Inverting Gradients settings): a named preset.

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from tipcore import spectral
+from tipcore.knobs import check, knob
 
 MATCH_MODES: tuple[str, ...] = ("all", "drop", "lowpass", "noise_aware")
 ADAPTIVE_MODES: tuple[str, ...] = MATCH_MODES[1:]
@@ -51,26 +52,22 @@ _TINY = 1e-30
 class MatchOptions:
     """The adaptive part of an attack config, shared by every optimisation attack."""
 
-    match: str = "all"  # all (naive), drop, lowpass or noise_aware
-    assumed_cutoff: float = 0.5  # r the attacker assumes TIP used (the paper's default is public)
-    assumed_ratio: float | None = None  # p the attacker assumes; None: estimate the noised count per layer
-    min_separation: float = 1.0  # drop: an empty gap of this many decades must separate the noised group
-    min_contrast: float = 3.0  # drop: ... and of this many robust spreads of the clean group
-    residual_floor: float = 0.01  # noise_aware: attainable residual on a clean channel, relative to its energy
+    match: str = knob("all", "Matcher", "what the attacker matches: all (naive), drop, lowpass or noise_aware")
+    assumed_cutoff: float = knob(0.5, "Assumed cutoff r", "the r the attacker assumes TIP used (the paper's "
+                                 "default is public)", low=0.0, low_open=True, high=1.0)
+    assumed_ratio: float | None = knob(None, "Assumed ratio p", "the p the attacker assumes; none: estimate the "
+                                       "noised count per layer", low=0.0, low_open=True, high=1.0)
+    min_separation: float = knob(1.0, "Gap", "drop: an empty gap of this many decades must separate the noised "
+                                 "group", low=0.0, high=10.0, unit="decades")
+    min_contrast: float = knob(3.0, "Contrast", "drop: ... and of this many robust spreads of the clean group",
+                               low=0.0, high=100.0)
+    residual_floor: float = knob(0.01, "Residual floor", "noise_aware: attainable residual on a clean channel, "
+                                 "relative to its energy", low=0.0, low_open=True, high=1.0)
 
     def __post_init__(self) -> None:
+        check(self)  # every knob of the attack's config, subclasses' included
         if self.match not in MATCH_MODES:
             raise ValueError(f"match must be one of {', '.join(MATCH_MODES)}, got '{self.match}'")
-        if not 0.0 < self.assumed_cutoff <= 1.0:
-            raise ValueError(f"assumed_cutoff must be in (0, 1], got {self.assumed_cutoff}")
-        if self.assumed_ratio is not None and not 0.0 < self.assumed_ratio <= 1.0:
-            raise ValueError(f"assumed_ratio must be in (0, 1] (or None to estimate), got {self.assumed_ratio}")
-        if not 0.0 <= self.min_separation <= 10.0:
-            raise ValueError(f"min_separation must be in [0, 10] decades, got {self.min_separation}")
-        if not 0.0 <= self.min_contrast <= 100.0:
-            raise ValueError(f"min_contrast must be in [0, 100], got {self.min_contrast}")
-        if not 0.0 < self.residual_floor <= 1.0:
-            raise ValueError(f"residual_floor must be in (0, 1], got {self.residual_floor}")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 from tipcore.attacks import matching
 from tipcore.attacks.base import (
     AttackResult, AttackStream, Clock, DivergenceGuard, MatchingProblem, Snapshot, StopHook, infer_labels,
-    never_stop, to_images,
+    never_stop, snapshot_event, to_images,
 )
 from tipcore.attacks.lbfgs import FlatLBFGS
 from tipcore.fl import ServerView, SharedUpdate
@@ -200,7 +200,7 @@ class GradientInversion:
                     snap = Snapshot(done, loss_value, to_images(split(z)[0]), clock.elapsed(), clock.eta(done),
                                     restarts)
                     history.append(snap)
-                    yield snap
+                    yield snapshot_event(snap, clock.total)
             if restart_now and restarts < recipe.max_restarts:
                 restarts += 1
                 continue

@@ -6,11 +6,12 @@ defended ``SharedUpdate`` plus diagnostics the app draws and ``defense.json`` re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import numpy as np
 
+from tipcore import knobs
 from tipcore.config import create_registered
 from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
 
@@ -61,23 +62,51 @@ class Defense(Protocol):
 
 @dataclass(frozen=True)
 class DefenseSpec:
+    """A registered defense. What it takes (budget, clip, a strength to sweep) is read from its config's
+    knobs (``tipcore.knobs``), so registering is all a new defense has to do."""
+
     name: str
     config_cls: type
     factory: Callable[[Any], Defense]
     summary: str
-    uses_budget: bool  # takes epsilon / delta, so a comparison can hand every defense the same budget
+    label: str  # display name, e.g. "TIP (random channels)"
+    sweep_grid: tuple[float, ...] | None = None  # overrides the strength knob's grid for this defense
+
+    @property
+    def uses_budget(self) -> bool:
+        """Takes (ε, δ), so a comparison can hand every defense the same budget."""
+        return bool(knobs.with_role(self.config_cls, "budget"))
+
+    @property
+    def takes_clip(self) -> bool:
+        """Its noise is calibrated for (or applied with) the round's clip norm C."""
+        return bool(knobs.with_role(self.config_cls, "clip"))
+
+    def strength(self) -> tuple[str, tuple[float, ...]] | None:
+        """(knob, default strengths) a sweep visits for this defense, or None if it has no strength axis."""
+        found = knobs.strength(self.config_cls)
+        if found is None:
+            return None
+        name, knob = found
+        return name, tuple(self.sweep_grid if self.sweep_grid is not None else knob.grid)
 
 
 DEFENSES: dict[str, DefenseSpec] = {}
 
 
-def register(name: str, config_cls: type, summary: str, uses_budget: bool = False) -> Callable[[type], type]:
+def register(name: str, config_cls: type, summary: str, *, label: str | None = None,
+             sweep_grid: tuple[float, ...] | None = None) -> Callable[[type], type]:
     def decorate(cls: type) -> type:
         cls.name = name
-        DEFENSES[name] = DefenseSpec(name, config_cls, cls, summary, uses_budget)
+        DEFENSES[name] = DefenseSpec(name, config_cls, cls, summary, label or name, sweep_grid)
         return cls
 
     return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a defense (tests that register a throwaway one clean up with this)."""
+    DEFENSES.pop(name, None)
 
 
 def create(name: str, options: Mapping[str, Any] | None = None) -> Defense:
@@ -90,7 +119,7 @@ def describe(name: str) -> str:
 
 def takes_clip(name: str) -> bool:
     """Whether the defense's noise is calibrated for (or applied with) a clip norm C."""
-    return "clip" in {f.name for f in fields(DEFENSES[name].config_cls)}
+    return DEFENSES[name].takes_clip
 
 
 def bind_round(name: str, options: Mapping[str, Any] | None, round_cfg: RoundConfig) -> dict[str, Any]:

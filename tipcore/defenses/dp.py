@@ -7,7 +7,7 @@ multiplier z is given, or calibrated from (ε, δ): classically (same σ as TIP 
 or with a Rényi-DP accountant.
 
 ``dp_paper``: the TIP paper's "standard DP": the round's clipped training as usual, then N(0, σ²) once on
-every parameter of the update, σ from TIP-SPEC §3.4 (the same σ TIP splits over its channels).
+every parameter of the update, σ from docs/METHOD.md §3.5 (the same σ TIP splits over its channels).
 """
 
 from __future__ import annotations
@@ -23,24 +23,21 @@ from torch.func import functional_call, grad, vmap
 from tipcore import privacy
 from tipcore.defenses.base import DefenseDiagnostics, register
 from tipcore.fl import ClientContext, SharedUpdate, trainable_names
+from tipcore.knobs import check, clip_knob, delta_knob, epsilon_knob, knob
 
 
 @dataclass(frozen=True)
 class DPConfig:
-    clip: float = 5.0  # per-example L2 clip norm C
-    noise_multiplier: float | None = None  # z; None: calibrate from (epsilon, delta)
-    epsilon: float = 5.0
-    delta: float = 1e-5
-    accountant: Literal["classic", "rdp"] = "classic"
+    clip: float = clip_knob()  # per-example L2 clip norm C
+    noise_multiplier: float | None = knob(None, "Noise multiplier z", "noise std z·C on the sum of clipped "
+                                          "per-example gradients (instead of calibrating from (ε, δ))", low=0.0,
+                                          role="strength", log=True)
+    epsilon: float = epsilon_knob()
+    delta: float = delta_knob()
+    accountant: Literal["classic", "rdp"] = knob("classic", "Accountant", "how (ε, δ) becomes a noise multiplier")
 
     def __post_init__(self) -> None:
-        if not self.clip > 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
-        if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
-            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
-        privacy.check_budget(self.epsilon, self.delta)
-        if self.accountant not in ("classic", "rdp"):
-            raise ValueError(f"accountant must be classic or rdp, got '{self.accountant}'")
+        check(self)
 
     def multiplier(self, steps: int) -> float:
         if self.noise_multiplier is not None:
@@ -78,7 +75,8 @@ def noisy_mean_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip
     return {n: (s + z * clip * torch.randn(s.shape, generator=gen).to(s.device)) / batch for n, s in summed.items()}
 
 
-@register("dp", DPConfig, "DP-SGD: per-example clipping + Gaussian noise (noise multiplier or (ε, δ))", uses_budget=True)
+@register("dp", DPConfig, "DP-SGD: per-example clipping + Gaussian noise (noise multiplier or (ε, δ))",
+          label="DP-SGD")
 class DifferentialPrivacy:
     def __init__(self, config: DPConfig | None = None) -> None:
         self.config = config or DPConfig()
@@ -116,20 +114,19 @@ class DifferentialPrivacy:
 
 @dataclass(frozen=True)
 class DPPaperConfig:
-    sigma: float | None = None  # direct noise std in update units; None: calibrate from (epsilon, delta, clip)
-    epsilon: float = 5.0
-    delta: float = 1e-5
-    clip: float = 5.0  # C the calibration assumes: set the round's clip to the same value
+    sigma: float | None = knob(None, "Noise std σ", "direct noise std on every parameter, in update units "
+                               "(instead of calibrating from (ε, δ, C))", low=0.0, role="strength",
+                               grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), log=True, unit="update units")
+    epsilon: float = epsilon_knob()
+    delta: float = delta_knob()
+    clip: float = clip_knob()  # C the calibration assumes: set the round's clip to the same value
 
     def __post_init__(self) -> None:
-        if self.sigma is not None and not self.sigma >= 0:
-            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
-        privacy.check_budget(self.epsilon, self.delta)
-        if not self.clip > 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
+        check(self)
 
 
-@register("dp_paper", DPPaperConfig, "the TIP paper's DP: N(0, σ²) once on every parameter after clipped training", uses_budget=True)
+@register("dp_paper", DPPaperConfig, "the TIP paper's DP: N(0, σ²) once on every parameter after clipped training",
+          label="DP (paper)")
 class PaperDP:
     def __init__(self, config: DPPaperConfig | None = None) -> None:
         self.config = config or DPPaperConfig()

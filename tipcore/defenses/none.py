@@ -13,7 +13,7 @@ class NoneConfig:
     pass
 
 
-@register("none", NoneConfig, "no defense: the update is sent as computed")
+@register("none", NoneConfig, "no defense: the update is sent as computed", label="No defense")
 class NoDefense:
     def __init__(self, config: NoneConfig | None = None) -> None:
         self.config = config or NoneConfig()

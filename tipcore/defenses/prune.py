@@ -8,15 +8,16 @@ import torch
 
 from tipcore.defenses.base import DefenseDiagnostics, register
 from tipcore.fl import ClientContext, SharedUpdate
+from tipcore.knobs import check, knob
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    ratio: float = 0.7  # fraction of each tensor's entries, smallest |value| first, set to zero
+    ratio: float = knob(0.7, "Pruned fraction", "fraction of each tensor's entries, smallest |value| first, set to "
+                        "zero", low=0.0, high=1.0, role="strength", grid=(0.3, 0.7, 0.9, 0.99))
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {self.ratio}")
+        check(self)
 
 
 def prune_tensor(t: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -32,7 +33,8 @@ def prune_tensor(t: torch.Tensor, ratio: float) -> torch.Tensor:
     return out.view_as(t)
 
 
-@register("prune", PruneConfig, "magnitude pruning: zero the smallest entries of every tensor")
+@register("prune", PruneConfig, "magnitude pruning: zero the smallest entries of every tensor",
+          label="Pruning")
 class Prune:
     def __init__(self, config: PruneConfig | None = None) -> None:
         self.config = config or PruneConfig()

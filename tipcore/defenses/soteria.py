@@ -16,21 +16,20 @@ import torch
 
 from tipcore.defenses.base import DefenseDiagnostics, register
 from tipcore.fl import ClientContext, SharedUpdate
+from tipcore.knobs import check, knob
 
 
 @dataclass(frozen=True)
 class SoteriaConfig:
-    ratio: float = 0.8  # fraction of representation features pruned (the percentile, as a fraction)
-    chunk: int = 64  # features differentiated at once (memory versus speed)
-    max_examples: int = 32  # score on at most this many private examples (a whole FL shard would take minutes)
+    ratio: float = knob(0.8, "Pruned features", "fraction of the fc layer's input features pruned, those whose "
+                        "perturbation reveals most of the input first", low=0.0, high=1.0, role="strength",
+                        grid=(0.3, 0.6, 0.9))
+    chunk: int = knob(64, "Chunk", "features differentiated at once (memory versus speed)", low=1, high=4096)
+    max_examples: int = knob(32, "Scored examples", "score on at most this many private examples (a whole FL "
+                             "shard would take minutes)", low=1, high=4096)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {self.ratio}")
-        if not 1 <= self.chunk <= 4096:
-            raise ValueError(f"chunk must be in [1, 4096], got {self.chunk}")
-        if not 1 <= self.max_examples <= 4096:
-            raise ValueError(f"max_examples must be in [1, 4096], got {self.max_examples}")
+        check(self)
 
 
 def feature_scores(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -60,7 +59,8 @@ def feature_scores(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch
     return torch.nan_to_num(ratio, nan=0.0, posinf=float("inf")).sum(0)
 
 
-@register("soteria", SoteriaConfig, "Soteria: prune the fc input representation where it leaks most")
+@register("soteria", SoteriaConfig, "Soteria: prune the fc input representation where it leaks most",
+          label="Soteria")
 class Soteria:
     def __init__(self, config: SoteriaConfig | None = None) -> None:
         self.config = config or SoteriaConfig()

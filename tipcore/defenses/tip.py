@@ -1,4 +1,4 @@
-"""TIP: targeted interpretable perturbation (Wang and Su, arXiv 2602.11633), per ../shared/TIP-SPEC.md.
+"""TIP: targeted interpretable perturbation (Wang and Su, arXiv 2602.11633), as docs/METHOD.md §3 describes.
 
 1. Grad-CAM channel weight α (signed) of every chosen conv layer, on the client's model at the point the
    update refers to, for one private sample per distinct label (n_cam samples).
@@ -24,29 +24,34 @@ from torch import nn
 from tipcore import privacy, spectral
 from tipcore.defenses.base import DefenseDiagnostics, LayerDiagnostics, register
 from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
+from tipcore.knobs import check, clip_knob, delta_knob, epsilon_knob, knob
 from tipcore.saliency import channel_alpha, resolve_layers
+
+
+# The ablations are swept over one decade fewer: below β = 1e-3 every TIP variant is the undefended update.
+ABLATION_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 @dataclass(frozen=True)
 class TipConfig:
-    ratio: float = 0.1  # p: fraction of output channels per layer
-    k: int | None = None  # absolute channels per layer; overrides ratio
-    cutoff: float = 0.5  # r: bins at radius >= r · min(kH, kW) / 2 get noise
-    layers: str = "all"  # "all", "last", or comma-separated conv layer names
-    signed: bool = True  # rank by signed α (paper) or by |α|
-    noise: Literal["calibrated", "direct"] = "calibrated"
-    beta: float | None = None  # per-element noise scale when noise == "direct"
-    epsilon: float = 5.0
-    delta: float = 1e-5
-    clip: float = 5.0  # C the calibration assumes: set the round's clip to the same value
+    ratio: float = knob(0.1, "Channel ratio p", "fraction of output channels per conv layer that get noise, "
+                        "chosen by Grad-CAM's α (k = max(1, floor(p·C_out)))", low=0.0, high=1.0)
+    k: int | None = knob(None, "Channels per layer k", "absolute channels per layer (overrides the ratio p)", low=1)
+    cutoff: float = knob(0.5, "Frequency cutoff r", "spectrum bins at radius >= r·min(kH, kW)/2 from DC get noise",
+                         low=0.0, high=1.0)
+    layers: str = knob("all", "Layers", "all, last, or comma-separated conv layer names")
+    signed: bool = knob(True, "Signed α", "rank channels by signed α (the paper) or, if false, by |α|")
+    noise: Literal["calibrated", "direct"] = knob("calibrated", "Noise scale", "calibrated from (ε, δ, C), or "
+                                                  "direct: the per-element scale β")
+    beta: float | None = knob(None, "Noise scale β", "per-element noise scale (sets noise=direct)", low=0.0,
+                              role="strength", grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), log=True,
+                              unit="gradient units", implies=(("noise", "direct"),))
+    epsilon: float = epsilon_knob()
+    delta: float = delta_knob()
+    clip: float = clip_knob()  # C the calibration assumes: set the round's clip to the same value
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {self.ratio}")
-        if self.k is not None and not (isinstance(self.k, int) and self.k >= 1):
-            raise ValueError(f"k must be an integer >= 1 (or None to use ratio), got {self.k}")
-        if not 0.0 <= self.cutoff <= 1.0:
-            raise ValueError(f"cutoff must be in [0, 1], got {self.cutoff}")
+        check(self)
         if not isinstance(self.layers, str) or not self.layers.strip():
             raise ValueError("layers must be 'all', 'last' or a comma-separated list of conv layer names")
         if self.noise not in ("calibrated", "direct"):
@@ -55,11 +60,6 @@ class TipConfig:
             raise ValueError("beta (>= 0) is required when noise='direct'")
         if self.noise == "calibrated" and self.beta is not None:
             raise ValueError("beta is only used with noise='direct'; drop it or set noise='direct'")
-        if self.beta is not None and not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        privacy.check_budget(self.epsilon, self.delta)
-        if not self.clip > 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
 
     def channels(self, c_out: int) -> int:
         if self.k is not None:
@@ -154,7 +154,8 @@ def perturb(tensors: Mapping[str, torch.Tensor], alphas: TipAlphas, cfg: TipConf
     return out, diagnostics
 
 
-@register("tip", TipConfig, "TIP: high-frequency kernel noise on the Grad-CAM top-k channels of every conv layer", uses_budget=True)
+@register("tip", TipConfig, "TIP: high-frequency kernel noise on the Grad-CAM top-k channels of every conv layer",
+          label="TIP")
 class TIP:
     random_channels = False
     full_band = False
@@ -194,7 +195,8 @@ class TIP:
                 "low frequencies accuracy relies on survive. A heuristic, not formal (ε, δ)-DP.")
 
 
-@register("tip_random", TipConfig, "TIP ablation: the same noise on randomly chosen channels", uses_budget=True)
+@register("tip_random", TipConfig, "TIP ablation: the same noise on randomly chosen channels",
+          label="TIP, random channels", sweep_grid=ABLATION_GRID)
 class TipRandomChannels(TIP):
     random_channels = True
 
@@ -203,7 +205,8 @@ class TipRandomChannels(TIP):
                 "drawn at random instead of Grad-CAM's most important ones: shows what the targeting buys.")
 
 
-@register("tip_fullband", TipConfig, "TIP ablation: noise on the whole spectrum of the selected channels", uses_budget=True)
+@register("tip_fullband", TipConfig, "TIP ablation: noise on the whole spectrum of the selected channels",
+          label="TIP, full band", sweep_grid=ABLATION_GRID)
 class TipFullBand(TIP):
     full_band = True
 

@@ -1,0 +1,129 @@
+"""A defense is one file: its config declares its knobs, and the CLI flags, the app's widgets, validation and
+the sweep grid follow. The toy defense below is that one file; nothing else in the repository knows it."""
+
+from __future__ import annotations
+
+import io
+import math
+from contextlib import redirect_stdout
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytest
+
+from tipcore import defenses, knobs
+from tipcore.defenses.base import DefenseDiagnostics, register, unregister
+from tipcore.knobs import check, knob
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- the toy defense: one file
+
+@dataclass(frozen=True)
+class ToyScaleConfig:
+    shrink: float = knob(0.5, "Shrink factor", "multiply every tensor of the update by 1 - shrink", low=0.0,
+                         high=1.0, role="strength", grid=(0.25, 0.75))
+    rounds: int = knob(1, "Repeats", "apply the shrink this many times", low=1, high=5)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+def make_toy() -> None:
+    @register("toy_scale", ToyScaleConfig, "toy: scale the update down", label="Toy scaling")
+    class ToyScale:
+        def __init__(self, config: ToyScaleConfig | None = None) -> None:
+            self.config = config or ToyScaleConfig()
+
+        def protect(self, update, ctx):
+            factor = (1 - self.config.shrink) ** self.config.rounds
+            tensors = {k: v * factor for k, v in update.tensors.items()}
+            return update.with_tensors(tensors), DefenseDiagnostics("toy_scale", asdict(self.config),
+                                                                    summary={"factor": factor})
+
+        def describe(self) -> str:
+            return "Scales the update down: a toy to show that a defense is one file."
+
+
+@pytest.fixture
+def toy():
+    make_toy()
+    yield "toy_scale"
+    unregister("toy_scale")
+
+
+# ----------------------------------------------------------------------------- where it shows up
+
+def test_toy_defense_appears_in_cli_help_and_runs_with_its_generated_flag(toy, tmp_path) -> None:
+    from tipcore.cli import main
+
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(SystemExit) as done:
+        from tipcore.cli import build_parser
+
+        build_parser("attack").parse_args(["attack", "--help"])
+    assert done.value.code == 0
+    text = " ".join(buf.getvalue().split())
+    assert "toy_scale" in text and "--shrink" in text and "Shrink factor in [0, 1]" in text
+    out = tmp_path / "run"
+    assert main(["attack", "--defense", "toy_scale", "--shrink", "0.9", "--rounds", "2", "--iters", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    import json
+
+    result = json.loads((out / "result.json").read_text())
+    assert result["spec"]["defense_cfg"] == {"shrink": 0.9, "rounds": 2}
+    assert math.isclose(result["defense_summary"]["factor"], 0.01, rel_tol=1e-9)
+    # Its declared ranges and types are enforced at the edge, with a one-line error.
+    assert main(["attack", "--defense", "toy_scale", "--shrink", "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert main(["attack", "--defense", "toy_scale", "--rounds", "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_toy_defense_appears_in_the_sweep_grid(toy) -> None:
+    from tipcore import sweep
+
+    grid = sweep.default_grid()
+    assert grid["toy_scale"] == ("shrink", (0.25, 0.75))
+    cfg = sweep.SweepConfig()  # every setting of the default grid is validated, the toy's included
+    assert "toy_scale" in cfg.grid
+
+
+def test_toy_defense_appears_in_the_apps_defense_picker_with_its_knobs(toy) -> None:
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60).run()
+    at.switch_page("views/live.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    picker = at.multiselect(key="w_defenses")
+    assert "toy_scale" in picker.options or "Toy scaling" in picker.options
+    picker.set_value(["none", "toy_scale"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [w.label for w in at.number_input]
+    assert "Shrink factor" in labels and "Repeats" in labels
+
+
+# ----------------------------------------------------------------------------- the declarations themselves
+
+def test_roles_drive_budget_clip_and_strength() -> None:
+    tip = defenses.DEFENSES["tip"]
+    assert tip.uses_budget and tip.takes_clip and tip.strength() == ("beta", (1e-4, 1e-3, 1e-2, 1e-1, 1.0))
+    assert not defenses.DEFENSES["prune"].uses_budget and not defenses.DEFENSES["prune"].takes_clip
+    assert defenses.DEFENSES["dp"].strength() is None  # a strength knob without a grid: not swept
+    assert defenses.DEFENSES["tip_random"].strength()[1] == (1e-3, 1e-2, 1e-1, 1.0)  # the registration's own grid
+
+
+@pytest.mark.parametrize("value, message", [
+    (float("inf"), "finite"), (float("nan"), "finite"), ("0.5", "number"), (True, "number"), (1.5, r"\[0, 1\]"),
+])
+def test_check_rejects_bad_values_by_declared_type_and_range(value, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        ToyScaleConfig(shrink=value)
+
+
+def test_knob_table_is_plain_data_for_a_ui() -> None:
+    rows = {r["name"]: r for r in knobs.table(ToyScaleConfig)}
+    assert rows["shrink"]["kind"] == "float" and rows["shrink"]["range"] == "[0, 1]"
+    assert rows["rounds"]["kind"] == "int" and rows["rounds"]["default"] == 1
+    assert knobs.describe(ToyScaleConfig, "rounds").startswith("Repeats in [1, 5]")
