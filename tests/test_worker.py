@@ -113,12 +113,15 @@ def test_run_key_covers_every_setting_and_the_pixels() -> None:
                replace(base, labels_known=True), replace(base, report_every=2)]
     keys = {run_key(c) for c in changed}
     assert key not in keys and len(keys) == len(changed)
-    # An upload of the gallery image's pixels (with its label) is the same run.
+    # An upload is keyed by its pixels (its files name the upload, not a gallery id).
     from tipcore import data
 
     pixels = data.sample_image("cifar10-00")[None]
-    assert run_key(replace(base, labels=(3,)), pixels) == run_key(replace(base, labels=(3,)))
-    assert run_key(replace(base, labels=(3,)), pixels * 0.5) != run_key(replace(base, labels=(3,)), pixels)
+    upload = replace(base, labels=(3,)).for_upload(pixels)
+    assert run_key(upload, pixels) == run_key(replace(base, labels=(3,)).for_upload(pixels.copy()), pixels.copy())
+    assert run_key(upload, pixels) != run_key(replace(base, labels=(3,)))
+    darker = replace(base, labels=(3,)).for_upload(pixels * 0.5)
+    assert run_key(darker, pixels * 0.5) != run_key(upload, pixels)
 
 
 def test_cache_round_trip_lru_and_stopped_runs(worker_events: list, tmp_path: Path) -> None:

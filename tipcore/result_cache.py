@@ -69,14 +69,14 @@ def images_digest(cfg: Any, images: np.ndarray | None) -> dict[str, Any]:
 def run_key(cfg: Any, images: np.ndarray | None = None) -> str:
     """The cache key of one run: every setting that decides its result, and nothing else.
 
-    ``cfg`` is an ``ExperimentConfig`` (later the lead's RunSpec: change only this function). Gallery ids
-    are replaced by the pixels' digest, so an upload of a gallery image hits the gallery's entry.
+    ``cfg`` is a ``RunSpec`` (``ExperimentConfig``). Its image fields (gallery ids or the upload's sha256)
+    stay in the key because the stored files name them (result.json, images.npy); the pixels' digest is
+    added so that a changed gallery asset is a miss, not a stale hit.
     """
     from tipcore import __version__
     from tipcore.seeding import pick_device
 
     settings = cfg.to_dict()
-    settings.pop("image_ids", None)  # the pixels below say which image; the ids only name it
     settings["device"] = pick_device(cfg.device).type
     settings["defense_options"] = cfg.defense_options()  # the round's clip as the defense applies it
     payload = {"format": FORMAT, "tipcore": __version__, "images": images_digest(cfg, images),
