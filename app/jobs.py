@@ -120,8 +120,12 @@ class Job:
 
     # ------------------------------------------------------------------ progress
     def on_event(self, name: str, event: Any) -> None:
-        """A progress event for one defense's run: an attack snapshot (``step``) is what the live panel
-        draws; anything else is a client-round stage (``stage``)."""
+        """A progress event for one defense's run: an attack snapshot (anything with a ``step``: the worker's
+        ``LiveSnapshot``, or the payload of an engine ``tipcore.progress.Event`` of stage "attack") is what
+        the live panel draws; anything else is a client-round stage (``.stage``)."""
+        payload = getattr(event, "payload", None)
+        if getattr(event, "stage", None) == "attack" and payload is not None:
+            event = payload
         if hasattr(event, "step"):
             self.latest[name] = event
             self.latest_at = time.monotonic()
@@ -288,10 +292,6 @@ class Job:
         if cfg is not None:
             self.throughput.record(cfg.model, cfg.attack, outcome.seconds / outcome.iterations)
 
-    def _thread_event(self, name: str, event: Any) -> None:
-        """An engine ``tipcore.progress.Event`` (in-thread runs): its snapshot, or its stage."""
-        self.on_event(name, event.payload if getattr(event, "payload", None) is not None else event)
-
     def _run_in_thread(self, todo: list[tuple[str, Any]], runner: Callable[..., Any]) -> None:
         from tipcore.progress import Stopped
 
@@ -301,7 +301,7 @@ class Job:
             self.current = name
             try:
                 self.records[name] = runner(cfg, self.images, should_stop=self.should_stop,
-                                            on_event=lambda event, n=name: self._thread_event(n, event))
+                                            on_event=lambda event, n=name: self.on_event(n, event))
             except Stopped:  # during the client round: nothing to show for this defense
                 break
             except Exception as exc:  # noqa: BLE001 - shown to the visitor as one line, logged in full

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import types
 
 import pytest
 import torch
@@ -240,13 +241,13 @@ def test_cli_attack_draws_the_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
 def test_app_job_maps_events_to_its_progress_widget():
     from app import jobs
 
-    job = jobs.Job(plan=[("none", None), ("tip", None)], images=None, slots=None, iterations=10, step_seconds=0.5)
+    job = jobs.Job(plan=[("none", None), ("tip", None)], images=None, slots=None, iterations=10)
     job.records["none"], job.current = "a finished run", "tip"
     assert job.activity() == "preparing the client's round"
     job.on_event("tip", Event("Grad-CAM", 0, 1, "pass"))
-    assert job.activity() == jobs.STAGE_TEXT["Grad-CAM"] and job.progress()[0] == 0.5
-    snap = object()
-    job.on_event("tip", Event("attack", 5, 10, "step", eta_s=3.0, payload=snap))
+    assert job.activity() == jobs.STAGE_TEXT["Grad-CAM"] and job.progress() == (0.5, None)  # speed not measured yet
+    snap = types.SimpleNamespace(step=5, elapsed_s=3.0)  # the attack's snapshot: 5 steps in 3 s
+    job.on_event("tip", Event("attack", 5, 10, "step", eta_s=99.0, payload=snap))
     assert job.activity() == "step 5/10" and job.latest["tip"] is snap
     frac, eta = job.progress()
-    assert frac == pytest.approx(0.75) and eta == pytest.approx(3.0)
+    assert frac == pytest.approx(0.75) and eta == pytest.approx(3.0, abs=0.1)  # measured: 5 steps left at 0.6 s
