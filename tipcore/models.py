@@ -133,6 +133,7 @@ class ModelSpec:
     factory: Callable[[int], nn.Module]
     description: str
     cpu_attack_ms: float  # rough cost of one inversion step on 2 CPU cores, for the app's time estimates
+    input_shape: tuple[int, int, int] = (3, 32, 32)  # (C, H, W) the architecture expects: public, like the layers
 
 
 MODELS: dict[str, ModelSpec] = {

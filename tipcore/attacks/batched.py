@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tipcore.attacks import matching
-from tipcore.attacks.base import AttackResult, Clock, DivergenceGuard, MatchingProblem, to_images
+from tipcore.attacks.base import AttackResult, Clock, DivergenceGuard, MatchingProblem, resolve_objective, to_images
 from tipcore.attacks.lbfgs import FlatLBFGS
 from tipcore.attacks.replicate import Replicated
 from tipcore.attacks.template import GradientInversion, Recipe, SignedAdamOptimiser, choose_labels, total_variation
@@ -42,12 +42,15 @@ class _Problem:
     """One defended update: its target, matcher, labels and optimisation state."""
 
     def __init__(self, recipe: Recipe, view: ServerView, update: SharedUpdate, generator: torch.Generator) -> None:
-        self.problem = MatchingProblem(view, update)
+        self.problem = MatchingProblem(view, update, objective=resolve_objective(recipe.objective, update))
+        if self.problem.objective != "gradient":
+            raise ValueError("a batched comparison matches single gradients; a FedAvg update attacked with the "
+                             "unrolled objective runs on its own (or pass objective='gradient')")
         self.generator = generator
         self.matcher = matching.fit(recipe.match, self.problem.model, dict(zip(self.problem.names, self.problem.targets)))
         self.targets = [self.matcher.apply(n, t) for n, t in zip(self.problem.names, self.problem.targets)]
         self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.targets))
-        self.labels = choose_labels(recipe.labels, self.problem, update)
+        self.labels = choose_labels(recipe.labels, self.problem, view, update)
         self.guard = DivergenceGuard(recipe.explode_factor)
         self.step, self.restarts, self.evaluations, self.loss = 0, 0, 0, float("nan")
         self.finished, self.diverged = False, False

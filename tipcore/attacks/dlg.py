@@ -2,7 +2,9 @@
 
 Both match gradients in squared L2 distance with L-BFGS. DLG optimises the dummy image and a soft dummy
 label jointly; iDLG first reads the label off the sign structure of the last layer's gradient, then
-optimises the image alone. One "step" is one L-BFGS outer step (up to ``evals_per_step`` closure
+optimises the image alone. When the threat model tells the server the labels (``labels_known``), both use
+them and optimise the image alone. On a FedAvg update both replay the client's local steps on the dummy
+batch (``objective``: auto). One "step" is one L-BFGS outer step (up to ``evals_per_step`` closure
 evaluations); ``AttackResult.evaluations`` counts the closures. Each has adaptive variants
 (``idlg_drop``, ``idlg_lowpass``, ``idlg_noise_aware``, ...) that match only what they trust.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tipcore.attacks.base import register, register_adaptive_variants
+from tipcore.attacks.base import OBJECTIVES, register, register_adaptive_variants
 from tipcore.attacks.matching import MatchOptions
 from tipcore.attacks.template import GradientInversion, Recipe
 
@@ -24,9 +26,12 @@ class DLGConfig(MatchOptions):
     history_size: int = 100
     max_restarts: int = 3  # restarts of a diverging run, each from fresh random numbers
     explode_factor: float = 1e4  # loss above this multiple of the first loss counts as divergence
+    objective: str = "auto"  # FedAvg: auto/unrolled replays the client's local steps; gradient: one-step stand-in
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
         if not 1 <= self.iterations <= 100_000:
             raise ValueError(f"iterations must be in [1, 100000], got {self.iterations}")
         if not self.lr > 0:
@@ -51,7 +56,7 @@ class _LBFGSMatching(GradientInversion):
         c = self.config
         return Recipe(distance="l2", optimiser="lbfgs", labels=self.label_strategy, init="randn",
                       iterations=c.iterations, lr=c.lr, max_restarts=c.max_restarts, explode_factor=c.explode_factor,
-                      evals_per_step=c.evals_per_step, history_size=c.history_size,
+                      evals_per_step=c.evals_per_step, history_size=c.history_size, objective=c.objective,
                       match=MatchOptions(c.match, c.assumed_cutoff, c.assumed_ratio, c.min_separation, c.min_contrast,
                                          c.residual_floor))
 
@@ -63,19 +68,20 @@ class DLG(_LBFGSMatching):
     def describe(self) -> str:
         return ("Deep Leakage from Gradients (Zhu et al., 2019). The server starts from random noise and a "
                 "random soft label, and moves both with L-BFGS until the gradient they produce matches the "
-                "shared one in squared L2 distance. Strong on small sigmoid networks such as LeNet; fragile "
+                "shared one in squared L2 distance (a server told the labels optimises the image alone). "
+                "Strong on small sigmoid networks such as LeNet; fragile "
                 "on deep ReLU networks, and sometimes diverges (then it is restarted).")
 
 
 @register("idlg", DLGConfig, "iDLG: label read off the last layer's gradient signs, then DLG on the image")
 class IDLG(_LBFGSMatching):
-    label_strategy = "infer"
+    label_strategy = "auto"
 
     def describe(self) -> str:
         return ("Improved DLG (Zhao et al., 2020). With cross-entropy and non-negative features, the only "
                 "negative row of the last layer's weight gradient belongs to the true label, so the label is "
-                "read off exactly; L-BFGS then matches gradients over the image alone, which converges more "
-                "reliably than DLG.")
+                "read off exactly (or taken as given when the server is told the labels); L-BFGS then matches "
+                "gradients over the image alone, which converges more reliably than DLG.")
 
 
 register_adaptive_variants("dlg", DLG, DLGConfig)
