@@ -215,8 +215,6 @@ def comparable(cfgs: list[ExperimentConfig]) -> bool:
     recipe = spec.recipe() if hasattr(spec, "recipe") else None
     if recipe is None or recipe.labels == "soft" or recipe.trials != 1:
         return False
-    if cfgs[0].round.mode == "fedavg" and recipe.objective != "gradient":
-        return False  # the unrolled FedAvg objective is not batched (tipcore.attacks.batched)
     first = replace(cfgs[0], defense="none", defense_cfg={})
     return all(replace(c, defense="none", defense_cfg={}) == first for c in cfgs[1:])
 
