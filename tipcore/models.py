@@ -1,6 +1,7 @@
 """The models a victim client trains: the DLG paper's LeNet, a small ReLU ConvNet, CIFAR ResNet-18.
 
-Every model takes images in [0, 1] of shape [B, 3, 32, 32] and exposes ``features(x)`` (the input of the
+Every model takes images in [0, 1] of shape [B, 3, 32, 32] (``ModelSpec.input_shape``: part of the
+architecture, so the server's view reads it there) and exposes ``features(x)`` (the input of the
 final linear layer, which Soteria prunes and iDLG reads) and ``fc`` (that linear layer).
 ``build`` returns a fresh module every call: Grad-CAM hooks, ``eval()`` and TIP all mutate modules, so
 cached weights are kept as a read-only state_dict and never handed out as a live module.
