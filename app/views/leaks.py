@@ -94,11 +94,19 @@ layer_name = state.bind(st.selectbox, "Conv layer", "layer", options=names, fall
 conv = convs[names.index(layer_name)]
 st.plotly_chart(layer_energy_figure(conv.layer, conv.clean, conv.defended, conv.selected), key="leak_layer")
 noised_here = [int(c) for c in np.flatnonzero(conv.difference)]
+untouched = [c for c in conv.selected if c not in noised_here]
+spotting = (
+    " Its noise covers every frequency bin, so the changed kernels are not rougher than clean ones and are hard "
+    "to spot." if variant == "tip_fullband" else
+    " An attacker who knows TIP can spot the changed ones by their rough, high-frequency kernels and match the rest."
+)
 st.markdown(
     f"**{conv.layer}**: {len(noised_here)} of {conv.difference.size} channels changed "
     f"({', '.join(map(str, noised_here)) or 'none'}); the defense selected "
-    f"{', '.join(map(str, conv.selected)) or 'none'}. Every other channel reaches the server unchanged, and an "
-    "attacker who knows TIP can spot the changed ones by their rough, high-frequency kernels and match the rest."
+    f"{', '.join(map(str, conv.selected)) or 'none'}"
+    + (" (a kernel with no frequency bin beyond the cutoff, such as a 1 × 1 kernel, gets no noise)"
+       if untouched else "")
+    + ". Every other channel reaches the server unchanged." + spotting
 )
 
 # ------------------------------------------------------------------------------------------ fc layer
