@@ -537,3 +537,113 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
                       height=300 * rows + 110,
                       legend=dict(orientation="h", yanchor="top", y=-0.3 / rows, xanchor="left", x=0.0))
     return plain_numbers(fig)
+
+
+# ------------------------------------------------------------------------------------------ what leaks
+
+SENT_EXACTLY = "#E5E8EC"  # light grey: a channel the server receives exactly as the client computed it
+LEAK_PANELS = ("computed by the client", "received by the server", "difference (what the defense added)")
+
+
+def _ragged(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows of different lengths (C_out per layer) as one matrix padded with NaN (drawn blank)."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = np.asarray(r, dtype=float)
+    return out
+
+
+def _log10_positive(z: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(z > 0, np.log10(np.where(z > 0, z, 1.0)), np.nan)
+
+
+def channel_energy_map(layers: Sequence[str], clean: Sequence[np.ndarray], received: Sequence[np.ndarray],
+                       difference: Sequence[np.ndarray]) -> go.Figure:
+    """One row per conv layer, one cell per output channel: Σ g² of the channel's kernel gradient, clean,
+    received and their difference, on one log colour scale. Difference cells that are exactly zero (sent
+    unchanged) are light grey; cells with no value (0 energy, or past a layer's last channel) stay blank."""
+    mats = [_ragged(m) for m in (clean, received, difference)]
+    logs = [_log10_positive(m) for m in mats]
+    finite = np.concatenate([l[np.isfinite(l)] for l in logs])
+    zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if zmax - zmin < 1e-9:
+        zmax = zmin + 1.0
+    fig = make_subplots(rows=1, cols=3, subplot_titles=LEAK_PANELS, shared_yaxes=True, horizontal_spacing=0.03)
+    y = list(layers)
+    for col, (raw, z) in enumerate(zip(mats, logs), 1):
+        x = np.arange(raw.shape[1])
+        if col == 3:  # first the exactly-unchanged cells, in grey, under the coloured ones
+            exact = np.where(raw == 0, 1.0, np.nan)
+            fig.add_trace(go.Heatmap(
+                z=exact, x=x, y=y, colorscale=[[0, SENT_EXACTLY], [1, SENT_EXACTLY]], showscale=False,
+                hovertemplate="%{y}, channel %{x}<br>sent exactly: difference 0<extra></extra>",
+                name="sent exactly",
+            ), row=1, col=col)
+        fig.add_trace(go.Heatmap(
+            z=z, x=x, y=y, customdata=raw, colorscale="Viridis", zmin=zmin, zmax=zmax, showscale=col == 3,
+            colorbar=dict(thickness=8, len=0.9, title="log₁₀ Σg²", tickformat=".1f"),
+            hovertemplate="%{y}, channel %{x}<br>Σ g² = %{customdata:.3g}<extra>" + LEAK_PANELS[col - 1]
+                          + "</extra>",
+            name=LEAK_PANELS[col - 1],
+        ), row=1, col=col)
+        fig.update_xaxes(title_text="output channel", showgrid=False, zeroline=False, row=1, col=col)
+    fig.update_yaxes(autorange="reversed", showgrid=False, type="category", row=1, col=1)
+    fig.update_layout(title="Kernel-gradient energy per output channel, every conv layer (log colour scale)",
+                      margin=dict(l=10, r=10, t=70, b=10), height=160 + 24 * max(len(y), 6))
+    return plain_numbers(fig)
+
+
+def layer_energy_figure(layer: str, clean: np.ndarray, received: np.ndarray, selected: Iterable[int]) -> go.Figure:
+    """One layer's channels: what the client computed (grey circles) and what the server receives (crosses,
+    vermillion where the defense noised the channel); on channels sent exactly the two coincide."""
+    clean, received = np.asarray(clean, dtype=float), np.asarray(received, dtype=float)
+    chosen = set(int(c) for c in selected)
+    idx = np.arange(clean.size)
+    colours = [SELECTED if i in chosen else OKABE_ITO[0] for i in idx]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=idx, y=clean, mode="markers", name="computed by the client",
+                             marker=dict(color=UNSELECTED, size=10, symbol="circle-open", line=dict(width=2)),
+                             hovertemplate="channel %{x}<br>Σ g² = %{y:.3g}<extra>client</extra>"))
+    fig.add_trace(go.Scatter(x=idx, y=received, mode="markers", name="received (vermillion: noised)",
+                             marker=dict(color=colours, size=7, symbol="x"),
+                             hovertemplate="channel %{x}<br>Σ g² = %{y:.3g}<extra>server</extra>"))
+    positive = np.concatenate([clean[clean > 0], received[received > 0]])
+    fig.update_layout(title=f"{layer}: energy of each output channel's kernel gradient",
+                      xaxis_title="output channel", yaxis_title="Σ g² (log)",
+                      yaxis_type="log" if positive.size else "linear", margin=_MARGIN, height=320,
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0))
+    return plain_numbers(fig)
+
+
+def fc_rows_figure(rows: np.ndarray, row_sums: np.ndarray, true_label: int, inferred: int,
+                   class_names: Sequence[str]) -> go.Figure:
+    """The fc weight gradient as received, one row per class (diverging colours), and each row's sum: iDLG
+    takes the class with the most negative sum as the label."""
+    rows, sums = np.asarray(rows, dtype=float), np.asarray(row_sums, dtype=float)
+    names = [f"{i} {class_names[i]}" if i < len(class_names) else str(i) for i in range(len(sums))]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=("fc weight gradient ∂L/∂W (row = class, column = feature)",
+                                        "row sum Σᵢ ∂L/∂W_ci"))
+    peak = float(np.abs(rows).max()) if rows.size else 0.0
+    peak = peak if peak > 0 else 1.0
+    fig.add_trace(go.Heatmap(
+        z=rows, y=names, colorscale=DIVERGING, zmid=0, zmin=-peak, zmax=peak,
+        colorbar=dict(thickness=8, len=0.9, x=1.02, tickformat=_tickformat(peak)),
+        hovertemplate="class %{y}, feature %{x}<br>%{z:.3g}<extra></extra>",
+    ), row=1, col=1)
+    colours = [SELECTED if i == true_label else UNSELECTED for i in range(len(sums))]
+    fig.add_trace(go.Bar(x=sums, y=names, orientation="h", marker_color=colours, showlegend=False,
+                         hovertemplate="class %{y}<br>row sum %{x:.3g}<extra></extra>"), row=1, col=2)
+    # Beside the zero line, on the side away from the (negative) bar, so the bar never hides the text.
+    negative = sums[inferred] < 0
+    fig.add_annotation(x=0, y=names[inferred], xref="x2", yref="y2", showarrow=False, xshift=6 if negative else -6,
+                       xanchor="left" if negative else "right", text=f"◀ iDLG infers: {names[inferred]}"
+                       if negative else f"iDLG infers: {names[inferred]} ▶", font=dict(size=12))
+    fig.update_yaxes(autorange="reversed", type="category", row=1, col=1)
+    fig.update_xaxes(showticklabels=False, showgrid=False, row=1, col=1)
+    fig.update_xaxes(tickformat=_tickformat(float(np.abs(sums).max()) if sums.size else 1.0), row=1, col=2)
+    fig.update_layout(title="The fc layer as the server receives it: the label is in the signs",
+                      margin=dict(l=10, r=10, t=70, b=10), height=140 + 24 * max(len(sums), 5))
+    return plain_numbers(fig)

@@ -33,6 +33,7 @@ PAGES = [
     st.Page("views/punchline.py", title="Punchline", icon=":material/bolt:", default=True),
     st.Page("views/live.py", title="Live attack", icon=":material/play_circle:", url_path="live"),
     st.Page("views/tip.py", title="How TIP works", icon=":material/tune:", url_path="how-tip-works"),
+    st.Page("views/leaks.py", title="What leaks", icon=":material/visibility:", url_path="what-leaks"),
     st.Page("views/frontier.py", title="Privacy–utility frontier", icon=":material/scatter_plot:",
             url_path="frontier"),
     st.Page("views/teach.py", title="Teach", icon=":material/school:", url_path="teach"),

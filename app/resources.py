@@ -395,3 +395,13 @@ def showcase_command(kind: str) -> str:
         if isinstance(value, str):
             return value
     return f"python -m tipcore showcase --{kind}"
+
+
+# ------------------------------------------------------------------------------------------ what leaks
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def leak_view(explainer_key: tuple, options: tuple, variant: str, _explainer: Any, _preview: Any) -> Any:
+    """``explainer.leaks(preview)``: per-channel energies and fc rows of the update before and after the
+    defense (numpy only), keyed like ``tip_preview``."""
+    return _explainer.leaks(_preview)

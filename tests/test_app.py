@@ -292,7 +292,7 @@ def test_tip_and_teach_pages_show_tip_against_both_attackers() -> None:
 
 def test_every_page_renders() -> None:
     at = new_app()
-    for page in ("views/live.py", "views/tip.py", "views/frontier.py", "views/teach.py"):
+    for page in ("views/live.py", "views/tip.py", "views/leaks.py", "views/frontier.py", "views/teach.py"):
         at.switch_page(page).run()
         no_exceptions(at)
         assert at.title, page

@@ -244,14 +244,18 @@ def test_ig_lowers_its_loss_on_convnet():
 
 def test_ig_label_sources():
     _, update, ctx = make_round("lenet", "fedsgd", 1, labels=(2,), clip=None)
-    view = view_for(ctx, "lenet")
+    view, told = view_for(ctx, "lenet"), view_for(ctx, "lenet", labels_known=True)
     with pytest.raises(ValueError, match="labels"):
         attack("ig", view, update, iterations=1, labels="known")
     shared = fl.SharedUpdate(update.mode, update.tensors, update.num_examples, update.local_steps, update.lr,
                              labels=(5,))  # a (wrong) shared label is used as given
-    assert attack("ig", view, shared, iterations=1, labels="known").labels == (5,)
-    assert attack("ig", view, shared, iterations=1, labels="auto").labels == (5,)
-    assert attack("ig", view, shared, iterations=1, labels="infer").labels == (2,)
+    assert attack("ig", told, shared, iterations=1, labels="known").labels == (5,)
+    assert attack("ig", told, shared, iterations=1, labels="auto").labels == (5,)
+    assert attack("ig", told, shared, iterations=1, labels="infer").labels == (2,)
+    # Labels in the message but not granted by the threat model are ignored, never read.
+    assert attack("ig", view, shared, iterations=1, labels="auto").labels == (2,)
+    with pytest.raises(ValueError, match="labels"):
+        attack("ig", view, shared, iterations=1, labels="known")
 
 
 @pytest.mark.parametrize("name, options, pattern", [
@@ -269,3 +273,122 @@ def test_bad_attack_options_name_the_parameter(name, options, pattern):
         attacks.create(name, options)
     with pytest.raises(ValueError, match="unknown attack 'gifd'"):
         attacks.create("gifd")
+
+
+# ------------------------------------------------------------------- what the server may know: labels, shape
+
+class _UntouchableLabels(tuple):
+    """Labels a blind attacker must never read: any look at the values fails the test."""
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("an attack read labels the threat model does not grant")
+
+    __iter__ = __getitem__ = __len__ = __contains__ = __eq__ = __hash__ = __bool__ = _refuse
+
+
+def _psnr(ctx, result) -> float:
+    return float(metrics.psnr_per_image(ctx.x.permute(0, 2, 3, 1).numpy(), result.images).mean())
+
+
+def test_dlg_uses_the_labels_when_the_server_is_told():
+    _, update, ctx = make_round("lenet", "fedsgd", 1, labels=(6,), clip=None, share_labels=True)
+    told = attack("dlg", view_for(ctx, "lenet", labels_known=True), update, iterations=15)
+    blind = attack("dlg", view_for(ctx, "lenet", labels_known=False), update, iterations=15)
+    # Told the label, DLG optimises the image alone (iDLG's advantage without reading the fc gradient):
+    # measured 10.8 against 5.3 dB at this budget.
+    assert told.labels == (6,)
+    assert _psnr(ctx, told) > _psnr(ctx, blind) + 4.0, (_psnr(ctx, told), _psnr(ctx, blind))
+
+
+@pytest.mark.parametrize("name", ["dlg", "idlg", "ig"])
+def test_told_labels_are_used_as_given(name):
+    _, update, ctx = make_round("lenet", "fedsgd", 1, labels=(2,), clip=None)
+    wrong = fl.SharedUpdate(update.mode, update.tensors, update.num_examples, update.local_steps, update.lr,
+                            labels=(5,))  # a wrong label proves where the attack took it from
+    assert attack(name, view_for(ctx, "lenet", labels_known=True), wrong, iterations=1).labels == (5,)
+    with pytest.raises(ValueError, match="knows the labels, but the update carries none"):
+        attack(name, view_for(ctx, "lenet", labels_known=True), update, iterations=1)
+
+
+def test_no_attack_reads_labels_the_threat_model_does_not_grant():
+    from tipcore.attacks.batched import BatchedComparison
+
+    _, update, ctx = make_round("lenet", "fedsgd", 1, labels=(6,), clip=None)
+    leaky = fl.SharedUpdate(update.mode, update.tensors, update.num_examples, update.local_steps, update.lr,
+                            labels=_UntouchableLabels((1,)))
+    view = view_for(ctx, "lenet", labels_known=False)
+    for name in sorted(attacks.ATTACKS):
+        options = {"iterations": 1} if attacks.base_attack(name) == "ig" else {"iterations": 1, "evals_per_step": 2}
+        result = attack(name, view, leaky, **options)
+        if attacks.base_attack(name) != "dlg":  # iDLG and IG read the label off the fc gradient
+            assert result.labels == (6,), name
+    comparison = BatchedComparison(attacks.create("idlg", {"iterations": 1}))
+    results = attacks.drive(comparison.reconstruct(view, [leaky, leaky], generators=[generator(0, "a"), generator(1, "a")]))
+    assert [r.labels for r in results] == [(6,), (6,)]
+
+
+class _Tiny16(torch.nn.Module):
+    """A model whose input is 16x16: the attack must take the shape from the architecture."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 5, padding=2, stride=2)
+        self.fc = torch.nn.Linear(6 * 8 * 8, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x)).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+    def init_weights(self, gen: torch.Generator) -> None:
+        for p in self.parameters():
+            torch.nn.init.uniform_(p, -0.5, 0.5, generator=gen)
+
+
+def test_the_image_shape_comes_from_the_architecture(monkeypatch):
+    from tipcore import models
+
+    monkeypatch.setitem(models.MODELS, "tiny16", models.ModelSpec("tiny16", _Tiny16, "16x16 test model", 1.0,
+                                                                  input_shape=(3, 16, 16)))
+    model = models.build("tiny16", seed=0).eval()
+    x = torch.rand((2, 3, 16, 16), generator=generator(0, "test-images"))
+    update, ctx = fl.client_update(model, x, torch.tensor([1, 7]), fl.RoundConfig(batch_size=2),
+                                   generator=generator(0, "defense"))
+    view = view_for(ctx, "tiny16")
+    assert view.input_shape == (3, 16, 16) and view_for(make_round()[2], "lenet").input_shape == (3, 32, 32)
+    for name in ("dlg", "idlg", "ig"):
+        result = attack(name, view, update, iterations=2)
+        assert result.images.shape == (2, 16, 16, 3), name
+    with pytest.raises(ValueError, match="input_shape"):
+        fl.ServerView("lenet", 10, view.global_weights, input_shape=(3, 0, 32))
+
+
+# ---------------------------------------------------------------- FedAvg: the client's local steps unrolled
+
+def _fedavg_lenet_case():
+    _, update, ctx = make_round("lenet", "fedavg", 1, labels=(6,), clip=None, local_steps=4, lr=0.1)
+    return view_for(ctx, "lenet"), update, ctx
+
+
+def test_unrolled_objective_is_exact_at_the_private_image():
+    """Replaying the client's 4 SGD steps on its own image and label gives back exactly what it sent; the
+    one-step stand-in (one gradient at θ_global − U) does not."""
+    view, update, ctx = _fedavg_lenet_case()
+    for objective, exact in (("unrolled", True), ("gradient", False)):
+        problem = MatchingProblem(view, update, objective=objective)
+        dummy = [d.detach() for d in problem.gradients(ctx.x, ctx.y, soft=False)]
+        residual = sum(float(((d - t) ** 2).sum()) for d, t in zip(dummy, problem.targets))
+        energy = sum(float((t ** 2).sum()) for t in problem.targets)
+        assert (residual < 1e-8 * energy) is exact, (objective, residual / energy)
+
+
+def test_unrolled_attack_beats_the_one_step_stand_in_on_fedavg():
+    view, update, ctx = _fedavg_lenet_case()
+    unrolled = attack("idlg", view, update, iterations=15)  # objective "auto" unrolls a FedAvg update
+    stand_in = attack("idlg", view, update, iterations=15, objective="gradient")
+    # Measured 10.6 against 5.6 dB: the stand-in's L-BFGS stalls on a target it cannot reach.
+    assert _psnr(ctx, unrolled) > _psnr(ctx, stand_in) + 3.0, (_psnr(ctx, unrolled), _psnr(ctx, stand_in))
+    assert MatchingProblem(view, update, objective="auto").objective == "unrolled"
+    _, sgd, _ = make_round("lenet", "fedsgd", 1)
+    assert MatchingProblem(view, sgd, objective="auto").objective == "gradient"

@@ -69,3 +69,30 @@ def test_runs_that_differ_in_more_than_the_defense_are_not_batched():
     assert not experiment.comparable(configs("dlg", 2))  # a soft label per problem: run one after another
     records = drive(experiment.stream_comparison(configs("dlg", 2)[:2]))
     assert [r.config.defense for r in records] == ["none", "tip"]
+
+
+def test_batched_unrolled_fedavg_equals_separate_runs():
+    """FedAvg with 3 local steps: each copy replays the client's steps from θ_g, batched as alone."""
+    cfgs = configs("ig", 3, mode="fedavg", local_steps=3, lr=0.1)[:3]
+    assert experiment.comparable(cfgs)
+    separate = [experiment.run(c) for c in cfgs]
+    batched = drive(experiment.stream_comparison(cfgs))
+    for a, b in zip(separate, batched):
+        assert np.abs(a.result.images - b.result.images).max() < 1e-3, a.config.defense
+        assert a.result.final_loss == pytest.approx(b.result.final_loss, rel=1e-3, abs=1e-6)
+
+
+def test_batched_unrolled_gradients_are_each_problems_own():
+    from tipcore import attacks
+    from tipcore.attacks.batched import _batched_gradients, _Problem
+
+    prepared = [experiment.prepare(c) for c in configs("idlg", 1, mode="fedavg", local_steps=3, lr=0.1)[:3]]
+    recipe = attacks.create("idlg").recipe()
+    problems = [_Problem(recipe, p.view, p.defended, generator(0, "attack")) for p in prepared]
+    assert {p.problem.objective for p in problems} == {"unrolled"}
+    x = torch.rand((3, 1, 3, 32, 32), generator=generator(0, "test-images"))
+    batched = [g.detach() for g in _batched_gradients(problems)(x)]
+    for k, p in enumerate(problems):
+        alone = [g.detach() for g in p.problem.gradients(x[k], p.labels, soft=False)]
+        for name, got, want in zip(p.problem.names, batched, alone):
+            assert torch.allclose(got[k], want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-9), (k, name)

@@ -1,8 +1,10 @@
-"""What the explorer draws about TIP: Grad-CAM heatmaps, channel weights, masks and kernel spectra.
+"""What the explorer draws about TIP: Grad-CAM heatmaps, channel weights, masks and kernel spectra, and
+what the server receives before and after the defense.
 
 ``TipExplainer`` runs the client's round and the expensive half of TIP (Grad-CAM α for every conv layer)
 once per (model, image, round); ``preview`` then redoes only the cheap half (selection and noise) for
-new slider values, and returns numpy arrays and dataclasses: the app never touches tensors.
+new slider values, and ``leaks`` summarises that preview's update per conv channel and fc row. All of
+them return numpy arrays and dataclasses: the app never touches tensors.
 """
 
 from __future__ import annotations
@@ -69,6 +71,42 @@ class TipPreview:
         )
 
 
+@dataclass(frozen=True)
+class ConvLeak:
+    """One conv layer of the received update, per output channel (Σ over input channels and kernel bins)."""
+
+    layer: str
+    clean: np.ndarray  # (C_out,) Σ g² of the kernel gradient the client computed
+    defended: np.ndarray  # (C_out,) Σ g² of what the server receives
+    difference: np.ndarray  # (C_out,) Σ (defended − clean)²: exactly 0 on every channel sent unchanged
+    selected: tuple[int, ...]  # the channels the defense chose to noise
+
+
+@dataclass(frozen=True)
+class FcLeak:
+    """The fc layer's weight gradient as the server receives it: one row per class."""
+
+    rows: np.ndarray  # (classes, features)
+    row_sums: np.ndarray  # (classes,) what iDLG reads: the true class's sum has the opposite sign
+    max_change: float  # max |defended − clean| over the fc weights: 0 when the defense leaves fc alone
+    true_label: int
+    inferred_label: int  # iDLG's rule: the row with the most negative sum
+
+
+@dataclass(frozen=True)
+class LeakView:
+    """Everything in gradient units (FedAvg's θ_g − θ divided by T·η), so clean and defended compare directly."""
+
+    convs: tuple[ConvLeak, ...]
+    fc: FcLeak | None
+
+
+def _channel_energy(weight: torch.Tensor, scale: float) -> np.ndarray:
+    """Σ (scale · w)² per output channel, summed in float64 without copying the layer to float64."""
+    norm = torch.linalg.vector_norm(weight.detach().flatten(1), dim=1, dtype=torch.float64)
+    return (norm * scale).pow(2).cpu().numpy()
+
+
 class TipExplainer:
     """Read-only after construction, so one instance may serve many visitors."""
 
@@ -118,6 +156,33 @@ class TipExplainer:
             alphas = type(alphas)(tuple(i for i in alphas.layers if i.name in keep), alphas.labels, alphas.alphas)
         defended, diag = tip.apply(self.clean, self.round, alphas, generator(self.seed, "defense-preview"))
         return TipPreview(diag.layers, dict(diag.summary), diag.notes, self.clean, defended)
+
+    def leaks(self, preview: TipPreview) -> LeakView:
+        """What the server receives under ``preview``'s defense, next to what the client computed: per conv
+        layer the kernel-gradient energy of each output channel, and the fc layer's gradient rows with the
+        label iDLG reads off them."""
+        clean, defended = preview._clean, preview._defended
+        # Gradient units (FedAvg sends θ_g − θ = T·η·gradient); scaled per tensor touched, not the whole update.
+        scale = 1.0 if clean.mode == "fedsgd" else 1.0 / (clean.local_steps * clean.lr)
+        chosen = {layer.name: tuple(sorted({c for s in layer.selected for c in s})) for layer in preview.layers}
+        convs = []
+        for name in self.layer_names:
+            before, after = clean.tensors[f"{name}.weight"].detach(), defended.tensors[f"{name}.weight"].detach()
+            convs.append(ConvLeak(
+                layer=name, clean=_channel_energy(before, scale), defended=_channel_energy(after, scale),
+                # float32 subtraction is exactly 0 wherever the defense left a weight as it was
+                difference=_channel_energy(after - before, scale), selected=chosen.get(name, ()),
+            ))
+        fc = None
+        if "fc.weight" in defended.tensors:
+            received = defended.tensors["fc.weight"].detach().cpu().double() * scale
+            computed = clean.tensors["fc.weight"].detach().cpu().double() * scale
+            sums = received.sum(dim=1)
+            fc = FcLeak(
+                rows=received.numpy(), row_sums=sums.numpy(), max_change=float((received - computed).abs().max()),
+                true_label=self.label, inferred_label=int(torch.argmin(sums)),
+            )
+        return LeakView(tuple(convs), fc)
 
 
 def _resolve(model: torch.nn.Module, layers: str) -> list[str]:

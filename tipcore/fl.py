@@ -5,7 +5,9 @@ FedSGD sends the gradient of the batch loss; FedAvg runs local SGD steps and sen
 (gradient-aligned, as the TIP authors' attack uses it). The private batch lives only in ``ClientContext``,
 which defenses see and attacks never do: attacks get a ``ServerView`` and the ``SharedUpdate``.
 The round runs the model in eval() mode (BatchNorm on running statistics), as the paper's attack study does,
-so the update never changes BN buffers.
+so the update never changes BN buffers (the multi-round simulator, ``tipcore.flsim``, trains in train() mode
+and averages the buffers). Labels reach the server only through ``SharedUpdate.labels`` and only when the
+threat model says so (``AttackerCapabilities.labels_known``, read through ``ServerView.known_labels``).
 """
 
 from __future__ import annotations
@@ -78,17 +80,48 @@ class SharedUpdate:
 
 @dataclass(frozen=True)
 class AttackerCapabilities:
-    labels_known: bool = False
+    """What the threat model grants the server beyond the architecture, the weights and the protocol."""
+
+    labels_known: bool = False  # the client's labels travel with its update (``SharedUpdate.labels``)
 
 
 @dataclass(frozen=True)
 class ServerView:
-    """The attacker's knowledge besides the update: the architecture and the global weights."""
+    """The attacker's knowledge besides the update: the architecture, its input shape and the global weights.
+
+    ``input_shape`` is (channels, height, width) of one input image: part of the architecture, so public.
+    None takes the shape the model declares (``models.ModelSpec.input_shape``).
+    """
 
     model_name: str
     num_classes: int
     global_weights: Mapping[str, torch.Tensor]
     capabilities: AttackerCapabilities = field(default_factory=AttackerCapabilities)
+    input_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_name not in models.MODELS:
+            raise ValueError(f"unknown model '{self.model_name}'; choose one of: {', '.join(models.MODELS)}")
+        shape = models.MODELS[self.model_name].input_shape if self.input_shape is None else self.input_shape
+        shape = tuple(int(v) for v in shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"input_shape must be (channels, height, width) of positive sizes, got {shape}")
+        object.__setattr__(self, "input_shape", shape)
+
+    def known_labels(self, update: "SharedUpdate") -> tuple[int, ...] | None:
+        """The labels this server is allowed to use: the update's, and only when the threat model grants them.
+
+        The one place attacks get labels from: without ``labels_known`` the update's ``labels`` field is
+        not even looked at, so labels a message happens to carry never leak into a blind attacker.
+        """
+        if not self.capabilities.labels_known:
+            return None
+        if update.labels is None:
+            raise ValueError("the threat model says the server knows the labels, but the update carries none "
+                             "(share them: client_update(..., share_labels=True))")
+        if len(update.labels) != update.num_examples:
+            raise ValueError(f"the update carries {len(update.labels)} labels for {update.num_examples} examples")
+        return tuple(int(v) for v in update.labels)
 
     def build_model(self) -> nn.Module:
         model = models.build(self.model_name, num_classes=self.num_classes)
@@ -106,6 +139,10 @@ class ClientContext:
     y: torch.Tensor
     round: RoundConfig
     generator: torch.Generator
+    # Indices into x of each local step's mini-batch, in order (the FL simulator's epochs over a shard);
+    # None: every step uses the whole of x, as client_update does. A defense that replaces the local
+    # training (DP-SGD) replays exactly these steps.
+    batches: tuple[torch.Tensor, ...] | None = None
 
 
 def trainable_names(model: nn.Module) -> list[str]:

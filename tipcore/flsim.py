@@ -5,19 +5,27 @@ E local epochs (mini-batches of B, global-norm clipping C, plain SGD), computes 
 the defense with its own data as private context (TIP takes one Grad-CAM sample per distinct label,
 n_cam up to 10, and T = E·ceil(N/B) steps in its calibration), and the server averages the updates
 weighted by sample count. Accuracy is measured on the 1,000 held-out digits after every round.
+
+Clients train in train() mode, so BatchNorm normalises with batch statistics and updates its running
+statistics as any FedAvg client does; the server averages those buffers (running mean and variance,
+weighted by sample count; the batch counter likewise, rounded) next to the defended parameter update.
+The buffers travel as they are: no defense of the project touches them (see ``tipcore.defenses.dp``).
+The defense sees the client's model in eval() mode and the exact mini-batch schedule of its round
+(``ClientContext.batches``), so DP-SGD replays the same steps and adds the noise it reports.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generator, Mapping
+from typing import Any, Generator, Iterable, Mapping
 
 import torch
+from torch import nn
 
 from tipcore import data, defenses, models
 from tipcore.config import from_dict
+from tipcore.defenses.base import Defense, DefenseDiagnostics
 from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, local_sgd, trainable_names
 from tipcore.progress import Event, StopHook, Stopwatch, never_stop
 from tipcore.seeding import generator
@@ -91,6 +99,67 @@ def shards(y: torch.Tensor, clients: int, gen: torch.Generator) -> list[torch.Te
     return [torch.cat(p) for p in parts]
 
 
+def epoch_batches(size: int, cfg: FLConfig, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One client's local mini-batches for a round: E shuffled passes over its ``size`` examples."""
+    batches: list[torch.Tensor] = []
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(size, generator=gen)
+        batches += [order[i: i + cfg.batch_size] for i in range(0, size, cfg.batch_size)]
+    return tuple(batches)
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    """What one client sends the server in a round: the defended update and its BatchNorm buffers."""
+
+    update: SharedUpdate
+    buffers: Mapping[str, torch.Tensor]  # every buffer of the locally trained model (running stats, counters)
+    diagnostics: DefenseDiagnostics  # the defense's own record (e.g. DP's sigma_per_step)
+
+
+def client_round(global_model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, batches: tuple[torch.Tensor, ...],
+                 cfg: FLConfig, defense: Defense, noise_gen: torch.Generator) -> ClientRound:
+    """One client's round: local SGD in train() mode over ``batches`` (indices into xs), the defense with
+    the round's own context, and the client's BatchNorm buffers after training."""
+    names = trainable_names(global_model)
+    local = copy.deepcopy(global_model).train()
+    local_sgd(local, ((xs[b], ys[b]) for b in batches), cfg.lr, cfg.clip)
+    local.eval()  # the defense explains and inspects the trained model; its passes must not move BN statistics
+    buffers = {n: b.detach().clone() for n, b in local.named_buffers()}
+    before, after = dict(global_model.named_parameters()), dict(local.named_parameters())
+    update = SharedUpdate("fedavg", {n: (before[n] - after[n]).detach() for n in names}, len(xs),
+                          len(batches), cfg.lr, clip=cfg.clip)
+    round_cfg = RoundConfig(mode="fedavg", batch_size=cfg.batch_size, local_steps=len(batches), lr=cfg.lr,
+                            clip=cfg.clip)
+    ctx = ClientContext(local, global_model, xs, ys, round_cfg, noise_gen, batches=batches)
+    defended, diagnostics = defense.protect(update, ctx)
+    return ClientRound(defended, buffers, diagnostics)
+
+
+def aggregate(global_model: nn.Module, results: Iterable[ClientRound], total_examples: int) -> None:
+    """FedAvg's server step in place: θ_g − Σ_k (n_k / n) U_k, and every buffer the n_k-weighted mean of the
+    clients' (integer buffers, BatchNorm's batch counter, rounded to the nearest integer). ``results`` may be
+    a generator (one client's update is held at a time), so n, the round's total, is given up front."""
+    update_sum = {n: torch.zeros_like(p) for n, p in global_model.named_parameters()}
+    buffer_sum = {n: torch.zeros_like(b, dtype=torch.float64) for n, b in global_model.named_buffers()}
+    seen = 0
+    for client in results:
+        n_k = client.update.num_examples
+        seen += n_k
+        for name, acc in update_sum.items():
+            if name in client.update.tensors:
+                acc += client.update.tensors[name] * (n_k / total_examples)
+        for name, acc in buffer_sum.items():
+            acc += client.buffers[name].double() * (n_k / total_examples)
+    if seen != total_examples:
+        raise ValueError(f"the clients' updates cover {seen} examples, not the {total_examples} announced")
+    with torch.no_grad():
+        for name, p in global_model.named_parameters():
+            p.sub_(update_sum[name])
+        for name, b in global_model.named_buffers():
+            b.copy_(buffer_sum[name] if b.is_floating_point() else buffer_sum[name].round())
+
+
 def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[Event, None, FLResult]:
     """Yields a minor event after each client's update and one per round (payload: its ``RoundResult``);
     checks ``should_stop`` before every client update. A round stopped part-way is not applied: the result
@@ -102,7 +171,6 @@ def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[
     batch_gen = generator(cfg.seed, "fl-batches")
     noise_gen = generator(cfg.seed, "defense")
     defense = defenses.create(cfg.defense, defenses.bind_round(cfg.defense, cfg.defense_cfg, RoundConfig(clip=cfg.clip)))
-    names = trainable_names(global_model)
     watch = Stopwatch()
     results: list[RoundResult] = []
     initial = accuracy(global_model, x_test, y_test)
@@ -112,32 +180,15 @@ def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[
         return watch.event(f"FedAvg {cfg.defense}", done, total_updates, "client update", message, **kw)
 
     for rnd in range(1, cfg.rounds + 1):
-        total = sum(len(s) for s in split)
-        aggregate = {n: torch.zeros_like(p) for n, p in global_model.named_parameters()}
+        clients: list[ClientRound] = []
         for k, shard in enumerate(split):
             if should_stop():
                 return FLResult(cfg, initial, tuple(results), True)
-            xs, ys = x_train[shard], y_train[shard]
-            steps = cfg.local_epochs * math.ceil(len(shard) / cfg.batch_size)
-            local = copy.deepcopy(global_model)
-            batches = []
-            for _ in range(cfg.local_epochs):
-                order = torch.randperm(len(shard), generator=batch_gen)
-                batches += [order[i: i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-            local_sgd(local, ((xs[b], ys[b]) for b in batches), cfg.lr, cfg.clip)
-            before, after = dict(global_model.named_parameters()), dict(local.named_parameters())
-            update = SharedUpdate("fedavg", {n: (before[n] - after[n]).detach() for n in names}, len(shard),
-                                  steps, cfg.lr, clip=cfg.clip)
-            round_cfg = RoundConfig(mode="fedavg", batch_size=cfg.batch_size, local_steps=steps, lr=cfg.lr, clip=cfg.clip)
-            ctx = ClientContext(local, global_model, xs, ys, round_cfg, noise_gen)
-            defended, _ = defense.protect(update, ctx)
-            for n in names:
-                aggregate[n] += defended.tensors[n] * (len(shard) / total)
+            clients.append(client_round(global_model, x_train[shard], y_train[shard],
+                                        epoch_batches(len(shard), cfg, batch_gen), cfg, defense, noise_gen))
             yield event((rnd - 1) * len(split) + k + 1, f"round {rnd}/{cfg.rounds}, client {k + 1}/{len(split)}",
                         minor=True)
-        with torch.no_grad():
-            for n, p in global_model.named_parameters():
-                p.sub_(aggregate[n])
+        aggregate(global_model, clients, sum(len(s) for s in split))
         result = RoundResult(rnd, accuracy(global_model, x_test, y_test), watch.elapsed())
         results.append(result)
         yield event(rnd * len(split), f"round {rnd}/{cfg.rounds}  accuracy {result.accuracy:.3f}", payload=result)

@@ -1,6 +1,7 @@
 """The models a victim client trains: the DLG paper's LeNet, a small ReLU ConvNet, CIFAR ResNet-18.
 
-Every model takes images in [0, 1] of shape [B, 3, 32, 32] and exposes ``features(x)`` (the input of the
+Every model takes images in [0, 1] of shape [B, 3, 32, 32] (``ModelSpec.input_shape``: part of the
+architecture, so the server's view reads it there) and exposes ``features(x)`` (the input of the
 final linear layer, which Soteria prunes and iDLG reads) and ``fc`` (that linear layer).
 ``build`` returns a fresh module every call: Grad-CAM hooks, ``eval()`` and TIP all mutate modules, so
 cached weights are kept as a read-only state_dict and never handed out as a live module.
@@ -133,6 +134,7 @@ class ModelSpec:
     factory: Callable[[int], nn.Module]
     description: str
     cpu_attack_ms: float  # rough cost of one inversion step on 2 CPU cores, for the app's time estimates
+    input_shape: tuple[int, int, int] = (3, 32, 32)  # (C, H, W) the architecture expects: public, like the layers
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -50,10 +50,10 @@ class Event:
             return None
         return min(max(self.done / self.total, 0.0), 1.0)
 
-    def line(self) -> str:
-        """One plain line: ``stage 40/300 step  loss 0.12  12.3s  eta 20.1s``."""
+    def line(self, bar: str = "") -> str:
+        """One plain line: ``stage 40/300 step  loss 0.12  12.3s  eta 20.1s`` (``bar`` goes after the stage)."""
         count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
-        parts = [f"{self.stage} {count}" + (f" {self.unit}" if self.unit else "")]
+        parts = [f"{self.stage} {bar + ' ' if bar else ''}{count}" + (f" {self.unit}" if self.unit else "")]
         if self.message:
             parts.append(self.message)
         parts.append(_duration(self.elapsed_s))
@@ -225,14 +225,5 @@ class TerminalProgress:
         else:
             filled = int(round(frac * self.BAR_WIDTH))
             bar = "[" + "#" * filled + "." * (self.BAR_WIDTH - filled) + "]"
-        count = f"{event.done}/{event.total}" if event.total is not None else f"{event.done}"
-        parts = [f"{event.stage} {bar} {count}" + (f" {event.unit}" if event.unit else "")]
-        if event.message:
-            parts.append(event.message)
-        parts.append(_duration(event.elapsed_s))
-        if event.remaining_known:
-            parts.append(f"eta {_duration(event.eta_s)}")
-        if event.stopped:
-            parts.append("stopped")
-        text = "  ".join(parts)
+        text = event.line(bar)
         return text if len(text) < width else text[: max(width - 2, 1)] + "…"

@@ -104,7 +104,8 @@ class ReproduceConfig:
     def ig_options(self) -> dict[str, Any]:
         if self.ig_preset:
             return attacks.preset_options("ig", self.ig_preset)
-        return {"iterations": self.ig_iters, "lr": self.ig_lr}
+        # The paper's FedAvg attack (a one-gradient stand-in), not the stronger unrolled default of `ig`.
+        return {"iterations": self.ig_iters, "lr": self.ig_lr, "objective": "gradient"}
 
     def manifest(self) -> dict[str, Any]:
         return {"job": "reproduce", **{k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()
@@ -355,9 +356,8 @@ def report(cfg: ReproduceConfig, cells: ResumableTable, utility: ResumableTable,
         stat = "undefined | —" if test is None else f"{test[0]:.1f} | {test[1]:.2g}"
         lines.append(f"| {title} ({', '.join(names)}) | {_fmt(*mean_std(a))} | {_fmt(*mean_std(b))} | {stat} | {winner} |")
     lines += ["", "## Notes", "",
-              "- The `dp` row's utility comes from the FedAvg simulator, which runs DP-SGD over a client's whole "
-              "shard per step and so adds less noise than its calibration reports (a known simulator issue): "
-              "read it as an upper bound. `dp_paper` has no such problem.",
+              "- The `dp` row's utility comes from the FedAvg simulator, whose DP-SGD replays each client's "
+              "mini-batch steps and adds the noise its calibration reports (sigma_per_step).",
               *fullband_note(cells),
               "- 'best adaptive' takes, per image, the highest PSNR among the adaptive attackers: the evaluator's "
               "worst case for the defense, as a defense must be judged."]

@@ -4,9 +4,39 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import panels
+from app import panels, state, tour
 
 st.title("Teach: what is going on here")
+
+st.header("Guided tour")
+st.markdown(
+    f"{len(tour.STEPS)} steps, about a minute each. Every button sets the sidebar (image, model, defenses, "
+    "sliders) for its step and opens the page to look at; come back here for the next one. The settings land "
+    "in the address bar, so a step's page can be shared as a link."
+)
+
+
+def _go(index: int) -> None:
+    step = tour.STEPS[index]
+    tour.apply(step)
+    st.session_state["tour_step"] = index
+    # The step's settings go into the opened page's URL too (pages that draw no sidebar do not publish).
+    st.switch_page(step.page, query_params=state.current().to_query())
+
+
+current = st.session_state.get("tour_step")
+for i, step in enumerate(tour.STEPS):
+    with st.container(border=True):
+        head, go = st.columns([3, 1], vertical_alignment="center")
+        done = " · last visited" if current == i else ""
+        head.markdown(f"**Step {i + 1}. {step.title}**{done}")
+        if go.button(f"Step {i + 1}: {tour.PAGES[step.page]}", key=f"tour_{i}", width="stretch",
+                     help=f"Sets the sidebar for this step and opens {tour.PAGES[step.page]}."):
+            _go(i)
+        st.markdown(step.look_for)
+        st.latex(step.formula)
+        if step.formula_note:
+            st.caption(step.formula_note)
 
 st.header("1. One federated round")
 st.markdown(

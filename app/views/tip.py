@@ -189,6 +189,8 @@ st.plotly_chart(noise_energy_bars(names, [layer.noise_energy for layer in layers
                                   [layer.effective_std for layer in layers]), key="energy")
 st.caption("Noise lands only on conv weights: biases, BatchNorm, the fc layer and (at r = 0.5) 1 × 1 kernels "
            "stay clean. See Teach for what that means for privacy.")
+st.page_link("views/leaks.py", label="See the whole update, channel by channel and the fc rows: What leaks",
+             icon=":material/visibility:")
 
 # ------------------------------------------------------------------------------------------ adaptive attacker
 st.subheader("Does it stop an attacker who knows TIP?")

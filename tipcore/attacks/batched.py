@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tipcore.attacks import matching
-from tipcore.attacks.base import AttackResult, Clock, DivergenceGuard, MatchingProblem, to_images
+from tipcore.attacks.base import AttackResult, Clock, DivergenceGuard, MatchingProblem, resolve_objective, to_images
 from tipcore.attacks.lbfgs import FlatLBFGS
 from tipcore.attacks.replicate import Replicated
 from tipcore.attacks.template import GradientInversion, Recipe, SignedAdamOptimiser, choose_labels, total_variation
@@ -42,12 +42,12 @@ class _Problem:
     """One defended update: its target, matcher, labels and optimisation state."""
 
     def __init__(self, recipe: Recipe, view: ServerView, update: SharedUpdate, generator: torch.Generator) -> None:
-        self.problem = MatchingProblem(view, update)
+        self.problem = MatchingProblem(view, update, objective=resolve_objective(recipe.objective, update))
         self.generator = generator
         self.matcher = matching.fit(recipe.match, self.problem.model, dict(zip(self.problem.names, self.problem.targets)))
         self.targets = [self.matcher.apply(n, t) for n, t in zip(self.problem.names, self.problem.targets)]
         self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.targets))
-        self.labels = choose_labels(recipe.labels, self.problem, update)
+        self.labels = choose_labels(recipe.labels, self.problem, view, update)
         self.guard = DivergenceGuard(recipe.explode_factor)
         self.step, self.restarts, self.evaluations, self.loss = 0, 0, 0, float("nan")
         self.finished, self.diverged = False, False
@@ -75,8 +75,10 @@ class BatchedComparison:
         shape, device = first.shape, first.device
         if any(p.problem.shape != shape for p in problems):
             raise ValueError("every update of a batched comparison must come from the same batch size")
-        if any((p.problem.mode, p.problem.clip) != (first.mode, first.clip) for p in problems):
-            raise ValueError("every update of a batched comparison must come from the same protocol (mode, clip)")
+        protocol = [(p.problem.mode, p.problem.clip, p.problem.objective, p.problem.steps, p.problem.lr) for p in problems]
+        if any(proto != protocol[0] for proto in protocol):
+            raise ValueError("every update of a batched comparison must come from the same protocol "
+                             "(mode, clip, steps, lr) and be attacked with the same objective")
         gradients = _batched_gradients(problems)
         n = len(problems)
         nx = int(np.prod(shape))
@@ -251,8 +253,10 @@ def _distances(kind: str, dummy: list[torch.Tensor], target: list[torch.Tensor],
 
 def _batched_gradients(problems: list[_Problem]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """x [N, B, C, H, W] -> per parameter a tensor [N, *shape]: problem k's (clipped) dummy gradient at its
-    own model point (the same θ_g in FedSGD; θ_g − U_k in FedAvg) with its own labels, from one K-fold
-    replicated model (``tipcore.attacks.replicate``)."""
+    own model point (the same θ_g in FedSGD; θ_g − U_k in FedAvg's one-step stand-in) with its own labels,
+    from one K-fold replicated model (``tipcore.attacks.replicate``). With the unrolled objective, every
+    copy starts at θ_g and takes the client's T clipped SGD steps on its own dummy batch, in the graph, and
+    the mean step gradient (θ_g − θ_T) / (T · lr) is returned, as ``MatchingProblem`` does alone."""
     first = problems[0].problem
     points = [{n: p for n, p in q.problem.model.named_parameters()} for q in problems]
     replica = Replicated(first.model, points)
@@ -261,13 +265,14 @@ def _batched_gradients(problems: list[_Problem]) -> Callable[[torch.Tensor], lis
     labels = torch.stack([p.labels for p in problems])  # [N, B]
     clip = first.clip
 
-    def gradients(x: torch.Tensor) -> list[torch.Tensor]:
-        logits = replica.forward(x)  # [N, B, classes]
+    def step_gradients(x: torch.Tensor, point: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        current = params if point is None else point
+        logits = replica.forward(x, None if point is None else dict(zip(first.names, point)))  # [N, B, classes]
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
         # Each problem's loss is the mean over its own batch; the copies share no parameter, so the
         # gradient of the sum gives every copy exactly its own problem's gradient.
         total = loss.view(labels.shape).mean(dim=1).sum()
-        flat = torch.autograd.grad(total, params, create_graph=True)
+        flat = torch.autograd.grad(total, current, create_graph=True)
         grads = [replica.per_problem(n, g) for n, g in zip(first.names, flat)]
         if clip is not None:  # the protocol's global-norm clipping, per problem
             norm = torch.sqrt(sum((t * t).flatten(1).sum(1) for t in grads))
@@ -275,4 +280,16 @@ def _batched_gradients(problems: list[_Problem]) -> Callable[[torch.Tensor], lis
             grads = [t * factor.view(-1, *([1] * (t.ndim - 1))) for t in grads]
         return grads
 
-    return gradients
+    def unrolled(x: torch.Tensor) -> list[torch.Tensor]:
+        point: list[torch.Tensor] = list(params)
+        summed: list[torch.Tensor] | None = None
+        for _ in range(first.steps):
+            grads = step_gradients(x, point)
+            summed = grads if summed is None else [s + g for s, g in zip(summed, grads)]
+            point = [p - first.lr * g.reshape(p.shape) for p, g in zip(point, grads)]
+        assert summed is not None
+        return [s / first.steps for s in summed]
+
+    if first.objective == "unrolled":
+        return unrolled
+    return lambda x: step_gradients(x, None)

@@ -2,7 +2,9 @@
 
 Both match gradients in squared L2 distance with L-BFGS. DLG optimises the dummy image and a soft dummy
 label jointly; iDLG first reads the label off the sign structure of the last layer's gradient, then
-optimises the image alone. One "step" is one L-BFGS outer step (up to ``evals_per_step`` closure
+optimises the image alone. When the threat model tells the server the labels (``labels_known``), both use
+them and optimise the image alone. On a FedAvg update both replay the client's local steps on the dummy
+batch (``objective``: auto). One "step" is one L-BFGS outer step (up to ``evals_per_step`` closure
 evaluations); ``AttackResult.evaluations`` counts the closures. Each has adaptive variants
 (``idlg_drop``, ``idlg_lowpass``, ``idlg_noise_aware``, ...) that match only what they trust.
 """
@@ -10,6 +12,7 @@ evaluations); ``AttackResult.evaluations`` counts the closures. Each has adaptiv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from tipcore.attacks.base import register, register_adaptive_variants
 from tipcore.attacks.matching import MatchOptions
@@ -28,6 +31,9 @@ class DLGConfig(MatchOptions):
                              high=100)
     explode_factor: float = knob(1e4, "Divergence factor", "loss above this multiple of the first loss counts as "
                                  "divergence", low=1.0, low_open=True)
+    objective: Literal["auto", "gradient", "unrolled"] = knob(
+        "auto", "FedAvg objective", "auto/unrolled: replay the client's local SGD steps on the dummy data and match "
+        "θ_g − θ; gradient: match the update as one gradient (the TIP paper's stand-in)")
 
 
 class _LBFGSMatching(GradientInversion):
@@ -40,7 +46,7 @@ class _LBFGSMatching(GradientInversion):
         c = self.config
         return Recipe(distance="l2", optimiser="lbfgs", labels=self.label_strategy, init="randn",
                       iterations=c.iterations, lr=c.lr, max_restarts=c.max_restarts, explode_factor=c.explode_factor,
-                      evals_per_step=c.evals_per_step, history_size=c.history_size,
+                      evals_per_step=c.evals_per_step, history_size=c.history_size, objective=c.objective,
                       match=MatchOptions(c.match, c.assumed_cutoff, c.assumed_ratio, c.min_separation, c.min_contrast,
                                          c.residual_floor))
 
@@ -52,19 +58,20 @@ class DLG(_LBFGSMatching):
     def describe(self) -> str:
         return ("Deep Leakage from Gradients (Zhu et al., 2019). The server starts from random noise and a "
                 "random soft label, and moves both with L-BFGS until the gradient they produce matches the "
-                "shared one in squared L2 distance. Strong on small sigmoid networks such as LeNet; fragile "
+                "shared one in squared L2 distance (a server told the labels optimises the image alone). "
+                "Strong on small sigmoid networks such as LeNet; fragile "
                 "on deep ReLU networks, and sometimes diverges (then it is restarted).")
 
 
 @register("idlg", DLGConfig, "iDLG: label read off the last layer's gradient signs, then DLG on the image")
 class IDLG(_LBFGSMatching):
-    label_strategy = "infer"
+    label_strategy = "auto"
 
     def describe(self) -> str:
         return ("Improved DLG (Zhao et al., 2020). With cross-entropy and non-negative features, the only "
                 "negative row of the last layer's weight gradient belongs to the true label, so the label is "
-                "read off exactly; L-BFGS then matches gradients over the image alone, which converges more "
-                "reliably than DLG.")
+                "read off exactly (or taken as given when the server is told the labels); L-BFGS then matches "
+                "gradients over the image alone, which converges more reliably than DLG.")
 
 
 register_adaptive_variants("dlg", DLG, DLGConfig)

@@ -2,9 +2,10 @@
 
 Small models (LeNet: a few ms per forward and double-backward) cost per operation, not per FLOP, so
 ``vmap`` over K problems saves almost nothing there. Here the K copies (each with its own parameters: θ_g
-in FedSGD, θ_g − U_k in FedAvg) become one network of grouped convolutions: every Conv2d gets K times the
-groups, BatchNorm K times the channels, the final Linear a [K, out, in] weight, and the K images travel
-side by side along the channel axis. One ordinary forward and double-backward then serve all K problems,
+in FedSGD, θ_g − U_k in FedAvg's one-step stand-in, θ_g and then each copy's own points when the client's
+steps are unrolled) become one network of grouped convolutions: every Conv2d gets K times the groups,
+BatchNorm K times the channels, the final Linear a [K, out, in] weight, and the K images travel side by
+side along the channel axis. One ordinary forward and double-backward then serve all K problems,
 and since the copies share no parameter, each copy's gradient is exactly its own problem's gradient.
 
 Supported: models built from Conv2d, BatchNorm2d (eval mode), Linear (the classifier, after a flatten),
@@ -19,6 +20,7 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 
 class GroupedLinear(nn.Module):
@@ -84,11 +86,13 @@ class Replicated:
         parent = self.model.get_submodule(parent_name) if parent_name else self.model
         setattr(parent, child, new)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [K, B, C, H, W] -> logits [K, B, classes]."""
+    def forward(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [K, B, C, H, W] -> logits [K, B, classes]; ``params`` (original names, replicated layout)
+        replace the replica's own, as an unrolled attack's intermediate points do."""
         k, b = x.shape[:2]
         side_by_side = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
-        return self.model(side_by_side).transpose(0, 1)
+        out = self.model(side_by_side) if params is None else functional_call(self.model, dict(params), (side_by_side,))
+        return out.transpose(0, 1)
 
     def per_problem(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A replicated parameter's tensor (or gradient) as [K, *original shape]."""

@@ -14,6 +14,7 @@ double-backward once instead of differentiating the distance's own graph too.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -22,13 +23,17 @@ import torch
 from tipcore.attacks import matching
 from tipcore.attacks.base import (
     AttackResult, AttackStream, Clock, DivergenceGuard, MatchingProblem, Snapshot, StopHook, infer_labels,
-    never_stop, snapshot_event, to_images,
+    never_stop, resolve_objective, snapshot_event, to_images,
 )
 from tipcore.attacks.lbfgs import FlatLBFGS
 from tipcore.fl import ServerView, SharedUpdate
 
 Distance = Literal["l2", "cosine"]
+# What the attack does about labels: "soft" learns them jointly (DLG) and "auto" reads them off the fc
+# gradient (iDLG), each unless the threat model tells the server the labels, which are then used as given;
+# "known" requires them; "infer" reads the fc gradient even when told (an explicit experimenter's choice).
 LabelStrategy = Literal["soft", "infer", "known", "auto"]
+Objective = Literal["auto", "gradient", "unrolled"]
 Init = Literal["randn", "centred"]
 Closure = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -118,20 +123,27 @@ class Recipe:
     lr_decay: bool = True  # Adam
     decay_gamma: float = 0.1  # Adam
     match: matching.MatchOptions = matching.MatchOptions()
+    objective: Objective = "auto"  # FedAvg: unroll the client's local steps (auto) or the one-step stand-in
 
 
-def choose_labels(strategy: LabelStrategy, problem: MatchingProblem, update: SharedUpdate) -> torch.Tensor | None:
+def choose_labels(strategy: LabelStrategy, problem: MatchingProblem, view: ServerView,
+                  update: SharedUpdate) -> torch.Tensor | None:
     """The labels the attack assumes (None: learnt jointly, as DLG's soft label).
 
-    ``known`` and ``auto`` read only what the threat model shares (``SharedUpdate.labels``); otherwise the
-    label comes from the fc gradient (iDLG's rule), which every defense of the project leaves readable.
+    Labels come only from what the threat model grants (``ServerView.known_labels``): with them, every
+    strategy but an explicit ``infer`` uses them and optimises the image alone; without them, ``soft``
+    learns a label and the others read it off the fc gradient (iDLG's rule), which every defense of the
+    project leaves readable.
     """
+    if strategy == "infer":
+        return infer_labels(problem)
+    told = view.known_labels(update)
+    if told is not None:
+        return torch.tensor(told, dtype=torch.long, device=problem.device)
+    if strategy == "known":
+        raise ValueError("labels='known' but this threat model does not tell the server the labels")
     if strategy == "soft":
         return None
-    if strategy == "known" and update.labels is None:
-        raise ValueError("labels='known' but this threat model does not share the labels")
-    if update.labels is not None and strategy in ("known", "auto"):
-        return torch.tensor(update.labels, dtype=torch.long, device=problem.device)
     return infer_labels(problem)
 
 
@@ -146,13 +158,13 @@ class GradientInversion:
     def reconstruct(self, view: ServerView, update: SharedUpdate, *, generator: torch.Generator,
                     should_stop: StopHook = never_stop, report_every: int = 10) -> AttackStream:
         recipe = self.recipe()
-        problem = MatchingProblem(view, update)
+        problem = MatchingProblem(view, update, objective=resolve_objective(recipe.objective, update))
         matcher = matching.fit(recipe.match, problem.model, dict(zip(problem.names, problem.targets)))
         targets = [matcher.apply(n, t) for n, t in zip(problem.names, problem.targets)]
         target_norm = torch.sqrt(sum((t * t).sum() for t in targets))
-        hard_labels = choose_labels(recipe.labels, problem, update)
+        hard_labels = choose_labels(recipe.labels, problem, view, update)
         soft = hard_labels is None
-        nx = problem.batch * 3 * 32 * 32
+        nx = math.prod(problem.shape)
         num_classes = view.num_classes
 
         def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

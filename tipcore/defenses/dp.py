@@ -4,7 +4,10 @@
 is clipped to L2 norm C (computed with torch.func), the clipped gradients are summed, N(0, (zC)²) is added,
 and the sum is divided by B. In FedAvg each local step does this, and the update is θ_g − θ_T. The noise
 multiplier z is given, or calibrated from (ε, δ): classically (same σ as TIP at the same budget in FedSGD),
-or with a Rényi-DP accountant.
+or with a Rényi-DP accountant. A client that trains on mini-batches (the FL simulator) lists them in
+``ClientContext.batches``, and DP-SGD runs on exactly those, each step divided by the nominal batch size, so
+the reported ``sigma_per_step`` is the noise every step adds. Per-example gradients need BatchNorm on its
+running statistics (eval mode), as Opacus also requires; the BN buffers a client sends are not privatised.
 
 ``dp_paper``: the TIP paper's "standard DP": the round's clipped training as usual, then N(0, σ²) once on
 every parameter of the update, σ from docs/METHOD.md §3.5 (the same σ TIP splits over its channels).
@@ -69,9 +72,11 @@ def clipped_sum(per_example: dict[str, torch.Tensor], clip: float) -> tuple[dict
 
 
 def noisy_mean_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float, z: float,
-                        gen: torch.Generator) -> dict[str, torch.Tensor]:
+                        gen: torch.Generator, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+    """(clipped sum + N(0, (zC)²)) / B. B is the round's nominal batch size (as Opacus divides by its expected
+    batch size), so every step's noise has std zC/B, a short last batch of an epoch included."""
     summed, _ = clipped_sum(per_example_gradients(model, x, y), clip)
-    batch = x.shape[0]
+    batch = batch_size or x.shape[0]
     return {n: (s + z * clip * torch.randn(s.shape, generator=gen).to(s.device)) / batch for n, s in summed.items()}
 
 
@@ -87,10 +92,14 @@ class DifferentialPrivacy:
         model = copy.deepcopy(ctx.global_model).eval()
         if rc.mode == "fedsgd":
             tensors = noisy_mean_gradient(model, ctx.x, ctx.y, cfg.clip, z, ctx.generator)
-        else:  # DP-SGD replaces the round's local training: the same steps, privatised
+        else:  # DP-SGD replaces the round's local training: the same steps on the same batches, privatised
             start = {n: p.detach().clone() for n, p in model.named_parameters()}
-            for _ in range(rc.steps):
-                step = noisy_mean_gradient(model, ctx.x, ctx.y, cfg.clip, z, ctx.generator)
+            schedule = ctx.batches if ctx.batches is not None else (None,) * rc.steps
+            if len(schedule) != rc.steps:
+                raise ValueError(f"the client context lists {len(schedule)} mini-batches for {rc.steps} local steps")
+            for idx in schedule:
+                xb, yb = (ctx.x, ctx.y) if idx is None else (ctx.x[idx], ctx.y[idx])
+                step = noisy_mean_gradient(model, xb, yb, cfg.clip, z, ctx.generator, rc.batch_size)
                 with torch.no_grad():
                     for n, p in model.named_parameters():
                         if n in step:
