@@ -258,3 +258,14 @@ def showcase_command(kind: str) -> str:
         if isinstance(value, str):
             return value
     return f"python -m tipcore showcase --{kind}"
+
+
+@st.cache_resource(show_spinner=False, ttl=300)
+def tip_grid() -> Any:
+    """The "How TIP works" page's precomputed reconstructions (``tipcore.tip_grid``), or None when not built.
+    Raises ValueError when the grid's files do not fit together (not cached, so a rebuild is picked up)."""
+    try:
+        from tipcore import tip_grid as grid
+    except ImportError:
+        return None
+    return grid.load()
