@@ -76,12 +76,19 @@ def _on_grid(match: Any, grid: Any) -> None:
     with cols[3]:
         same = "" if match.exact else (
             f" These sliders give the same defense as the grid's p = {match.ratio:g}, r = {match.cutoff:g} (TIP "
-            f"noises k = {', '.join(map(str, sorted(set(match.channels))))} channel(s) per layer and the same "
-            "frequency bins), so its reconstruction is exactly this setting's.")
+            f"noises {_channels_line(match.channels, grid)} and the same frequency bins), so its reconstruction "
+            "is exactly this setting's.")
         st.markdown(
             f"**Precomputed at this setting**, no attack run: {_model_line(grid)}, {steps} L-BFGS steps, "
             f"ε = {match.epsilon:g}." + same)
         st.caption(f"Made by `{grid.command}`; the grid holds {_points_line(grid)}.")
+
+
+def _channels_line(channels: tuple[int, ...], grid: Any) -> str:
+    sizes = [int(layer["out_channels"]) for layer in grid.layers]
+    if len(set(channels)) == 1 and len(set(sizes)) == 1:
+        return f"k = {channels[0]} of {sizes[0]} channels per layer"
+    return "k = " + ", ".join(f"{k} of {c}" for k, c in zip(channels, sizes)) + " channels in its conv layers"
 
 
 def _model_line(grid: Any) -> str:
@@ -90,7 +97,13 @@ def _model_line(grid: Any) -> str:
 
 
 def _points_line(grid: Any) -> str:
-    return "; ".join(f"p = {p:g}, r = {r:g}, ε = {e:g}" for p, r, e in grid.settings["points"])
+    """The grid's points: as p x r x ε when they are every combination of their values, else one by one."""
+    points = {tuple(float(v) for v in point) for point in grid.settings["points"]}
+    axes = [sorted({point[i] for point in points}) for i in range(3)]
+    if len(points) == len(axes[0]) * len(axes[1]) * len(axes[2]):
+        return " × ".join(f"{name} ∈ {{{', '.join(f'{v:g}' for v in values)}}}"
+                          for name, values in zip(("p", "r", "ε"), axes))
+    return "; ".join(f"p = {p:g}, r = {r:g}, ε = {e:g}" for p, r, e in sorted(points))
 
 
 def _off_grid(s: state.Settings, reason: str, grid: Any) -> None:
