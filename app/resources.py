@@ -405,3 +405,14 @@ def leak_view(explainer_key: tuple, options: tuple, variant: str, _explainer: An
     """``explainer.leaks(preview)``: per-channel energies and fc rows of the update before and after the
     defense (numpy only), keyed like ``tip_preview``."""
     return _explainer.leaks(_preview)
+
+
+@st.cache_resource(show_spinner=False, ttl=300)
+def tip_grid() -> Any:
+    """The "How TIP works" page's precomputed reconstructions (``tipcore.tip_grid``), or None when not built.
+    Raises ValueError when the grid's files do not fit together (not cached, so a rebuild is picked up)."""
+    try:
+        from tipcore import tip_grid as grid
+    except ImportError:
+        return None
+    return grid.load()

@@ -718,3 +718,41 @@ def test_comparison_figure_has_titles_and_psnr() -> None:
 
     assert text_above_and_below(("", "")) == (False, False)
     assert text_above_and_below(("TIP", "PSNR 5.1 dB · SSIM 0.01")) == (True, True)
+
+
+# ------------------------------------------------------------------------------------------ precomputed grid
+
+
+def test_tip_page_shows_the_precomputed_reconstructions_on_the_grid_and_run_it_off_it() -> None:
+    from tipcore import tip_grid
+
+    grid = tip_grid.load()
+    assert grid is not None, tip_grid.TIP_GRID_COMMAND
+    at = new_app()
+    at.switch_page("views/tip.py").run()
+    no_exceptions(at)
+    heads = [md.value for md in at.markdown]
+    assert "**TIP vs naive iDLG**" in heads and "**TIP vs adaptive iDLG**" in heads
+    psnrs = [m.value for m in at.metric if m.label == "PSNR (dB)"]
+    defaults = (0.1, 0.5, 5.0)  # the page's p, r, ε
+    expected = {(c["attack"], c["defense"]): c["psnr"] for c in grid.cells if c["image"] == "cifar10-00"
+                and (c["defense"] == "none" or (c["ratio"], c["cutoff"], c["epsilon"]) == defaults)}
+    for key in (("idlg", "none"), ("idlg", "tip"), ("idlg_drop", "tip")):
+        assert f"{expected[key]:.1f}" in psnrs, (key, psnrs)
+    assert not any(md.value.startswith("**Off the precomputed grid**") for md in at.markdown)
+
+    at.slider(key="w_ratio").set_value(0.15).run()  # k = 1 channel per layer, as at the grid's p = 0.1
+    no_exceptions(at)
+    assert any("same defense as the grid's p = 0.1, r = 0.5 (TIP noises k = 1 of 12 channels per layer" in md.value
+               for md in at.markdown)
+
+    at.slider(key="w_ratio").set_value(0.45).run()  # k = 5: not on the grid
+    no_exceptions(at)
+    off = [md.value for md in at.markdown if md.value.startswith("**Off the precomputed grid**")]
+    assert off and "p = 0.45 (k = 5 of 12" in off[0]
+    assert "**TIP vs naive iDLG**" not in [md.value for md in at.markdown]
+    click(at, "Run it: adaptive iDLG")
+    no_exceptions(at)
+    s = at.session_state["settings"]
+    assert (s.defenses, s.attack, s.adaptive, s.ratio) == (("tip",), "idlg", "drop", 0.45)
+    assert at.title[0].value == "Live attack"

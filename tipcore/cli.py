@@ -412,6 +412,11 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     if args.what in ("frontier", "all"):
         with progress_display(args) as show:
             showcase.make_frontier(quick=args.quick, on_event=show)
+    if args.what in ("tip-grid", "all"):
+        from tipcore import tip_grid
+
+        with progress_display(args) as show:
+            tip_grid.make(on_event=show)
     print(f"-> {showcase.SHOWCASE_DIR}")
     return 0
 
@@ -600,7 +605,9 @@ def utility_args(p: argparse.ArgumentParser) -> None:
 
 
 def showcase_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["punchline", "frontier", "all"])
+    p.add_argument("what", choices=["punchline", "frontier", "tip-grid", "all"],
+                   help="tip-grid: the How TIP works page's reconstructions over a grid of p, r and ε "
+                        "(resumes from runs/showcase-tip-grid)")
     p.add_argument("--quick", action="store_true", help="frontier: a two-point smoke grid (for tests)")
     p.set_defaults(func=cmd_showcase)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import controls, panels, resources, state
+from app import controls, grid_panel, panels, resources, state
 from app.components import (
     alpha_bars, defense_label, heatmap_overlay, kernel_figure, noise_energy_bars, spectrum_figure, upscale,
 )
@@ -61,6 +61,9 @@ problem = controls.image_problem(s, image) or controls.clip_problem(s, [s.tip_va
 if problem:
     st.error(problem)
     st.stop()
+
+# What the attackers rebuild at this setting, right under the sliders: read from the precomputed grid.
+grid_panel.reconstructions(s, image)
 
 rd = controls.round_dict(s)
 num_classes = controls.model_classes(s, image)

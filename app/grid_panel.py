@@ -1,0 +1,121 @@
+"""The "How TIP works" page's reconstruction panel: what the server rebuilds at the sliders' setting.
+
+On a point of the precomputed grid (``python -m tipcore showcase tip-grid``) the naive and the adaptive
+attacker's reconstructions and PSNR are read from disk, with no attack run; off the grid the panel says
+why and offers to run the setting on the Live attack page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from app import controls, resources, state
+from app.components import defense_label, fmt_db, upscale
+
+ADAPTIVE_KNOWLEDGE = "drop"  # idlg_drop: the grid's adaptive attacker
+LIVE_PAGE = "views/live.py"
+RUN_ITERATIONS = 100  # the grid's L-BFGS steps, so a run on Live is comparable with the grid
+
+
+def _run_on_live(variant: str, adaptive: str) -> None:
+    """Make the Live page attack this TIP setting (the sliders' p, r, noise are shared settings already)."""
+    state.apply(defenses=(variant,), attack="idlg", adaptive=adaptive, iterations=RUN_ITERATIONS)
+
+
+def _query(s: state.Settings, image: controls.ImageChoice) -> Any:
+    from tipcore.tip_grid import GridQuery
+
+    return GridQuery(image_id=image.gallery_id, model=s.model, weights=s.weights, round=controls.round_dict(s),
+                     seed=int(s.seed), variant=s.tip_variant, noise=s.noise, epsilon=float(s.epsilon),
+                     delta=float(s.delta), ratio=float(s.ratio), cutoff=float(s.cutoff))
+
+
+def _picture(title: str, cell: Any, caption: str) -> None:
+    st.markdown(f"**{title}**")
+    st.image(upscale(np.asarray(cell.image), 3), width=96)
+    st.metric("PSNR (dB)", fmt_db(float(cell.psnr)), help="Above ~25 dB the image is plainly recognisable.")
+    st.caption(caption)
+
+
+def reconstructions(s: state.Settings, image: controls.ImageChoice) -> None:
+    """The panel, drawn right under the sliders."""
+    with st.container(border=True):
+        try:
+            grid = resources.tip_grid()
+        except ValueError as exc:
+            st.warning(f"The precomputed reconstructions cannot be read: {exc}")
+            return
+        if grid is None:
+            from tipcore.tip_grid import TIP_GRID_COMMAND
+
+            st.caption(f"Precomputed reconstructions are not built yet: `{TIP_GRID_COMMAND}`.")
+            return
+        match, reason = grid.find(_query(s, image))
+        if match is None:
+            _off_grid(s, reason, grid)
+        else:
+            _on_grid(match, grid)
+
+
+def _on_grid(match: Any, grid: Any) -> None:
+    steps = grid.settings["iterations"]
+    cols = st.columns([1, 1, 1, 1.6], gap="small")
+    with cols[0]:
+        _picture("No defense", match.undefended[0], "naive iDLG, for reference")
+    with cols[1]:
+        _picture("TIP vs naive iDLG", match.naive, "matches the whole update, noise included")
+    with cols[2]:
+        found = ""
+        if match.adaptive.flag_precision is not None:
+            found = (f"; found the noised channels with precision {match.adaptive.flag_precision:.2f}, "
+                     f"recall {match.adaptive.flag_recall:.2f}")
+        _picture("TIP vs adaptive iDLG", match.adaptive, "drops the channels it finds noised" + found)
+    with cols[3]:
+        same = "" if match.exact else (
+            f" These sliders give the same defense as the grid's p = {match.ratio:g}, r = {match.cutoff:g} (TIP "
+            f"noises {_channels_line(match.channels, grid)} and the same frequency bins), so its reconstruction "
+            "is exactly this setting's.")
+        st.markdown(
+            f"**Precomputed at this setting**, no attack run: {_model_line(grid)}, {steps} L-BFGS steps, "
+            f"ε = {match.epsilon:g}." + same)
+        st.caption(f"Made by `{grid.command}`; the grid holds {_points_line(grid)}.")
+
+
+def _channels_line(channels: tuple[int, ...], grid: Any) -> str:
+    sizes = [int(layer["out_channels"]) for layer in grid.layers]
+    if len(set(channels)) == 1 and len(set(sizes)) == 1:
+        return f"k = {channels[0]} of {sizes[0]} channels per layer"
+    return "k = " + ", ".join(f"{k} of {c}" for k, c in zip(channels, sizes)) + " channels in its conv layers"
+
+
+def _model_line(grid: Any) -> str:
+    s = grid.settings
+    return f"LeNet ({s['weights']} init), FedSGD on one image, clip {s['round']['clip']:g}, seed {s['seed']}"
+
+
+def _points_line(grid: Any) -> str:
+    """The grid's points: as p x r x ε when they are every combination of their values, else one by one."""
+    points = {tuple(float(v) for v in point) for point in grid.settings["points"]}
+    axes = [sorted({point[i] for point in points}) for i in range(3)]
+    if len(points) == len(axes[0]) * len(axes[1]) * len(axes[2]):
+        return " × ".join(f"{name} ∈ {{{', '.join(f'{v:g}' for v in values)}}}"
+                          for name, values in zip(("p", "r", "ε"), axes))
+    return "; ".join(f"p = {p:g}, r = {r:g}, ε = {e:g}" for p, r, e in sorted(points))
+
+
+def _off_grid(s: state.Settings, reason: str, grid: Any) -> None:
+    st.markdown(f"**Off the precomputed grid**: {reason}. Run this setting on the Live attack page "
+                f"({RUN_ITERATIONS} iDLG steps against {defense_label(s.tip_variant)} with these sliders):")
+    st.caption(f"The grid ({_model_line(grid)}, gallery image{'s' if len(grid.images) > 1 else ''} "
+               f"{', '.join(grid.images)}, δ = {grid.settings['delta']:.0e}) holds {_points_line(grid)}.")
+    c_naive, c_adaptive, _ = st.columns([1, 1, 2])
+    go = c_naive.button("Run it: naive iDLG", key="grid_run_naive", on_click=_run_on_live,
+                        args=(s.tip_variant, "none"), help="Opens Live attack with these settings, ready to run.")
+    go = c_adaptive.button("Run it: adaptive iDLG", key="grid_run_adaptive", on_click=_run_on_live,
+                           args=(s.tip_variant, ADAPTIVE_KNOWLEDGE),
+                           help="The attacker who drops the channels it finds noised; opens Live attack.") or go
+    if go:
+        st.switch_page(LIVE_PAGE)
