@@ -40,8 +40,26 @@ def _picture(title: str, cell: Any, caption: str) -> None:
     st.caption(caption)
 
 
+def summary(s: state.Settings, image: controls.ImageChoice) -> None:
+    """One line right under the sliders, so the attackers' answer to a slider move is in view without
+    pushing the spectrum below the fold; the pictures follow further down (``reconstructions``)."""
+    try:
+        grid = resources.tip_grid()
+    except ValueError:
+        return  # the panel below says what is wrong
+    if grid is None:
+        return
+    match, _ = grid.find(_query(s, image))
+    if match is None:
+        st.caption("The attackers at this setting: off the precomputed grid (see below to run it).")
+        return
+    st.markdown(f"**The attackers at this setting** (precomputed, pictures below): naive iDLG "
+                f"**{fmt_db(float(match.naive.psnr))} dB** · iDLG that drops the noised channels "
+                f"**{fmt_db(float(match.adaptive.psnr))} dB** · no defense {fmt_db(float(match.undefended[0].psnr))} dB")
+
+
 def reconstructions(s: state.Settings, image: controls.ImageChoice) -> None:
-    """The panel, drawn right under the sliders."""
+    """The panel with the pictures (under the spectrum)."""
     with st.container(border=True):
         try:
             grid = resources.tip_grid()

@@ -62,8 +62,9 @@ if problem:
     st.error(problem)
     st.stop()
 
-# What the attackers rebuild at this setting, right under the sliders: read from the precomputed grid.
-grid_panel.reconstructions(s, image)
+# What the attackers rebuild at this setting, right under the sliders (one line; the pictures follow the
+# spectrum, which must stay in view when r moves): read from the precomputed grid.
+grid_panel.summary(s, image)
 
 rd = controls.round_dict(s)
 num_classes = controls.model_classes(s, image)
@@ -137,6 +138,8 @@ elif noised == 0:
 else:
     st.markdown(f"Channel {channel} **is selected**: its kernels get noise in {noised} of {total} frequency bins; "
                 "the bins inside the white outline (DC and the lowest frequencies) are left exactly as they were.")
+
+grid_panel.reconstructions(s, image)
 
 # ------------------------------------------------------------------------------------------ key numbers
 total_k = sum(len(layer.selected[0]) if layer.selected else 0 for layer in layers)
