@@ -69,7 +69,7 @@ class DefenseSpec:
     config_cls: type
     factory: Callable[[Any], Defense]
     summary: str
-    label: str  # display name, e.g. "TIP (random channels)"
+    label: str  # display name, e.g. "TIP, random channels"
     sweep_grid: tuple[float, ...] | None = None  # overrides the strength knob's grid for this defense
 
     @property
