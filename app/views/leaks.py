@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import controls, resources, state
+from app import resources, state, tip_setting
 from app.components import channel_energy_map, defense_label, fc_rows_figure, layer_energy_figure
 
 resources.configure_threads()
@@ -27,42 +27,15 @@ for problem in state.url_problems():
     st.warning(problem)
 
 # ------------------------------------------------------------------------------------------ controls
-c_variant, c_ratio, c_cutoff, c_noise = st.columns([1.1, 1, 1, 1.2], gap="medium")
-variant = controls.tip_variant_picker(c_variant)
-controls.ratio_slider(c_ratio)
-controls.cutoff_slider(c_cutoff, [variant])
-controls.noise_picker(c_noise)
-
-image = controls.image_picker()
-controls.model_picker()
-controls.round_picker(calibrated=[s.tip_variant])
-if s.noise == "calibrated":
-    st.sidebar.subheader("TIP's budget")
-    controls.budget_picker()
-state.publish()
-
-if image is None:
-    if controls.upload_error():
-        st.error(controls.upload_error())
-    st.info("Choose a gallery image or upload one in the sidebar.")
-    controls.gallery_browser()
-    st.stop()
-problem = controls.image_problem(s, image) or controls.clip_problem(s, [s.tip_variant])
-if problem:
-    st.error(problem)
-    st.stop()
-
-rd = controls.round_dict(s)
-num_classes = controls.model_classes(s, image)
-explainer_key = (s.model, s.weights, image.key, int(image.label), num_classes, rd["mode"], rd["local_steps"],
-                 rd["lr"], rd["clip"], int(s.seed))
+variant = tip_setting.tip_controls()
+image = tip_setting.sidebar_image(s)
+setting = tip_setting.explained(s, image)
+rd, num_classes = setting.round, setting.num_classes
 try:
-    explainer = resources.explainer(*explainer_key, _image=image.image)
-    options = tuple(sorted(controls.tip_options(s).items()))
-    preview = resources.tip_preview(explainer_key, options, s.tip_variant, _explainer=explainer)
-    leaks = resources.leak_view(explainer_key, options, s.tip_variant, _explainer=explainer, _preview=preview)
+    leaks = resources.leak_view(setting.key, setting.options, s.tip_variant, _explainer=setting.explainer,
+                                _preview=setting.preview)
 except ValueError as exc:
-    st.error(f"Cannot compute this setting: {exc}")
+    st.error(f"Cannot explain this setting: {exc}")
     st.stop()
 
 convs = list(leaks.convs)

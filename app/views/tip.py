@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import controls, grid_panel, panels, resources, state
+from app import controls, grid_panel, panels, resources, state, tip_setting
 from app.components import (
     alpha_bars, defense_label, heatmap_overlay, kernel_figure, noise_energy_bars, spectrum_figure, upscale,
 )
@@ -34,50 +34,19 @@ for problem in state.url_problems():
 
 # ------------------------------------------------------------------------------------------ controls
 # TIP's own controls sit above the charts they change, so a slider move shows its effect without scrolling.
-c_variant, c_ratio, c_cutoff, c_noise = st.columns([1.1, 1, 1, 1.2], gap="medium")
-variant = controls.tip_variant_picker(c_variant)
-controls.ratio_slider(c_ratio)
-controls.cutoff_slider(c_cutoff, [variant])
-controls.noise_picker(c_noise)
+variant = tip_setting.tip_controls()
 intro.markdown(INTRO.get(variant, INTRO["tip"]) + " Move the sliders: only the cheap selection-and-noise step "
                "is recomputed, never an attack.")
 
 # ------------------------------------------------------------------------------------------ sidebar
-image = controls.image_picker()
-controls.model_picker()
-controls.round_picker(calibrated=[s.tip_variant])
-if s.noise == "calibrated":
-    st.sidebar.subheader("TIP's budget")
-    controls.budget_picker()
-state.publish()
-
-if image is None:
-    if controls.upload_error():
-        st.error(controls.upload_error())
-    st.info("Choose a gallery image or upload one in the sidebar.")
-    controls.gallery_browser()
-    st.stop()
-problem = controls.image_problem(s, image) or controls.clip_problem(s, [s.tip_variant])
-if problem:
-    st.error(problem)
-    st.stop()
+image = tip_setting.sidebar_image(s)
 
 # What the attackers rebuild at this setting, right under the sliders (one line; the pictures follow the
 # spectrum, which must stay in view when r moves): read from the precomputed grid.
 grid_panel.summary(s, image)
 
-rd = controls.round_dict(s)
-num_classes = controls.model_classes(s, image)
-explainer_key = (s.model, s.weights, image.key, int(image.label), num_classes, rd["mode"], rd["local_steps"],
-                 rd["lr"], rd["clip"], int(s.seed))
-try:
-    explainer = resources.explainer(*explainer_key, _image=image.image)
-    options = controls.tip_options(s)
-    preview = resources.tip_preview(explainer_key, tuple(sorted(options.items())), s.tip_variant,
-                                    _explainer=explainer)
-except ValueError as exc:
-    st.error(f"Cannot explain this setting: {exc}")
-    st.stop()
+setting = tip_setting.explained(s, image)
+explainer, preview, explainer_key = setting.explainer, setting.preview, setting.key
 
 layers = list(preview.layers)
 names = [layer.name for layer in layers]
