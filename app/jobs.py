@@ -17,10 +17,12 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
+
+from tipcore.worker import RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -313,28 +315,11 @@ class Job:
 
 
 @dataclass(frozen=True)
-class DefenseResult:
-    defense: str
-    images: np.ndarray  # (B, H, W, 3) reconstruction, in the originals' order
-    psnr: float
-    ssim: float
-    label_true: tuple[int, ...]
-    label_pred: tuple[int, ...]
-    label_accuracy: float
-    iterations: int
-    restarts: int
-    seconds: float
-    stopped: bool
-    diverged: bool
-    history_steps: tuple[int, ...]
-    history_images: tuple[np.ndarray, ...]  # first image of each snapshot
-    history_losses: tuple[float, ...]
-    summary: dict[str, float]
-    notes: str
-    files: dict[str, bytes]  # artifact_files(record): identical to the CLI's output
-    attack: str = ""
-    analysis: dict[str, Any] = field(default_factory=dict)  # RunRecord.analysis: noise-to-signal, detection
-    from_cache: bool = False  # answered by the shared result cache (computed earlier, same settings)
+class DefenseResult(RunOutcome):
+    """One defense's finished run as the page shows it: the worker's outcome, and whether the shared result
+    cache answered it (computed earlier with the same settings)."""
+
+    from_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,16 +343,7 @@ class Results:
 
 
 def defense_result(outcome: Any, from_cache: bool = False) -> DefenseResult:
-    return DefenseResult(
-        defense=outcome.defense, images=np.asarray(outcome.images), psnr=float(outcome.psnr),
-        ssim=float(outcome.ssim), label_true=tuple(outcome.label_true), label_pred=tuple(outcome.label_pred),
-        label_accuracy=float(outcome.label_accuracy), iterations=int(outcome.iterations),
-        restarts=int(outcome.restarts), seconds=float(outcome.seconds), stopped=bool(outcome.stopped),
-        diverged=bool(outcome.diverged), history_steps=tuple(outcome.history_steps),
-        history_images=tuple(outcome.history_images), history_losses=tuple(outcome.history_losses),
-        summary=dict(outcome.summary), notes=str(outcome.notes), files=dict(outcome.files),
-        attack=str(outcome.attack), analysis=dict(outcome.analysis), from_cache=from_cache,
-    )
+    return DefenseResult(**{f.name: getattr(outcome, f.name) for f in fields(RunOutcome)}, from_cache=from_cache)
 
 
 def results_of(job_id: str, plan: list[tuple[str, Any]], outcomes: dict[str, Any], cached: set[str],

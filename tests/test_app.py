@@ -667,7 +667,8 @@ def _fake_results(names: list[str]):
 
     rng = np.random.default_rng(0)
     defenses = tuple(jobs.DefenseResult(
-        defense=name, images=rng.random((1, 32, 32, 3)).astype(np.float32), psnr=10.0 + i, ssim=0.1 * i,
+        defense=name, original=rng.random((1, 32, 32, 3)).astype(np.float32), num_classes=10,
+        images=rng.random((1, 32, 32, 3)).astype(np.float32), psnr=10.0 + i, ssim=0.1 * i,
         label_true=(3,), label_pred=(3,), label_accuracy=1.0, iterations=30, restarts=0, seconds=2.0 + i,
         stopped=False, diverged=False, history_steps=(1, 30), history_images=(rng.random((32, 32, 3)),) * 2,
         history_losses=(1.0, 0.1), summary={"beta": 0.5}, notes="", files={"result.json": b"{}"}, attack="idlg",
