@@ -305,7 +305,9 @@ def registries() -> dict[str, Any]:
     return _registries(tuple(defenses.DEFENSES), tuple(attacks.ATTACKS))
 
 
-@st.cache_data(show_spinner=False)
+# A resource, not data: every page reads it many times per rerun (labels in format functions), and
+# cache_data would unpickle a fresh copy on each call. Callers treat it as read-only.
+@st.cache_resource(show_spinner=False)
 def _registries(defense_names: tuple[str, ...], attack_names: tuple[str, ...]) -> dict[str, Any]:
     from tipcore import attacks, defenses, knobs, models
     from tipcore.attacks.matching import MATCH_SUMMARIES

@@ -14,21 +14,20 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from browser_support import CHROMIUM, free_port, healthy  # noqa: E402
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
@@ -41,27 +40,13 @@ UI_S = 120  # a rerun of a page (Grad-CAM, charts) on a loaded machine
 ALL_DEFENSES = "none,dp,dp_paper,prune,soteria,tip,tip_random,tip_fullband"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium not installed at {CHROMIUM}: install it with `apt-get install -y chromium` "
                     "(Playwright must not download its own browser)")
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -74,7 +59,7 @@ def server() -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + STARTUP_S
-        while not _healthy(url):
+        while not healthy(url):
             if proc.poll() is not None:
                 log.seek(0)
                 pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read().decode(errors='replace')[-3000:]}")
@@ -256,7 +241,7 @@ def test_second_visitor_while_an_attack_runs_and_a_shared_link_opens_from_the_ca
     run = page.get_by_role("button", name="Run attack")
     expect(run).to_be_enabled(timeout=(STARTUP_S + UI_S) * 1000)
     run.click()
-    stop = page.get_by_role("button", name="Stop")
+    stop = page.locator(".st-key-stop_live").get_by_role("button")  # the page's Stop, not the toolbar's
     expect(stop).to_be_visible(timeout=UI_S * 1000)
 
     other = page.context.new_page()  # another tab: another Streamlit session, like a second student

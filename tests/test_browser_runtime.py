@@ -13,36 +13,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from browser_support import CHROMIUM, free_port, healthy  # noqa: E402
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 STARTUP_S = 120
 EXIT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _running(pid: int) -> bool:
@@ -90,7 +75,7 @@ def test_toolbar_stop_then_sigterm_with_an_attack_running(tmp_path: Path) -> Non
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium not installed at {CHROMIUM}: install it with `apt-get install -y chromium`")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, TIP_CACHE_DIR=str(tmp_path / "cache"), MPLCONFIGDIR=str(tmp_path / "mpl"))
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -104,7 +89,7 @@ def test_toolbar_stop_then_sigterm_with_an_attack_running(tmp_path: Path) -> Non
     workers: list[int] = []
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
-        _wait(lambda: _healthy(url) or proc.poll() is not None, STARTUP_S, "the server's health endpoint")
+        _wait(lambda: healthy(url) or proc.poll() is not None, STARTUP_S, "the server's health endpoint")
         assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
         with sync_api.sync_playwright() as p:
             context = p.chromium.launch_persistent_context(

@@ -60,13 +60,14 @@ OPTIONAL_IMPORTS = {"lpips", "flwr"}
 def third_party_imports(folder: str) -> set[str]:
     """Packages (distribution names) that the Python files under ``folder`` import."""
     found = set()
+    local = {path.stem for path in (REPO / folder).rglob("*.py")}  # sibling modules, e.g. tests' helpers
     for path in (REPO / folder).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+                if top not in sys.stdlib_module_names and top not in FIRST_PARTY and top not in local:
                     found.add(IMPORT_TO_PACKAGE.get(top, top))
     return found
 
