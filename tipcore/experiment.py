@@ -25,7 +25,6 @@ from tipcore import __version__, attacks, data, defenses, metrics, models, updat
 from tipcore.attacks.base import AttackResult, Snapshot
 from tipcore.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
-from tipcore.defenses.tip import TIP, compute_alphas
 from tipcore.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
 from tipcore.outputs import StagedOutput
 from tipcore.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, validate_pixels
@@ -141,20 +140,23 @@ def prepare_stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
                                share_labels=cfg.labels_known)
     t1 = time.perf_counter()
     yield stage("client round", 1)
-    if isinstance(defense, TIP):  # its Grad-CAM pass is the slow half: report it and stop after it
-        check_stop(should_stop, "before Grad-CAM")
-        yield stage("Grad-CAM", 0)
-        alphas = compute_alphas(ctx.model, ctx.x, ctx.y, defense.config.layers)
-        yield stage("Grad-CAM", 1)
-        check_stop(should_stop, "before the defense")
-        yield stage("defense", 0)
-        defended, diagnostics = defense.apply(clean, ctx.round, alphas, ctx.generator)  # = protect(clean, ctx)
-    else:
-        check_stop(should_stop, "before the defense")
-        yield stage("defense", 0)
-        defended, diagnostics = defense.protect(clean, ctx)
+    # The defense's own client-side stages (TIP: "Grad-CAM", then "defense"), each reported and stoppable.
+    stages = defenses.protect_in_stages(defense, clean, ctx)
+    current = None
+    while True:
+        try:
+            name = next(stages)
+        except StopIteration as finished:
+            defended, diagnostics = finished.value
+            break
+        if current is not None:
+            yield stage(current, 1)
+        check_stop(should_stop, f"before {name}")
+        yield stage(name, 0)
+        current = name
     t2 = time.perf_counter()
-    yield stage("defense", 1)
+    if current is not None:
+        yield stage(current, 1)
     view = ServerView(cfg.model, num_classes, {k: v.detach().clone() for k, v in model.state_dict().items()},
                       AttackerCapabilities(labels_known=cfg.labels_known))
     return PreparedRound(cfg, arrays, labels, num_classes, clean, defended, diagnostics, view, t1 - t0, t2 - t1)

@@ -7,9 +7,13 @@ unit and role. Everything that offers or checks options is generated from that o
 - the CLI's option flags and their help (``tipcore.cli``),
 - the app's widgets for a defense it has no hand-made controls for (``app.controls``),
 - budget and clip injection (role ``budget`` / ``clip``: ``tipcore.defenses.bind_round``, ``uses_budget``),
-- the sweep's default grid (role ``strength`` with a ``grid``: ``tipcore.sweep.default_grid``).
+- the sweep's default grid (role ``strength`` with a ``grid``: ``tipcore.sweep.default_grid``), for integer,
+  float and choice knobs alike,
+- the noise-scale axis of every comparison (``noise_unit``: what the knob's value means as noise, so a study
+  can give the attacked update and every client of a utility run exactly the same relative noise).
 
 So a new defense is one file: a config with knobs and a class registered with ``tipcore.defenses.register``.
+No code anywhere branches on a knob's or a component's name: it reads these declarations.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 ROLES = ("", "budget", "clip", "strength")
+# What a noise knob's value means (``tipcore.privacy.relative_noise`` turns it into a unit-free strength):
+# "update": the per-element standard deviation of noise added once to the update, in the update's own units
+#   (gradient units in FedSGD, parameter units in FedAvg), as TIP's β and the paper's DP σ;
+# "multiplier": a DP-SGD noise multiplier z (std z·C on each local step's sum of per-example clipped gradients).
+NOISE_UNITS = ("", "update", "multiplier")
 
 
 @dataclass(frozen=True)
@@ -33,15 +42,22 @@ class Knob:
     high_open: bool = False  # likewise for the upper bound (e.g. δ < 1)
     unit: str = ""
     role: str = ""  # "budget" (ε, δ), "clip" (the round's C), "strength" (the knob a sweep turns), or ""
-    grid: tuple[float, ...] = ()  # strengths a sweep visits by default (role "strength")
+    # Values a sweep visits by default (role "strength"), of the knob's own type (int, float or a choice);
+    # for a noise knob (``noise_unit`` set) they are unit-free relative strengths, converted per round.
+    grid: tuple[Any, ...] = ()
     log: bool = False  # spans decades: plots and sliders on a log axis
     implies: tuple[tuple[str, Any], ...] = ()  # other options this one switches on, e.g. beta -> noise=direct
+    noise_unit: str = ""  # "" (not a noise scale), "update" or "multiplier": see NOISE_UNITS
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"knob role must be one of {ROLES}, got '{self.role}'")
         if self.grid and self.role != "strength":
             raise ValueError("only a strength knob has a sweep grid")
+        if self.noise_unit not in NOISE_UNITS:
+            raise ValueError(f"knob noise_unit must be one of {NOISE_UNITS}, got '{self.noise_unit}'")
+        if self.noise_unit and self.role != "strength":
+            raise ValueError("only a strength knob can be a noise scale")
 
     def range_text(self) -> str:
         if self.low is None and self.high is None:
@@ -124,6 +140,39 @@ def strength(config_cls: type) -> tuple[str, Knob] | None:
     return None
 
 
+def noise(config_cls: type) -> tuple[str, Knob] | None:
+    """The knob that sets this config's noise scale (``noise_unit`` declared), if any."""
+    for name, k in knobs(config_cls).items():
+        if k.noise_unit:
+            return name, k
+    return None
+
+
+def coerce(config_cls: type, name: str, value: Any) -> Any:
+    """``value`` as the declared type of knob ``name`` (a grid read from JSON or CSV holds 3.0 for an int knob
+    and "0.5" for a float one): whole numbers for int knobs, numbers for float knobs, a listed choice."""
+    kind, choices, _optional = value_kind(field_types(config_cls)[name])
+    if kind == "int":
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(number)
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if kind == "choice":
+        for choice in choices:
+            if value == choice or str(value) == str(choice):
+                return choice
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
 def with_role(config_cls: type, role: str) -> list[str]:
     return [name for name, k in knobs(config_cls).items() if k.role == role]
 
@@ -138,7 +187,8 @@ def table(config_cls: type) -> list[dict[str, Any]]:
         rows.append({"name": name, "label": k.label, "help": k.help, "kind": kind, "choices": list(choices),
                      "optional": optional, "default": defaults[name], "low": k.low, "high": k.high,
                      "low_open": k.low_open, "high_open": k.high_open, "unit": k.unit, "role": k.role,
-                     "log": k.log, "implies": dict(k.implies), "range": k.range_text()})
+                     "log": k.log, "implies": dict(k.implies), "range": k.range_text(),
+                     "noise_unit": k.noise_unit})
     return rows
 
 

@@ -9,8 +9,10 @@ proven only for ε < 1; the paper uses ε = 5, so these numbers are a noise scal
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from tipcore.fl import RoundConfig
+if TYPE_CHECKING:
+    from tipcore.fl import RoundConfig
 
 
 def check_budget(epsilon: float, delta: float) -> None:
@@ -62,3 +64,40 @@ def rdp_noise_multiplier(epsilon: float, delta: float, steps: int) -> float:
         else:
             hi = mid
     return hi
+
+
+# ------------------------------------------------------------------------ one unit-free noise strength
+
+def update_bound(round_cfg: RoundConfig) -> float:
+    """The norm bound of a clipped update in the update's own units: C for one clipped gradient (FedSGD),
+    T·η·C for T clipped local SGD steps of learning rate η (FedAvg's θ_g − θ)."""
+    if round_cfg.clip is None:
+        raise ValueError("a relative noise strength needs a clipped round (the clip norm C is its unit)")
+    return round_cfg.clip * (round_cfg.steps * round_cfg.lr if round_cfg.mode == "fedavg" else 1.0)
+
+
+def relative_noise(noise_unit: str, value: float, round_cfg: RoundConfig) -> float:
+    """The unit-free strength z of a noise knob's value in this round: the per-element standard deviation of
+    the noise on the update, divided by the clipped update's norm bound (``update_bound``).
+
+    - "update" (TIP's β, the paper's DP σ: noise added once to the update): z = value / bound.
+    - "multiplier" (DP-SGD's z_dp: std z_dp·C on each of T steps' sums of B clipped per-example gradients,
+      divided by B, so η·sqrt(T)·z_dp·C/B on a FedAvg update, z_dp·C/B on a gradient): z = z_dp / (B·sqrt(T)).
+
+    The same z therefore means the same noise relative to what the client can send, whatever the round's
+    batch size, steps and learning rate: the attacked update and every client of a utility run get it.
+    """
+    if noise_unit == "update":
+        return float(value) / update_bound(round_cfg)
+    if noise_unit == "multiplier":
+        return float(value) / (round_cfg.batch_size * math.sqrt(round_cfg.steps))
+    raise ValueError(f"not a noise unit: '{noise_unit}'")
+
+
+def noise_value(noise_unit: str, strength: float, round_cfg: RoundConfig) -> float:
+    """The knob value that gives relative strength ``strength`` in this round (inverse of ``relative_noise``)."""
+    if noise_unit == "update":
+        return float(strength) * update_bound(round_cfg)
+    if noise_unit == "multiplier":
+        return float(strength) * round_cfg.batch_size * math.sqrt(round_cfg.steps)
+    raise ValueError(f"not a noise unit: '{noise_unit}'")

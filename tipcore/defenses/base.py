@@ -1,19 +1,29 @@
 """One interface for every defense: turn the update a client is about to send into the one it sends.
 
 ``protect(update, ctx)`` sees the client's private context (model, batch, generator) and returns the
-defended ``SharedUpdate`` plus diagnostics the app draws and ``defense.json`` records.
+defended ``SharedUpdate`` plus diagnostics the app draws and ``defense.json`` records. A defense whose work
+has client-side stages worth reporting on their own (TIP's Grad-CAM pass) also offers ``protect_stages``, a
+generator that yields each stage's name before running it; ``protect_in_stages`` gives every defense that
+form, so the pipeline never asks which defense it holds.
+
+Torch-free at import (so the CLI's help and the app's pickers need no torch): tensors are only touched
+inside the defenses' methods.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, Mapping, Protocol
 
 import numpy as np
 
 from tipcore import knobs
 from tipcore.config import create_registered
-from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
+
+if TYPE_CHECKING:
+    from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
+
+BASELINE = "none"  # the undefended update every comparison starts from
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,20 @@ class Defense(Protocol):
     def describe(self) -> str: ...
 
 
+DefenseStages = Generator[str, None, "tuple[SharedUpdate, DefenseDiagnostics]"]
+
+
+def protect_in_stages(defense: Defense, update: SharedUpdate, ctx: ClientContext) -> DefenseStages:
+    """The defense as named stages: yields each stage's name before it runs (so a caller can report it and
+    stop between stages), returns what ``protect`` returns. A defense without ``protect_stages`` is one
+    stage, "defense"."""
+    staged = getattr(defense, "protect_stages", None)
+    if staged is not None:
+        return (yield from staged(update, ctx))
+    yield "defense"
+    return defense.protect(update, ctx)
+
+
 @dataclass(frozen=True)
 class DefenseSpec:
     """A registered defense. What it takes (budget, clip, a strength to sweep) is read from its config's
@@ -70,7 +94,7 @@ class DefenseSpec:
     factory: Callable[[Any], Defense]
     summary: str
     label: str  # display name, e.g. "TIP, random channels"
-    sweep_grid: tuple[float, ...] | None = None  # overrides the strength knob's grid for this defense
+    sweep_grid: tuple[Any, ...] | None = None  # overrides the strength knob's grid for this defense
 
     @property
     def uses_budget(self) -> bool:
@@ -82,20 +106,27 @@ class DefenseSpec:
         """Its noise is calibrated for (or applied with) the round's clip norm C."""
         return bool(knobs.with_role(self.config_cls, "clip"))
 
-    def strength(self) -> tuple[str, tuple[float, ...]] | None:
-        """(knob, default strengths) a sweep visits for this defense, or None if it has no strength axis."""
+    def strength(self) -> tuple[str, tuple[Any, ...]] | None:
+        """(knob, default strengths) a sweep visits for this defense, or None if it has no strength axis. The
+        values have the knob's declared type; a noise knob's are unit-free relative strengths."""
         found = knobs.strength(self.config_cls)
         if found is None:
             return None
         name, knob = found
-        return name, tuple(self.sweep_grid if self.sweep_grid is not None else knob.grid)
+        grid = self.sweep_grid if self.sweep_grid is not None else knob.grid
+        return name, tuple(knobs.coerce(self.config_cls, name, v) for v in grid)
+
+    def noise_knob(self) -> tuple[str, knobs.Knob] | None:
+        """The knob that sets this defense's noise scale, if it adds noise. Such a defense reports the value it
+        ran with under the knob's own name in its diagnostics summary (calibrated or given)."""
+        return knobs.noise(self.config_cls)
 
 
 DEFENSES: dict[str, DefenseSpec] = {}
 
 
 def register(name: str, config_cls: type, summary: str, *, label: str | None = None,
-             sweep_grid: tuple[float, ...] | None = None) -> Callable[[type], type]:
+             sweep_grid: tuple[Any, ...] | None = None) -> Callable[[type], type]:
     def decorate(cls: type) -> type:
         cls.name = name
         DEFENSES[name] = DefenseSpec(name, config_cls, cls, summary, label or name, sweep_grid)

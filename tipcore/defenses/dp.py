@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Literal
-
-import torch
-from torch import nn
-from torch.func import functional_call, grad, vmap
+from typing import TYPE_CHECKING, Literal
 
 from tipcore import privacy
 from tipcore.defenses.base import DefenseDiagnostics, register
-from tipcore.fl import ClientContext, SharedUpdate, trainable_names
 from tipcore.knobs import check, clip_knob, delta_knob, epsilon_knob, knob
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tipcore.fl import ClientContext, SharedUpdate
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class DPConfig:
     clip: float = clip_knob()  # per-example L2 clip norm C
     noise_multiplier: float | None = knob(None, "Noise multiplier z", "noise std z·C on the sum of clipped "
                                           "per-example gradients (instead of calibrating from (ε, δ))", low=0.0,
-                                          role="strength", log=True)
+                                          role="strength", log=True, noise_unit="multiplier")
     epsilon: float = epsilon_knob()
     delta: float = delta_knob()
     accountant: Literal["classic", "rdp"] = knob("classic", "Accountant", "how (ε, δ) becomes a noise multiplier")
@@ -52,19 +53,26 @@ class DPConfig:
 
 def per_example_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """∇θ CE(f(x_b), y_b) for every example b at once: tensors of shape [B, *param.shape]."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    from tipcore.fl import trainable_names
+
     names = trainable_names(model)
     params = {n: p.detach() for n, p in model.named_parameters() if n in names}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
 
     def loss(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, (p, buffers), (xb[None],))
-        return nn.functional.cross_entropy(out, yb[None])
+        return torch.nn.functional.cross_entropy(out, yb[None])
 
     return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
 
 
 def clipped_sum(per_example: dict[str, torch.Tensor], clip: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Σ_b g_b · min(1, C / ‖g_b‖); also returns the per-example norms before clipping."""
+    import torch
+
     norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in per_example.values()))
     factors = torch.clamp(clip / (norms + 1e-6), max=1.0)
     summed = {n: torch.einsum("b,b...->...", factors, g) for n, g in per_example.items()}
@@ -75,6 +83,8 @@ def noisy_mean_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip
                         gen: torch.Generator, batch_size: int | None = None) -> dict[str, torch.Tensor]:
     """(clipped sum + N(0, (zC)²)) / B. B is the round's nominal batch size (as Opacus divides by its expected
     batch size), so every step's noise has std zC/B, a short last batch of an epoch included."""
+    import torch
+
     summed, _ = clipped_sum(per_example_gradients(model, x, y), clip)
     batch = batch_size or x.shape[0]
     return {n: (s + z * clip * torch.randn(s.shape, generator=gen).to(s.device)) / batch for n, s in summed.items()}
@@ -87,6 +97,8 @@ class DifferentialPrivacy:
         self.config = config or DPConfig()
 
     def protect(self, update: SharedUpdate, ctx: ClientContext) -> tuple[SharedUpdate, DefenseDiagnostics]:
+        import torch
+
         cfg, rc = self.config, ctx.round
         z = cfg.multiplier(rc.steps)
         model = copy.deepcopy(ctx.global_model).eval()
@@ -125,7 +137,8 @@ class DifferentialPrivacy:
 class DPPaperConfig:
     sigma: float | None = knob(None, "Noise std σ", "direct noise std on every parameter, in update units "
                                "(instead of calibrating from (ε, δ, C))", low=0.0, role="strength",
-                               grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), log=True, unit="update units")
+                               grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), log=True, unit="update units",
+                               noise_unit="update")
     epsilon: float = epsilon_knob()
     delta: float = delta_knob()
     clip: float = clip_knob()  # C the calibration assumes: set the round's clip to the same value
@@ -141,6 +154,8 @@ class PaperDP:
         self.config = config or DPPaperConfig()
 
     def protect(self, update: SharedUpdate, ctx: ClientContext) -> tuple[SharedUpdate, DefenseDiagnostics]:
+        import torch
+
         cfg = self.config
         sigma = cfg.sigma if cfg.sigma is not None else privacy.update_sigma(ctx.round, cfg.epsilon, cfg.delta, cfg.clip)
         tensors = {n: t + sigma * torch.randn(t.shape, generator=ctx.generator).to(t.device) for n, t in update.tensors.items()}

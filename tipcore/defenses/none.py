@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from tipcore.defenses.base import DefenseDiagnostics, register
-from tipcore.fl import ClientContext, SharedUpdate
+
+if TYPE_CHECKING:
+    from tipcore.fl import ClientContext, SharedUpdate
 
 
 @dataclass(frozen=True)

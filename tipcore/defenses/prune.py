@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from tipcore.defenses.base import DefenseDiagnostics, register
-from tipcore.fl import ClientContext, SharedUpdate
 from tipcore.knobs import check, knob
+
+if TYPE_CHECKING:
+    import torch
+
+    from tipcore.fl import ClientContext, SharedUpdate
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class PruneConfig:
 
 
 def prune_tensor(t: torch.Tensor, ratio: float) -> torch.Tensor:
+    import torch
+
     k = int(round(ratio * t.numel()))
     if k <= 0:
         return t.clone()

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from tipcore.defenses.base import DefenseDiagnostics, register
-from tipcore.fl import ClientContext, SharedUpdate
 from tipcore.knobs import check, knob
+
+if TYPE_CHECKING:
+    import torch
+
+    from tipcore.fl import ClientContext, SharedUpdate
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ def feature_scores(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch
     gradients of ``chunk`` different features at once (replica i backpropagates feature f0 + i). In eval
     mode the replicas do not interact, and this is several times faster than vmap over backward passes.
     """
+    import torch
+
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -66,6 +71,8 @@ class Soteria:
         self.config = config or SoteriaConfig()
 
     def protect(self, update: SharedUpdate, ctx: ClientContext) -> tuple[SharedUpdate, DefenseDiagnostics]:
+        import torch
+
         scores = feature_scores(ctx.model, ctx.x[: self.config.max_examples], self.config.chunk)
         finite = scores.abs()
         thresh = torch.quantile(finite[torch.isfinite(finite)], self.config.ratio) if torch.isfinite(finite).any() else 0.0

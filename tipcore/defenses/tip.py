@@ -9,26 +9,30 @@
 4. β from the Gaussian-mechanism σ of the round, split evenly over layers and samples: β = σ / n_cam / L,
    or given directly.
 The expensive part (α) and the cheap part (selection and noise) are separate functions, so the app can
-redraw the perturbation for new sliders without recomputing Grad-CAM.
+redraw the perturbation for new sliders without recomputing Grad-CAM; ``protect_stages`` reports them as
+two stages ("Grad-CAM", then "defense"). Torch-free at import, like every defense module.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Mapping
+from typing import TYPE_CHECKING, Literal, Mapping
 
 import numpy as np
-import torch
-from torch import nn
 
-from tipcore import privacy, spectral
-from tipcore.defenses.base import DefenseDiagnostics, LayerDiagnostics, register
-from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
+from tipcore import privacy
+from tipcore.defenses.base import DefenseDiagnostics, DefenseStages, LayerDiagnostics, register
 from tipcore.knobs import check, clip_knob, delta_knob, epsilon_knob, knob
-from tipcore.saliency import channel_alpha, resolve_layers
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
 
 
-# The ablations are swept over one decade fewer: below β = 1e-3 every TIP variant is the undefended update.
+# The ablations are swept over one decade fewer: below a relative noise of 1e-3 every TIP variant is the
+# undefended update for the attacks (the grid is in unit-free relative strengths: tipcore.privacy).
 ABLATION_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -45,7 +49,7 @@ class TipConfig:
                                                   "direct: the per-element scale β")
     beta: float | None = knob(None, "Noise scale β", "per-element noise scale (sets noise=direct)", low=0.0,
                               role="strength", grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), log=True,
-                              unit="gradient units", implies=(("noise", "direct"),))
+                              unit="update units", implies=(("noise", "direct"),), noise_unit="update")
     epsilon: float = epsilon_knob()
     delta: float = delta_knob()
     clip: float = clip_knob()  # C the calibration assumes: set the round's clip to the same value
@@ -93,6 +97,8 @@ def gradcam_samples(y: torch.Tensor) -> list[int]:
 
 
 def compute_alphas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: str = "all") -> TipAlphas:
+    from tipcore.saliency import channel_alpha, resolve_layers
+
     chosen = resolve_layers(model, layers)
     infos = tuple(
         LayerInfo(n, m.out_channels, m.in_channels // m.groups, tuple(m.kernel_size)) for n, m in chosen
@@ -120,6 +126,10 @@ def perturb(tensors: Mapping[str, torch.Tensor], alphas: TipAlphas, cfg: TipConf
     Random numbers are drawn in a fixed order: samples, then layers in ``named_modules`` order; per layer
     (ablation only) the random channels, then one Z of shape [k, C_in, kH, kW].
     """
+    import torch
+
+    from tipcore import spectral
+
     out = {n: t.clone() for n, t in tensors.items()}
     cutoff = 0.0 if full_band else cfg.cutoff
     masks = {info.name: spectral.highfreq_mask(*info.kernel_size, cutoff) for info in alphas.layers}
@@ -164,8 +174,15 @@ class TIP:
         self.config = config or TipConfig()
 
     def protect(self, update: SharedUpdate, ctx: ClientContext) -> tuple[SharedUpdate, DefenseDiagnostics]:
-        cfg = self.config
-        alphas = compute_alphas(ctx.model, ctx.x, ctx.y, cfg.layers)
+        alphas = compute_alphas(ctx.model, ctx.x, ctx.y, self.config.layers)
+        return self.apply(update, ctx.round, alphas, ctx.generator)
+
+    def protect_stages(self, update: SharedUpdate, ctx: ClientContext) -> DefenseStages:
+        """``protect`` in its two client-side stages: Grad-CAM on the private batch (the slow half), then the
+        selection and the noise."""
+        yield "Grad-CAM"
+        alphas = compute_alphas(ctx.model, ctx.x, ctx.y, self.config.layers)
+        yield "defense"
         return self.apply(update, ctx.round, alphas, ctx.generator)
 
     def apply(self, update: SharedUpdate, round_cfg: RoundConfig, alphas: TipAlphas,
