@@ -161,7 +161,7 @@ BAD_INPUTS = [
     (["reproduce", "--ig-attacks", "ig,nope"], "unknown attack 'nope'", None),
     (["fl", "--defenses", " , "], "--defenses needs at least one name", None),
     (["attack", "--image-id", "cifar10-00", "--image-id", "nope"], "unknown image id 'nope'", None),
-    (["reproduce", "--ig-images", "-1"], "--ig-images: expected an integer >= 0", None),
+    (["reproduce", "--ig-images", "-1"], "--ig-images: expected an integer >= 1", None),
     (["reproduce", "--ig-preset", "fast"], "has no preset 'fast'", None),
     (["reproduce", "--device", "tpu"], "device must be auto, cpu or cuda", None),
     # output paths: unwritable, the current directory, a file, someone else's directory

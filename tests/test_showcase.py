@@ -25,7 +25,7 @@ def test_punchline_loads_with_images_and_metrics():
 def test_privacy_curves_cover_the_sweep_grid_for_both_attackers():
     curves = showcase.load_privacy_curves()
     assert curves is not None, "assets/showcase/privacy_curves.json is missing: python -m tipcore showcase frontier"
-    expected = {(d, float(v)) for d, (_, values) in sweep.default_grid().items() for v in values}
+    expected = {(d, 0.0 if v is None else float(v)) for d, (_, values) in sweep.default_grid().items() for v in values}
     for kind in ("naive", "adaptive"):
         points = [p for p in curves["points"] if p["attacker"] == kind]
         assert {(p["defense"], float(p["strength"])) for p in points} == expected, kind

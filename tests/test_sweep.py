@@ -7,15 +7,17 @@ import json
 
 import pytest
 
-from tipcore import reproduce, sweep
+from tipcore import evaluation, reproduce, sweep
+from tipcore.evaluation import UtilityProtocol
 from tipcore.progress import drive
 from tipcore.resumable import ResumableTable
 
-TINY_GRID = {"none": ("", (0.0,)), "tip": ("beta", (1.0,))}
+TINY_GRID = {"none": ("", (None,)), "tip": ("beta", (0.2,))}
+TINY_UTILITY = UtilityProtocol(rounds=1, clients=2, seeds=(0,))
 
 
 def tiny_sweep(**changes) -> sweep.SweepConfig:
-    return sweep.SweepConfig(**{"grid": TINY_GRID, "images": 1, "iterations": 2, "fl_rounds": 1,
+    return sweep.SweepConfig(**{"grid": TINY_GRID, "images": 1, "iterations": 2, "utility": TINY_UTILITY,
                                 "adaptive": ("idlg_drop",), **changes})
 
 
@@ -35,7 +37,7 @@ def test_resumable_table_drops_a_row_cut_short_and_refuses_another_jobs_file(tmp
 @pytest.mark.slow
 def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
     calls = {"attack": 0, "utility": 0}
-    real_cells, real_utility = sweep.attack_cells, sweep.utility_accuracy
+    real_cells, real_utility = sweep.attack_cells, evaluation.utility_cell
 
     def counting_cells(cfgs, **kw):
         calls["attack"] += len(cfgs)
@@ -46,7 +48,7 @@ def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
         return real_utility(*a, **kw)
 
     monkeypatch.setattr(sweep, "attack_cells", counting_cells)
-    monkeypatch.setattr(sweep, "utility_accuracy", counting_utility)
+    monkeypatch.setattr(evaluation, "utility_cell", counting_utility)
     cfg = tiny_sweep()
     # Stop as the second cell starts: the table keeps the first, the second (stopped inside its FL
     # simulation) is not recorded, and the rerun does only what is missing.
@@ -54,18 +56,24 @@ def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
     drive(sweep.run(cfg, tmp_path, should_stop=lambda: len(seen) >= 2), seen.append)
     first = dict(calls)
     assert first == {"attack": 0, "utility": 2} and not (tmp_path / "curves.json").exists()
-    assert seen[-1].stopped and seen[-1].done == 1 and len(list(csv.DictReader((tmp_path / "utility.csv").open()))) == 1
+    assert seen[-1].stopped and seen[-1].done == 1 and len(list(csv.DictReader((tmp_path / "utility" / "utility.csv").open()))) == 1
     drive(sweep.run(cfg, tmp_path))
     assert calls["utility"] == 3 and calls["attack"] == 4  # 2 settings x 1 image x 2 attackers
     rows = list(csv.DictReader((tmp_path / "attacks.csv").open()))
     assert len(rows) == 4 and {r["attacker"] for r in rows} == {"naive", "adaptive"}
     tip = [r for r in rows if r["defense"] == "tip"]
     assert all(float(r["noise_to_signal"]) > 1 for r in tip)  # the noise-to-signal of the perturbed slices
+    # One noise level on both axes: the attack cells and the utility run report the setting's own z.
+    utility = {r["defense"]: r for r in csv.DictReader((tmp_path / "utility" / "utility.csv").open())}
+    assert all(float(r["noise_rel"]) == pytest.approx(0.2) for r in tip)
+    assert float(utility["tip"]["noise_rel"]) == pytest.approx(0.2) and utility["none"]["noise_rel"] == ""
     drive(sweep.run(cfg, tmp_path))  # everything done: nothing recomputed
     assert calls["utility"] == 3 and calls["attack"] == 4
     curves = json.loads((tmp_path / "curves.json").read_text())
     assert {(p["defense"], p["attacker"]) for p in curves["points"]} == {
         ("none", "naive"), ("none", "adaptive"), ("tip", "naive"), ("tip", "adaptive")}
+    tip_point = [p for p in curves["points"] if p["defense"] == "tip"][0]
+    assert tip_point["noise_scale"] == tip_point["noise_rel_attack"] == pytest.approx(tip_point["noise_rel_utility"])
     assert curves["reference"]["random_psnr"] < curves["reference"]["grey_psnr"]
     html = (tmp_path / "curves.html").read_text()
     # Self-contained: plotly.js is inlined, no <script src=...> fetches anything when the page opens.
@@ -80,6 +88,10 @@ def test_reproduce_config_checks_every_attacks_options_before_any_compute():
 
 
 def test_sweep_config_is_validated_before_any_compute():
+    with pytest.raises(ValueError, match="distinct"):
+        sweep.SweepConfig(seeds=(0, 0))
+    with pytest.raises(ValueError, match="distinct"):
+        UtilityProtocol(seeds=(1, 1))
     with pytest.raises(ValueError, match="unknown defense"):
         sweep.SweepConfig(grid={"nonsense": ("ratio", (0.1,))})
     with pytest.raises(ValueError, match="ratio"):
@@ -92,38 +104,50 @@ def test_sweep_config_is_validated_before_any_compute():
 
 @pytest.mark.slow
 def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path, monkeypatch):
-    # The FedAvg utility runs (minutes for Soteria) have their own tests (tests/test_fl.py); here a distinct
-    # made-up accuracy per setting is enough to check that the report picks, pairs and prints correctly.
-    fake = {label: 0.90 - 0.01 * i for i, label in enumerate(
-        [*reproduce.report_settings(), *(c.label() for c in reproduce.MATCHED_DP_CANDIDATES)])}
-    fake["dp_paper sigma=0.001"] = fake["tip p=0.1"] + 0.001  # the closest to TIP: the matched DP
-    def key(s):
-        return s.defense, s.knob, s.strength
+    # The FedAvg utility runs have their own tests (tests/test_flsim.py, and the sweep test above runs a real
+    # one); here a distinct made-up accuracy per setting is enough to check that the report picks, pairs and
+    # prints correctly. The fake reports the setting's own z back, as a real utility cell does.
+    labels = [row.label for row in reproduce.ROWS] + [label for label, _ in reproduce.MATCHED_DP]
+    fake = {label: 0.90 - 0.01 * i for i, label in enumerate(labels)}
+    fake["dp_paper z=0.001"] = fake["tip p=0.1"] + 0.001  # the closest to TIP: the matched DP
+    lenet_settings = reproduce.settings_for("lenet", reproduce.ATTACK_ROUND)
+    by_setting = {s.label(): label for label, s in [*lenet_settings.items(), *reproduce.MATCHED_DP]}
 
-    by_setting = {**{key(s): label for label, s in reproduce.report_settings().items()},
-                  **{key(c): c.label() for c in reproduce.MATCHED_DP_CANDIDATES}}
-    monkeypatch.setattr(reproduce, "utility_accuracy", lambda setting, **kw: fake[by_setting[key(setting)]])
+    def fake_utility(setting, protocol, seed, **kw):
+        return {"accuracy": fake[by_setting[setting.label()]], "fl_rounds": protocol.rounds,
+                "noise_rel": setting.relative_noise(), "noise_to_signal": None, "curve": "0.5 0.8 0.81"}
+
+    monkeypatch.setattr(evaluation, "utility_cell", fake_utility)
     cfg = reproduce.ReproduceConfig(images=2, lenet_attacks=("idlg", "idlg_drop"), lenet_iters=2, ig_attacks=("ig",),
-                                    ig_images=1, ig_iters=1, fl_rounds=1)
+                                    ig_images=1, ig_iters=1, utility=UtilityProtocol(rounds=3, seeds=(0,)))
     drive(reproduce.run(cfg, tmp_path))
     rows = list(csv.DictReader((tmp_path / "cells.csv").open()))
-    settings = set(reproduce.report_settings())
+    settings = {row.label for row in reproduce.ROWS}
     lenet = [r for r in rows if r["model"] == "lenet"]
-    assert {r["setting"] for r in lenet} - settings == {r["setting"] for r in lenet if r["setting"].startswith("dp_paper sigma")}
+    assert {r["setting"] for r in lenet} - settings == {"dp_paper z=0.001"}
     assert len([r for r in lenet if r["setting"] in settings]) == len(settings) * 2 * 2
-    assert len([r for r in rows if r["model"] == "resnet18"]) == len(settings)
+    assert len([r for r in rows if r["model"] == "resnet18"]) == len(reproduce.IG_ROWS)
     assert all(float(r["psnr"]) > 0 for r in rows)
+    # Privacy was measured at the z the row defines (read back from what each defense ran with).
+    tip_z = lenet_settings["tip p=0.1"].value
+    assert all(float(r["noise_rel"]) == pytest.approx(tip_z) for r in lenet if r["setting"] == "tip p=0.1")
     report = (tmp_path / "REPORT.md").read_text()
-    assert "`dp_paper sigma=0.001` is closest" in report
-    assert {r["setting"] for r in lenet} - settings == {"dp_paper sigma=0.001"}
+    assert "`dp_paper z=0.001` is closest" in report
     for needle in ("| tip p=0.1 |", "idlg_drop", "Wilcoxon", "matched utility", "Not run for this report (device: the CPU",
-                   "python -m tipcore reproduce --images 2"):
+                   "python -m tipcore reproduce --images 2", "round 2 (per seed) of 3"):
         assert needle in report, needle
-    utility = list(csv.DictReader((tmp_path / "utility.csv").open()))
-    assert len(utility) == len(settings) + len(reproduce.MATCHED_DP_CANDIDATES)
+    utility = list(csv.DictReader((tmp_path / "utility" / "utility.csv").open()))
+    assert len(utility) == len(settings) + len(reproduce.MATCHED_DP)
     header = [line for line in report.splitlines() if line.startswith("| attacker |")][0]
-    for row in [line for line in report.splitlines() if line.startswith("| best ")]:
+    for row in [line for line in report.splitlines() if line.startswith(("| naive ", "| best "))]:
         assert row.count("|") == header.count("|"), row
+        assert "significant" in row or "lower PSNR" in row or "undefined" in row, row
     # The same directory with other settings is refused instead of mixing their cells into one report.
     with pytest.raises(ValueError, match="other settings"):
         drive(reproduce.run(reproduce.ReproduceConfig(**{**cfg.__dict__, "lenet_iters": 3}), tmp_path))
+
+
+def test_paired_verdict_never_calls_a_non_significant_difference_a_finding():
+    assert reproduce.verdict((10.0, 0.43), [33.17, 30.0], [33.24, 31.0], "TIP", "DP").startswith(
+        "no significant difference")
+    assert reproduce.verdict((0.0, 1.9e-6), [5.1, 5.0], [33.2, 30.0], "TIP", "DP").startswith("TIP has the lower PSNR")

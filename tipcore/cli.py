@@ -421,6 +421,38 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in _names(text, flag))
+    except ValueError:
+        raise CLIError(f"{flag} must be comma-separated integers, got '{text}'") from None
+    if len(set(seeds)) != len(seeds):
+        raise CLIError(f"{flag} must not repeat a seed, got '{text}'")
+    return seeds
+
+
+def utility_protocol(args: argparse.Namespace):
+    """The utility-from-scratch protocol of sweep and reproduce (``evaluation.UtilityProtocol``)."""
+    from tipcore.evaluation import UtilityProtocol
+
+    return UtilityProtocol(rounds=args.utility_rounds, seeds=_seeds(args.utility_seeds, "--utility-seeds"),
+                           model=args.utility_model, lr=args.utility_lr)
+
+
+def add_utility_args(p: argparse.ArgumentParser) -> None:
+    from tipcore.evaluation import UtilityProtocol
+
+    d = UtilityProtocol()
+    g = p.add_argument_group("utility from scratch (FedAvg from random init; every client at the setting's "
+                             "relative noise z, as the attacked update)")
+    g.add_argument("--utility-rounds", type=INTEGER, default=d.rounds, help="FedAvg rounds behind the utility column")
+    g.add_argument("--utility-seeds", default=",".join(map(str, d.seeds)), help="comma-separated seeds (mean taken)")
+    g.add_argument("--utility-model", default=d.model, help="the federation's model (default: the attack cell's)")
+    g.add_argument("--utility-lr", type=NUMBER, default=d.lr, help="clients' SGD learning rate")
+    g.add_argument("--utility-dir", default=None, help="where utility cells are kept (default: OUT/utility); "
+                   "sweep and reproduce with the same utility protocol can share one, so no cell runs twice")
+
+
 def _names(text: str, flag: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
@@ -458,18 +490,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         grid = {d: grid[d] for d in chosen}
     if args.quick:  # two strengths per defense: a smoke run
         grid = {d: (knob, values[::max(1, len(values) - 1)][:2]) for d, (knob, values) in grid.items()}
-    try:
-        seeds = tuple(int(v) for v in _names(args.seeds, "--seeds"))
-    except ValueError:
-        raise CLIError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
-    cfg = sweep.SweepConfig(grid=grid, images=args.images, seeds=seeds, naive=args.naive,
-                            adaptive=_names(args.adaptive, "--adaptive"), iterations=args.iters,
-                            fl_rounds=args.fl_rounds)
+    seeds = _seeds(args.seeds, "--seeds")
+    adaptive = _names(args.adaptive, "--adaptive") if args.adaptive else None
+    cfg = sweep.SweepConfig(grid=grid, images=args.images, seeds=seeds, naive=args.naive, adaptive=adaptive,
+                            iterations=args.iters, utility=utility_protocol(args))
     out_dir = job_directory(args.out)
     with progress_display(args) as show:
-        out = drive(sweep.run(cfg, out_dir), show)
+        out = drive(sweep.run(cfg, out_dir, utility_dir=args.utility_dir), show)
     if (Path(out) / "curves.json").exists():
-        print(f"-> {out}/attacks.csv, utility.csv, curves.json, curves.html")
+        print(f"-> {out}/attacks.csv, curves.json, curves.html; utility cells in {args.utility_dir or Path(out) / 'utility'}")
     return 0
 
 
@@ -477,16 +506,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from tipcore import reproduce
     from tipcore.progress import drive
 
+    lenet = _names(args.lenet_attacks, "--lenet-attacks") if args.lenet_attacks else None
     cfg = reproduce.ReproduceConfig(
-        images=args.images, lenet_attacks=_names(args.lenet_attacks, "--lenet-attacks"), lenet_iters=args.lenet_iters,
+        images=args.images, lenet_attacks=lenet, lenet_iters=args.lenet_iters,
         ig_attacks=tuple(n.strip() for n in args.ig_attacks.split(",") if n.strip()), ig_images=args.ig_images,
-        ig_iters=args.ig_iters, ig_lr=args.ig_lr, ig_preset=args.ig_preset or "", fl_rounds=args.fl_rounds,
+        ig_iters=args.ig_iters, ig_lr=args.ig_lr, ig_preset=args.ig_preset or "", utility=utility_protocol(args),
         seed=args.seed, device=args.device)
     out_dir = job_directory(args.out)
     with progress_display(args) as show:
-        out = drive(reproduce.run(cfg, out_dir), show)
+        out = drive(reproduce.run(cfg, out_dir, utility_dir=args.utility_dir), show)
     if (Path(out) / "REPORT.md").exists():
-        print(f"-> {out}/REPORT.md, cells.csv, utility.csv")
+        print(f"-> {out}/REPORT.md, cells.csv; utility cells in {args.utility_dir or Path(out) / 'utility'}")
     return 0
 
 
@@ -621,10 +651,11 @@ def sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=INTEGER, default=2, help="first N gallery CIFAR-10 images")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--naive", default="idlg", choices=list(attacks.ATTACKS), help="the attacker that ignores the defense")
-    p.add_argument("--adaptive", default="idlg_drop,idlg_noise_aware",
-                   help="attackers that know the defense; per image the best of them counts")
+    p.add_argument("--adaptive", default="",
+                   help="attackers that know the defense (default: every adaptive attacker built on --naive); "
+                        "per image the best of them counts")
     p.add_argument("--iters", type=INTEGER, default=100, help="L-BFGS steps per attack")
-    p.add_argument("--fl-rounds", type=INTEGER, default=2, help="defended FedAvg rounds behind the utility column")
+    add_utility_args(p)
     p.add_argument("--quick", action="store_true", help="two strengths per defense (a smoke run)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_sweep)
@@ -633,15 +664,17 @@ def sweep_args(p: argparse.ArgumentParser) -> None:
 def reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/reproduce", help="directory of the report; rerunning resumes there")
     p.add_argument("--images", type=INTEGER, default=20, help="first N gallery CIFAR-10 images (LeNet attacks)")
-    p.add_argument("--lenet-attacks", default="dlg,idlg,idlg_drop,idlg_lowpass,idlg_noise_aware")
+    p.add_argument("--lenet-attacks", default="", help="attacks on LeNet (default: idlg and every adaptive "
+                                                        "attacker built on it)")
     p.add_argument("--lenet-iters", type=INTEGER, default=100, help="L-BFGS steps of the LeNet attacks")
-    p.add_argument("--ig-attacks", default="ig,ig_drop", help="Inverting Gradients attacks on ResNet-18 ('' for none)")
-    p.add_argument("--ig-images", type=NON_NEGATIVE, default=20, help="images for the ResNet-18 attacks (0 for none)")
+    p.add_argument("--ig-attacks", default="", help="Inverting Gradients attacks on ResNet-18, e.g. ig,ig_drop "
+                                                     "(default: none, the ResNet-18 part is left out)")
+    p.add_argument("--ig-images", type=COUNT, default=5, help="images for the ResNet-18 attacks")
     p.add_argument("--ig-iters", type=INTEGER, default=24, help="IG iterations (CPU budget; the paper: 10000 on a GPU)")
     p.add_argument("--ig-lr", type=NUMBER, default=0.1, help="IG learning rate (the paper: 0.004 over 10000 iterations)")
     p.add_argument("--ig-preset", metavar="NAME", help="paper: the TIP paper's IG protocol (10000 iterations, lr 0.004, "
                                                        "decay 0.5; for a GPU), instead of --ig-iters / --ig-lr")
-    p.add_argument("--fl-rounds", type=INTEGER, default=2, help="defended FedAvg rounds behind the utility column")
+    add_utility_args(p)
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -321,6 +321,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrays
 
 
+DIGITS_TRAIN, DIGITS_TEST = 4000, 1000  # the fixed split of the 5000 bundled digits (load_digits)
+
+
 def load_digits(split: Literal["train", "test", "all"] = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """The 5000 MNIST digits (4000 train / 1000 test, a fixed split) as CIFAR-shaped tensors.
 

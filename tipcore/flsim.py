@@ -17,13 +17,14 @@ The defense sees the client's model in eval() mode and the exact mini-batch sche
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generator, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from tipcore import data, defenses, models
+from tipcore import data, defenses, models, update_stats
 from tipcore.config import from_dict
 from tipcore.defenses.base import Defense, DefenseDiagnostics
 from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, local_sgd, trainable_names
@@ -73,6 +74,11 @@ class RoundResult:
     round: int
     accuracy: float
     elapsed_s: float
+    # What the round's clients sent, measured by the simulator (it holds the clean and the defended update):
+    # the defense's unit-free noise strength (tipcore.privacy.relative_noise; None without noise) and the
+    # noise-to-signal ratio on the perturbed slices, both averaged over the round's clients.
+    noise_rel: float | None = None
+    noise_to_signal: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class FLResult:
     def as_dict(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "initial_accuracy": self.initial_accuracy,
                 "accuracy": [r.accuracy for r in self.rounds], "stopped": self.stopped,
+                "noise_rel": [r.noise_rel for r in self.rounds],
+                "noise_to_signal": [r.noise_to_signal for r in self.rounds],
                 "seconds": self.rounds[-1].elapsed_s if self.rounds else 0.0}
 
 
@@ -115,6 +123,8 @@ class ClientRound:
     update: SharedUpdate
     buffers: Mapping[str, torch.Tensor]  # every buffer of the locally trained model (running stats, counters)
     diagnostics: DefenseDiagnostics  # the defense's own record (e.g. DP's sigma_per_step)
+    round_config: RoundConfig  # the client's round as the defense saw it (its T = local steps)
+    noise_to_signal: float = 0.0  # ‖defended − clean‖ / ‖clean‖ on the perturbed slices (simulator's view)
 
 
 def client_round(global_model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, batches: tuple[torch.Tensor, ...],
@@ -133,7 +143,8 @@ def client_round(global_model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, ba
                             clip=cfg.clip)
     ctx = ClientContext(local, global_model, xs, ys, round_cfg, noise_gen, batches=batches)
     defended, diagnostics = defense.protect(update, ctx)
-    return ClientRound(defended, buffers, diagnostics)
+    ratio = update_stats.noise_to_signal(dict(update.tensors), dict(defended.tensors))["noise_to_signal"]
+    return ClientRound(defended, buffers, diagnostics, round_cfg, ratio)
 
 
 def aggregate(global_model: nn.Module, results: Iterable[ClientRound], total_examples: int) -> None:
@@ -189,7 +200,12 @@ def simulate(cfg: FLConfig, *, should_stop: StopHook = never_stop) -> Generator[
             yield event((rnd - 1) * len(split) + k + 1, f"round {rnd}/{cfg.rounds}, client {k + 1}/{len(split)}",
                         minor=True)
         aggregate(global_model, clients, sum(len(s) for s in split))
-        result = RoundResult(rnd, accuracy(global_model, x_test, y_test), watch.elapsed())
+        spec = defenses.DEFENSES[cfg.defense]
+        rel = [spec.relative_noise(c.diagnostics, c.round_config) for c in clients]
+        rel = [v for v in rel if v is not None]
+        ratios = [c.noise_to_signal for c in clients if math.isfinite(c.noise_to_signal)]
+        result = RoundResult(rnd, accuracy(global_model, x_test, y_test), watch.elapsed(),
+                             sum(rel) / len(rel) if rel else None, sum(ratios) / len(ratios) if ratios else None)
         results.append(result)
         yield event(rnd * len(split), f"round {rnd}/{cfg.rounds}  accuracy {result.accuracy:.3f}", payload=result)
     return FLResult(cfg, initial, tuple(results), False)

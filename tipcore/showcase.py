@@ -6,9 +6,9 @@ command that regenerates it:
   TIP once more against the adaptive iDLG that finds TIP's noised channels and leaves them out (idlg_drop);
 - privacy curves (``load_privacy_curves``): attack PSNR against defense strength and utility for the naive
   and the best adaptive attacker, written by the sweep into assets/showcase/privacy_curves.json;
-- frontier: attack PSNR (iDLG on LeNet, two CIFAR-10 images) against utility (held-out accuracy of the
-  digits ConvNet after two FedAvg rounds in which every client applies the defense) for each defense as
-  its strength varies.
+- frontier: attack PSNR (iDLG and every adaptive iDLG on LeNet, two CIFAR-10 images) against utility from
+  scratch (held-out accuracy after FedAvg from random init in which every client applies the same setting at
+  the same relative noise) for each defense as its strength varies.
 """
 
 from __future__ import annotations
@@ -202,11 +202,13 @@ def load_punchline() -> Punchline | None:
 # ------------------------------------------------------------------------------------------ privacy curves
 
 _CURVE_FIELDS: dict[str, tuple[type, ...]] = {
-    "defense": (str,), "knob": (str,), "strength": (int, float), "attacker": (str,), "attack": (str,),
+    "defense": (str,), "knob": (str,), "attacker": (str,), "attack": (str,),
     "psnr": (int, float), "psnr_std": (int, float), "ssim": (int, float), "label_accuracy": (int, float),
     "update_cosine": (int, float), "noise_to_signal": (int, float), "images": (int,),
 }
-_CURVE_OPTIONAL = ("noise_scale", "accuracy")  # float or null
+# float or null: the relative noise z (noise defenses), utility, and the noise measured on both axes
+_CURVE_OPTIONAL = ("noise_scale", "accuracy", "accuracy_std", "noise_rel_attack", "noise_rel_utility",
+                   "noise_to_signal_utility")
 ATTACKER_KINDS = ("naive", "adaptive")
 
 
@@ -215,9 +217,10 @@ def load_privacy_curves(path: str | Path | None = None) -> dict[str, Any] | None
     or None when the file is missing. Raises ValueError when the file is malformed.
 
     Schema: {"command": str, "settings": {...}, "reference": {"random_psnr": float, "grey_psnr": float},
-    "points": [{"defense", "knob", "strength", "noise_scale" (float|null), "attacker" ("naive"|"adaptive"),
-    "attack", "psnr", "psnr_std", "ssim", "label_accuracy", "accuracy" (float|null), "update_cosine",
-    "noise_to_signal", "images"}, ...]}.
+    "points": [{"defense", "knob", "strength" (number|string|null), "noise_scale" (float|null: relative noise z),
+    "attacker" ("naive"|"adaptive"), "attack", "psnr", "psnr_std", "ssim", "label_accuracy",
+    "accuracy" (float|null: utility from scratch), "accuracy_std", "update_cosine", "noise_to_signal",
+    "noise_rel_attack", "noise_rel_utility", "noise_to_signal_utility" (float|null), "images"}, ...]}.
     """
     path = Path(path) if path is not None else SHOWCASE_DIR / PRIVACY_CURVES_FILE
     if not path.is_file():
@@ -242,6 +245,9 @@ def load_privacy_curves(path: str | Path | None = None) -> dict[str, Any] | None
             value = point.get(key)
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise ValueError(f"{path.name}: points[{i}].{key} is missing or has the wrong type")
+        strength = point.get("strength")  # the knob's value: a number, a choice, or null (no knob)
+        if isinstance(strength, bool) or not (strength is None or isinstance(strength, (int, float, str))):
+            raise ValueError(f"{path.name}: points[{i}].strength must be a number, a string or null")
         for key in _CURVE_OPTIONAL:
             value = point.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -264,7 +270,9 @@ def frontier(quick: bool = False, *, should_stop: StopHook = never_stop) -> Gene
     cfg = sweep.SweepConfig()
     if quick:
         grid = {d: (knob, values[::max(1, len(values) - 1)][:2]) for d, (knob, values) in cfg.grid.items()}
-        cfg = sweep.SweepConfig(grid=grid, images=1, iterations=20, fl_rounds=1)
+        from tipcore.evaluation import UtilityProtocol
+
+        cfg = sweep.SweepConfig(grid=grid, images=1, iterations=20, utility=UtilityProtocol(rounds=2, seeds=(0,)))
     run = sweep.run(cfg, SHOWCASE_SWEEP_DIR / ("quick" if quick else "default"), should_stop=should_stop)
     stopped = False
     while True:  # relay the sweep's events, noting a stop (its directory may hold an older curves.json)

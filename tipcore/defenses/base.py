@@ -121,6 +121,18 @@ class DefenseSpec:
         ran with under the knob's own name in its diagnostics summary (calibrated or given)."""
         return knobs.noise(self.config_cls)
 
+    def relative_noise(self, diagnostics: DefenseDiagnostics, round_cfg: RoundConfig) -> float | None:
+        """The unit-free noise strength this defense ran with in this round (``tipcore.privacy.relative_noise``),
+        read from what it reported; None for a defense that adds no noise (or a round without clipping)."""
+        from tipcore import privacy
+
+        found = self.noise_knob()
+        if found is None or round_cfg.clip is None:
+            return None
+        name, knob = found
+        value = diagnostics.summary.get(name)
+        return None if value is None else privacy.relative_noise(knob.noise_unit, float(value), round_cfg)
+
 
 DEFENSES: dict[str, DefenseSpec] = {}
 
