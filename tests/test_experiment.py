@@ -144,6 +144,14 @@ def test_artifact_json_is_strict_json(record):
     files = experiment.artifact_files(record)
     _strict_json(files["result.json"])
     _strict_json(files["defense.json"])
+    # A diverged run's NaN loss and an infinite noise-to-signal (a slice that was exactly zero) must come out as
+    # null, not as the NaN / Infinity tokens strict parsers reject: this record holds both.
+    from dataclasses import replace
+
+    broken = replace(record, result=replace(record.result, final_loss=float("nan")),
+                     analysis={**record.analysis, "noise_to_signal": float("inf")})
+    result = _strict_json(experiment.artifact_files(broken)["result.json"])
+    assert result["final_loss"] is None and result["update"]["noise_to_signal"] is None
 
 
 def test_same_seed_same_metrics_and_different_seed_differs():

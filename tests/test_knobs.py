@@ -8,6 +8,7 @@ import math
 from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -53,6 +54,58 @@ def toy():
     unregister("toy_scale")
 
 
+# Two more one-file defenses whose strength knob is an integer (k-bit quantisation) and a choice.
+@dataclass(frozen=True)
+class ToyBitsConfig:
+    bits: int = knob(8, "Bits", "quantise every entry to this many bits", low=1, high=16, role="strength",
+                     grid=(2, 4, 8))
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class ToyModeConfig:
+    mode: Literal["sign", "keep"] = knob("keep", "Mode", "send the signs only, or keep the update", role="strength",
+                                         grid=("sign", "keep"))
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@pytest.fixture
+def typed_toys():
+    @register("toy_bits", ToyBitsConfig, "toy: k-bit quantisation", label="Toy quantisation")
+    class ToyBits:
+        def __init__(self, config: ToyBitsConfig | None = None) -> None:
+            self.config = config or ToyBitsConfig()
+
+        def protect(self, update, ctx):
+            assert isinstance(self.config.bits, int)  # the sweep hands an integer knob an integer
+            levels = 2 ** self.config.bits
+            tensors = {k: (v * levels).round() / levels for k, v in update.tensors.items()}
+            return update.with_tensors(tensors), DefenseDiagnostics("toy_bits", asdict(self.config))
+
+        def describe(self) -> str:
+            return "Quantises the update."
+
+    @register("toy_mode", ToyModeConfig, "toy: signs or the update", label="Toy signs")
+    class ToyMode:
+        def __init__(self, config: ToyModeConfig | None = None) -> None:
+            self.config = config or ToyModeConfig()
+
+        def protect(self, update, ctx):
+            tensors = {k: (v.sign() if self.config.mode == "sign" else v) for k, v in update.tensors.items()}
+            return update.with_tensors(tensors), DefenseDiagnostics("toy_mode", asdict(self.config))
+
+        def describe(self) -> str:
+            return "Sends signs."
+
+    yield ("toy_bits", "toy_mode")
+    unregister("toy_bits")
+    unregister("toy_mode")
+
+
 # ----------------------------------------------------------------------------- where it shows up
 
 def test_toy_defense_appears_in_cli_help_and_runs_with_its_generated_flag(toy, tmp_path) -> None:
@@ -87,6 +140,30 @@ def test_toy_defense_appears_in_the_sweep_grid(toy) -> None:
     assert grid["toy_scale"] == ("shrink", (0.25, 0.75))
     cfg = sweep.SweepConfig()  # every setting of the default grid is validated, the toy's included
     assert "toy_scale" in cfg.grid
+
+
+def test_integer_and_choice_strength_knobs_sweep_with_their_own_types(typed_toys, tmp_path) -> None:
+    import csv
+
+    from tipcore import sweep
+    from tipcore.evaluation import UtilityProtocol
+    from tipcore.progress import drive
+
+    grid = sweep.default_grid()
+    assert grid["toy_bits"] == ("bits", (2, 4, 8)) and all(type(v) is int for v in grid["toy_bits"][1])
+    assert grid["toy_mode"] == ("mode", ("sign", "keep"))
+    # A grid read back from JSON or CSV (4.0, "8") is typed again, and a value of the wrong kind is refused.
+    assert sweep.SweepConfig(grid={"toy_bits": ("bits", (4.0, "8"))}).settings()[1].value == 8
+    with pytest.raises(ValueError, match="integer"):
+        sweep.SweepConfig(grid={"toy_bits": ("bits", (2.5,))})
+    with pytest.raises(ValueError, match="one of"):
+        sweep.SweepConfig(grid={"toy_mode": ("mode", ("loud",))})
+    cfg = sweep.SweepConfig(grid={"toy_bits": ("bits", (2,)), "toy_mode": ("mode", ("sign",))}, images=1,
+                            iterations=1, adaptive=(), utility=UtilityProtocol(rounds=1, clients=2, seeds=(0,)))
+    drive(sweep.run(cfg, tmp_path))
+    rows = {r["defense"]: r for r in csv.DictReader((tmp_path / "attacks.csv").open())}
+    assert rows["toy_bits"]["strength"] == "2" and rows["toy_mode"]["strength"] == "sign"
+    assert {r["defense"] for r in csv.DictReader((tmp_path / "utility" / "utility.csv").open())} == set(rows)
 
 
 def test_toy_defense_appears_in_the_apps_defense_picker_with_its_knobs(toy) -> None:
