@@ -104,3 +104,20 @@ def test_batched_unrolled_gradients_are_each_problems_own():
         alone = [g.detach() for g in p.problem.gradients(x[k], p.labels, soft=False)]
         for name, got, want in zip(p.problem.names, batched, alone):
             assert torch.allclose(got[k], want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-9), (k, name)
+
+
+def test_per_problem_clip_is_each_problems_own_clip():
+    """The batched attack clips N stacked problems with the client's one clip function, each by its own norm."""
+    from tipcore.fl import clip_by_global_norm
+
+    gen = generator(0, "test-clip")
+    scales = torch.tensor([0.1, 3.0, 40.0])  # below, around and far above the clip norm
+    grads = [torch.randn((3, *shape), generator=gen) * scales.view(-1, *([1] * len(shape)))
+             for shape in ((12, 3, 5, 5), (12,), (10, 768))]
+    stacked = clip_by_global_norm(grads, 5.0, per_problem=True)
+    for k in range(3):
+        alone = clip_by_global_norm([g[k] for g in grads], 5.0)
+        for a, b in zip(stacked, alone):
+            assert torch.allclose(a[k], b, rtol=1e-6, atol=0)
+    norms = torch.sqrt(sum((g * g).flatten(1).sum(1) for g in stacked))
+    assert norms[0] < 5.0 and torch.allclose(norms[1:], torch.tensor([5.0, 5.0]), rtol=1e-5)

@@ -30,7 +30,7 @@ from tipcore.attacks.fitted import stack_maps
 from tipcore.attacks.recipe import GradientInversion, Recipe
 from tipcore.attacks.replicate import Replicated
 from tipcore.attacks.template import Attacked
-from tipcore.fl import ServerView, SharedUpdate
+from tipcore.fl import ServerView, SharedUpdate, clip_by_global_norm
 from tipcore.progress import Event, StopHook, never_stop
 
 
@@ -154,11 +154,7 @@ def _batched_gradients(problems: list[Attacked], with_features: bool = False
         total = loss.view(labels.shape).mean(dim=1).sum()
         flat = torch.autograd.grad(total, current, create_graph=True)
         grads = [replica.per_problem(n, g) for n, g in zip(first.names, flat)]
-        if clip is not None:  # the protocol's global-norm clipping, per problem
-            norm = torch.sqrt(sum((t * t).flatten(1).sum(1) for t in grads))
-            factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
-            grads = [t * factor.view(-1, *([1] * (t.ndim - 1))) for t in grads]
-        return grads
+        return clip_by_global_norm(grads, clip, per_problem=True)  # the protocol's clipping, per problem
 
     def unrolled(x: torch.Tensor) -> list[torch.Tensor]:
         point: list[torch.Tensor] = list(params)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from tipcore.attacks.fitted import Received
-from tipcore.fl import ServerView, SharedUpdate
+from tipcore.fl import ServerView, SharedUpdate, clip_by_global_norm
 
 SMALL_MODEL_PARAMS = 1_000_000
 OBJECTIVES: tuple[str, ...] = ("auto", "gradient", "unrolled")
@@ -122,11 +122,7 @@ class MatchingProblem:
         else:
             loss = nn.functional.cross_entropy(out, label)
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        if self.clip is not None:
-            norm = torch.sqrt(sum((g * g).sum() for g in grads))
-            factor = torch.clamp(self.clip / (norm + 1e-6), max=1.0)
-            grads = tuple(g * factor for g in grads)
-        return grads
+        return tuple(clip_by_global_norm(grads, self.clip))  # the protocol's clipping, as the client did
 
     def _unrolled(self, x: torch.Tensor, label: torch.Tensor, soft: bool) -> tuple[torch.Tensor, ...]:
         """(θ_global − θ_T) / (T · lr) after the client's T clipped SGD steps on the dummy batch, kept in the
