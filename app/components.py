@@ -18,14 +18,6 @@ UNSELECTED = "#9AA5B1"  # grey-blue: the rest
 DIVERGING = "RdBu_r"  # blue (negative) – white – red (positive); readable with red-green deficiencies
 
 ATTACK_LABELS = {"dlg": "DLG", "idlg": "iDLG", "ig": "Inverting Gradients"}
-# What the attacker does about the defense (the engine's matchers; "none" is the naive attacker).
-ADAPTIVE_LABELS = {
-    "none": "no: naive attacker",
-    "drop": "drops the noised channels",
-    "lowpass": "matches low frequencies only",
-    "noise_aware": "noise-aware weighting",
-}
-ADAPTIVE_SHORT = {"drop": "drop", "lowpass": "low-pass", "noise_aware": "noise-aware"}
 MODEL_LABELS = {"lenet": "LeNet (DLG)", "convnet": "ConvNet", "resnet18": "ResNet-18"}
 
 
@@ -40,19 +32,32 @@ def defense_label(name: str) -> str:
     return defense_labels().get(name, name)
 
 
+def adaptive_labels() -> dict[str, str]:
+    """What the attacker does about the defense, per registered matcher ("none": the naive attacker)."""
+    from app import resources
+
+    matchers = resources.registries()["matchers"]
+    return {"none": matchers["all"]["label"], **{n: m["label"] for n, m in matchers.items() if n != "all"}}
+
+
 def split_attack(name: str) -> tuple[str, str]:
     """(base attack, adaptive mode) of an engine attack name: ``idlg_drop`` -> ("idlg", "drop")."""
-    for base in sorted(ATTACK_LABELS, key=len, reverse=True):
-        if name.startswith(base + "_") and name[len(base) + 1:] in ADAPTIVE_LABELS:
-            return base, name[len(base) + 1:]
-    return name, "none"
+    from app import resources
+
+    spec = resources.registries()["attacks"].get(name)
+    if spec is None or spec["matcher"] == "all":
+        return name, "none"
+    return spec["base"], spec["matcher"]
 
 
 def attack_label(name: str) -> str:
     """A readable name for an engine attack, naive or adaptive: "iDLG + drop (knows the defense)"."""
-    base, mode = split_attack(name)
-    label = ATTACK_LABELS.get(base, base)
-    return label if mode == "none" else f"{label} + {ADAPTIVE_SHORT.get(mode, mode)} (knows the defense)"
+    from app import resources
+
+    spec = resources.registries()["attacks"].get(name)
+    if spec is None:
+        return ATTACK_LABELS.get(name, name)
+    return spec["label"] if spec["matcher"] == "all" else f"{spec['label']} (knows the defense)"
 
 
 def defense_colour(name: str) -> str:

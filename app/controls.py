@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from app import resources, state
-from app.components import ADAPTIVE_LABELS, ATTACK_LABELS, MODEL_LABELS, defense_label
+from app.components import ATTACK_LABELS, MODEL_LABELS, adaptive_labels, defense_label
 
 log = logging.getLogger(__name__)
 
@@ -450,10 +450,11 @@ def attack_picker() -> None:
         help="The honest-but-curious server's reconstruction. "
              + " ".join(f"**{ATTACK_LABELS.get(n, n)}**: {attacks[n]['summary']}." for n in bases),
     )
-    modes = ["none"] + [m for m in ADAPTIVE_LABELS if m != "none" and f"{base}_{m}" in attacks]
+    labels = adaptive_labels()
+    modes = ["none"] + [m for m in labels if m != "none" and f"{base}_{m}" in attacks]
     state.bind(
         sb.selectbox, "Attacker knows the defense", "adaptive", options=modes, fallback="none",
-        format_func=lambda m: ADAPTIVE_LABELS.get(m, m), help=ADAPTIVE_HELP,
+        format_func=lambda m: labels.get(m, m), help=ADAPTIVE_HELP,
     )
     state.bind(
         sb.number_input, "Iterations", "iterations", min_value=1, max_value=MAX_ITERATIONS, step=10,

@@ -310,7 +310,6 @@ def registries() -> dict[str, Any]:
 @st.cache_resource(show_spinner=False)
 def _registries(defense_names: tuple[str, ...], attack_names: tuple[str, ...]) -> dict[str, Any]:
     from tipcore import attacks, defenses, knobs, models
-    from tipcore.attacks.matching import MATCH_SUMMARIES
 
     return {
         "models": {n: {"description": m.description, "cpu_attack_ms": m.cpu_attack_ms,
@@ -319,9 +318,10 @@ def _registries(defense_names: tuple[str, ...], attack_names: tuple[str, ...]) -
         "defenses": {n: {"summary": d.summary, "label": d.label, "uses_budget": d.uses_budget,
                          "takes_clip": d.takes_clip, "help": _describe_defense(n), "knobs": knobs.table(d.config_cls)}
                      for n, d in defenses.DEFENSES.items() if n in defense_names},
-        "attacks": {n: {"summary": a.summary, "help": _describe_attack(n), "base": attacks.base_attack(n)}
-                    for n, a in attacks.ATTACKS.items()},
-        "matchers": dict(MATCH_SUMMARIES),
+        "attacks": {n: {"summary": a.summary, "help": _describe_attack(n), "base": a.base, "matcher": a.matcher,
+                        "label": a.label} for n, a in attacks.ATTACKS.items()},
+        "matchers": {n: {"label": m.label, "short": m.short, "summary": m.summary, "flags_channels": m.flags_channels}
+                     for n, m in attacks.MATCHERS.items()},
     }
 
 

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from bench.common import header, timed  # noqa: E402
 from tipcore import data, fl, metrics, models  # noqa: E402
 from tipcore.attacks import create  # noqa: E402
-from tipcore.attacks.base import MatchingProblem  # noqa: E402
+from tipcore.attacks.problem import MatchingProblem  # noqa: E402
 from tipcore.progress import drive  # noqa: E402
 from tipcore.seeding import generator  # noqa: E402
 

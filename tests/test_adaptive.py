@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tipcore import attacks, experiment, spectral, update_stats
-from tipcore.attacks import matching
-from tipcore.attacks.base import MatchingProblem
-from tipcore.attacks.template import distance_and_seed
+from tipcore.attacks.engine import distance_and_seed
+from tipcore.attacks.fitted import Fitted, fit_matcher
+from tipcore.attacks.problem import MatchingProblem
 from tipcore.fl import RoundConfig
 
 FEDSGD = RoundConfig(clip=5.0)
@@ -23,10 +23,9 @@ def prepared(model: str, round_cfg: RoundConfig, defense: str, image: str = "cif
     return experiment.prepare(cfg)
 
 
-def fitted(p, mode: str, **options) -> tuple[MatchingProblem, matching.Matcher]:
+def fitted(p, mode: str, **options) -> tuple[MatchingProblem, Fitted]:
     problem = MatchingProblem(p.view, p.defended)
-    return problem, matching.fit(matching.MatchOptions(mode, **options), problem.model,
-                                 dict(zip(problem.names, problem.targets)))
+    return problem, fit_matcher(mode, attacks.MATCHERS[mode].config_cls(**options), problem.received())
 
 
 # ------------------------------------------------------------------------------------------- detection
@@ -124,11 +123,14 @@ def test_drop_recovers_a_lenet_image_from_a_tip_update():
 
 def test_adaptive_variants_are_registered_for_every_base():
     for base in ("dlg", "idlg", "ig"):
-        for mode in matching.ADAPTIVE_MODES:
+        for mode in attacks.MATCHERS:
+            if mode == "all":
+                continue
             name = f"{base}_{mode}"
-            assert attacks.base_attack(name) == base
-            assert attacks.create(name).recipe().match.match == mode
-    assert attacks.create("idlg_drop", {"match": "lowpass"}).recipe().match.match == "lowpass"
+            assert attacks.base_attack(name) == base and attacks.is_adaptive(name) and not attacks.is_adaptive(base)
+            assert attacks.create(name).recipe().matcher == mode
+            assert name in attacks.adaptive_variants(base)
+    assert attacks.create("idlg_drop", {"match": "lowpass"}).recipe().matcher == "lowpass"
     with pytest.raises(ValueError, match="match must be one of"):
         attacks.create("idlg", {"match": "guess"})
     with pytest.raises(ValueError, match="assumed_cutoff"):

@@ -12,7 +12,7 @@ import torch
 
 import tipcore
 from tipcore import attacks, data, experiment, fl, metrics
-from tipcore.attacks.base import MatchingProblem, infer_labels
+from tipcore.attacks.problem import MatchingProblem, infer_labels
 from tipcore.seeding import generator
 
 from conftest import make_round, tensors_digest

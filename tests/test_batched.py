@@ -36,9 +36,16 @@ def test_replicated_model_gives_each_copy_its_own_gradient(name):
     grads = torch.autograd.grad(loss, replica.params)
     for k, model in enumerate(base):
         single = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x[k]), y[k]), list(model.parameters()))
-        for n, g, s in zip(replica.names, grads, single):
-            got = replica.per_problem(n, g)[k]
-            assert torch.allclose(got, s, rtol=1e-4, atol=1e-6 * float(s.abs().max()) + 1e-9), (name, n)
+        got = [replica.per_problem(n, g)[k] for n, g in zip(replica.names, grads)]
+        # Norm-relative errors: grouped and plain float32 convolutions round differently, and in a deep ReLU
+        # network a pre-activation that rounds to the other side of 0 switches a unit's gradient path on or
+        # off. Measured: 5e-7 (LeNet, ConvNet) and 2.5e-4 (ResNet-18) over the whole gradient, up to 2.3e-3 on
+        # one ResNet-18 tensor, where the single model agrees with a float64 reference to 6e-7. A copy
+        # that computed another copy's gradient (or a mixed-up parameter) is off by O(1).
+        whole = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(got, single)) / sum((b * b).sum() for b in single))
+        assert whole < 1e-3, (name, k, float(whole))
+        for n, a, b in zip(replica.names, got, single):
+            assert (a - b).norm() <= 1e-2 * b.norm() + 1e-12, (name, k, n, float((a - b).norm() / b.norm()))
 
 
 def test_batched_inverting_gradients_equals_separate_runs():
@@ -84,15 +91,33 @@ def test_batched_unrolled_fedavg_equals_separate_runs():
 
 def test_batched_unrolled_gradients_are_each_problems_own():
     from tipcore import attacks
-    from tipcore.attacks.batched import _batched_gradients, _Problem
+    from tipcore.attacks.batched import _batched_gradients
+    from tipcore.attacks.template import Attacked
 
     prepared = [experiment.prepare(c) for c in configs("idlg", 1, mode="fedavg", local_steps=3, lr=0.1)[:3]]
     recipe = attacks.create("idlg").recipe()
-    problems = [_Problem(recipe, p.view, p.defended, generator(0, "attack")) for p in prepared]
+    problems = [Attacked(recipe, p.view, p.defended, generator(0, "attack")) for p in prepared]
     assert {p.problem.objective for p in problems} == {"unrolled"}
     x = torch.rand((3, 1, 3, 32, 32), generator=generator(0, "test-images"))
-    batched = [g.detach() for g in _batched_gradients(problems)(x)]
+    batched = [g.detach() for g in _batched_gradients(problems)(x)[0]]
     for k, p in enumerate(problems):
         alone = [g.detach() for g in p.problem.gradients(x[k], p.labels, soft=False)]
         for name, got, want in zip(p.problem.names, batched, alone):
             assert torch.allclose(got[k], want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-9), (k, name)
+
+
+def test_per_problem_clip_is_each_problems_own_clip():
+    """The batched attack clips N stacked problems with the client's one clip function, each by its own norm."""
+    from tipcore.fl import clip_by_global_norm
+
+    gen = generator(0, "test-clip")
+    scales = torch.tensor([0.1, 3.0, 40.0])  # below, around and far above the clip norm
+    grads = [torch.randn((3, *shape), generator=gen) * scales.view(-1, *([1] * len(shape)))
+             for shape in ((12, 3, 5, 5), (12,), (10, 768))]
+    stacked = clip_by_global_norm(grads, 5.0, per_problem=True)
+    for k in range(3):
+        alone = clip_by_global_norm([g[k] for g in grads], 5.0)
+        for a, b in zip(stacked, alone):
+            assert torch.allclose(a[k], b, rtol=1e-6, atol=0)
+    norms = torch.sqrt(sum((g * g).flatten(1).sum(1) for g in stacked))
+    assert norms[0] < 5.0 and torch.allclose(norms[1:], torch.tensor([5.0, 5.0]), rtol=1e-5)

@@ -285,6 +285,7 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
     import time
 
     from tipcore import attacks, recorded
+    from tipcore.attacks.base import flagged_channels, flags_channels
     from tipcore.experiment import environment, image_grid, png_bytes, strict_json
     from tipcore.progress import drive
     from tipcore.seeding import generator, pick_device
@@ -304,14 +305,15 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
                    "num_examples": rec.update.num_examples, "label_pred": list(result.labels),
                    "iterations": result.iterations, "restarts": result.restarts, "diverged": result.diverged,
                    "final_loss": result.final_loss, "seconds": time.perf_counter() - t0, "match": result.match,
-                   "flagged": {k: list(v) for k, v in result.flagged.items()},
+                   **({"flagged": flagged_channels(result)} if flags_channels(result) else {}),
+                   **({"matcher_notes": list(result.notes)} if result.notes else {}),
                    "note": "no private image: reconstruction only, no PSNR",
                    **environment(pick_device("cpu"))}
         out = output.commit({"result.json": strict_json(payload, indent=2),
                              "reconstruction.png": png_bytes(image_grid([result.images]))})
     flagged = sum(len(v) for v in result.flagged.values())
     print(f"{args.attack} on {args.update_dir}: labels {list(result.labels)}, {result.iterations} steps"
-          + (f", left out {flagged} channels it found noised" if result.match == "drop" else "") + f"  -> {out}")
+          + (f", left out {flagged} channels it found noised" if flags_channels(result) else "") + f"  -> {out}")
     return 0
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tipcore import __version__, attacks, data, defenses, metrics, models, update_stats
-from tipcore.attacks.base import AttackResult, Snapshot
+from tipcore.attacks.base import AttackResult, Snapshot, flagged_channels, flags_channels
 from tipcore.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
 from tipcore.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
@@ -186,10 +186,11 @@ def analyse(prepared: PreparedRound, result: AttackResult) -> dict[str, Any]:
     clean, defended = dict(prepared.clean.tensors), dict(prepared.defended.tensors)
     out: dict[str, Any] = {"update_cosine": update_stats.update_cosine(clean, defended),
                            **update_stats.noise_to_signal(clean, defended), "match": result.match}
-    if result.match == "drop":
-        noised = float(prepared.diagnostics.summary.get("beta", 1.0)) > 0
-        out["detection"] = update_stats.detection(result.flagged, prepared.diagnostics, noised)
-        out["flagged"] = {k: list(v) for k, v in result.flagged.items()}
+    if flags_channels(result):  # the matcher's spec says so (tipcore.attacks.registry), whatever its name
+        out["detection"] = update_stats.detection(result.flagged, prepared.diagnostics)
+        out["flagged"] = flagged_channels(result)
+    if result.notes:  # what the matcher found or could not do, from the update alone
+        out["matcher_notes"] = list(result.notes)
     return out
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Literal, Mapping
+from typing import Iterable, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -149,10 +149,18 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def clip_by_global_norm(grads: list[torch.Tensor], clip: float | None) -> list[torch.Tensor]:
-    """g · min(1, C / (‖g‖₂ + 1e-6)) over all tensors together, as the paper's clipping."""
+def clip_by_global_norm(grads: Sequence[torch.Tensor], clip: float | None, *,
+                        per_problem: bool = False) -> Sequence[torch.Tensor]:
+    """g · min(1, C / (‖g‖₂ + 1e-6)) over all tensors together, as the paper's clipping: the client's, and
+    the attacker's on its dummy gradient (differentiable). With ``per_problem`` the tensors hold N
+    problems stacked on their first axis, each clipped by its own norm (the batched attack)."""
     if clip is None:
         return grads
+    if per_problem:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]),
+                                        dim=0)
+        factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        return [g * factor.view(-1, *([1] * (g.ndim - 1))) for g in grads]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
     return [g * factor for g in grads]

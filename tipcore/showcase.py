@@ -122,14 +122,16 @@ def _plain(value: Any) -> Any:
 
 
 def _channel_views(record: Any) -> list[dict[str, Any]]:
-    """Per conv layer of the defended update: the drop matcher's roughness score per output channel (computed
-    from the update alone, as the attacker does), TIP's true selection and the attacker's flags."""
+    """Per conv layer of the defended update: the roughness score per output channel (computed from the
+    update alone, as the attacker does), TIP's true selection and the attacker's flags."""
     from tipcore import update_stats
-    from tipcore.attacks.matching import MatchOptions, layer_scores
+    from tipcore.attacks.channels import layer_scores
+    from tipcore.attacks.registry import matcher_config
 
     truth = update_stats.true_selection(record.prepared.diagnostics) or {}
     flagged = dict(record.result.flagged)
-    cutoff = MatchOptions().assumed_cutoff  # the r the attacker assumes, not the defense's record
+    # The r the attacker assumes (its matcher's knob), not the defense's record.
+    cutoff = getattr(matcher_config(record.result.match, record.config.attack_config()), "assumed_cutoff", 0.5)
     out = []
     for layer in truth:
         weight = record.prepared.defended.tensors.get(f"{layer}.weight")
@@ -145,6 +147,7 @@ def _channel_views(record: Any) -> list[dict[str, Any]]:
 def punchline(iterations: int = 300, *, should_stop: StopHook = never_stop) -> Generator[Event, None, Path]:
     """Attack the punchline image once per entry; each entry's run is relayed as ``punchline i/n · stage``
     events, and a "punchline" event per finished entry carries its scores. Stopped: nothing is written."""
+    from tipcore.attacks.base import flags_channels
     from tipcore.experiment import stream
 
     entries, channels = [], []
@@ -161,7 +164,7 @@ def punchline(iterations: int = 300, *, should_stop: StopHook = never_stop) -> G
                         "psnr": record.scores.psnr, "ssim": record.scores.ssim,
                         "label_true": record.prepared.labels[0], "label_pred": record.result.labels[0],
                         "analysis": _plain(dict(record.analysis)), "image": record.result.images[0]})
-        if record.result.match == "drop" and defense.startswith("tip"):
+        if flags_channels(record.result) and defense.startswith("tip"):
             channels = _channel_views(record)
         yield watch.event("punchline", i + 1, total, "entry",
                           f"{defense}/{attack}: psnr {record.scores.psnr:.2f} ssim {record.scores.ssim:.3f}")

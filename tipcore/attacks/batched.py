@@ -3,9 +3,11 @@
 Each problem keeps its own target, matcher, labels, start, optimiser state, restarts and result, exactly
 as if run alone (each gets its own generator with the same seed); only the expensive part is shared: one
 batched closure computes every problem's dummy gradient at once on a K-fold replicated model (grouped
-convolutions, ``tipcore.attacks.replicate``), and one vector-Jacobian product gives every image's gradient. L-BFGS problems advance in
-lockstep through ``FlatLBFGS.step_requests``; Adam problems share one elementwise Adam (so the moments of
-each image's block are its own). Problems that finish early are carried along without effect.
+convolutions, ``tipcore.attacks.replicate``), and one vector-Jacobian product gives every image's gradient.
+The loop (restarts, guard, snapshots, stop) is the single attack's (``tipcore.attacks.engine``) on N slots:
+L-BFGS problems advance in lockstep through ``FlatLBFGS.step_requests``; Adam problems share one
+elementwise Adam (so the moments of each image's block are its own). Problems that finish early are
+carried along without effect.
 
 Numbers match separate runs up to float rounding of the batched kernels (which L-BFGS, a chaotic
 optimiser, can amplify over hundreds of steps); ``bench/batched_comparison.py`` measures the speed.
@@ -13,45 +15,23 @@ optimiser, can amplify over hundreds of steps); ``bench/batched_comparison.py`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from tipcore.attacks import matching
-from tipcore.attacks.base import AttackResult, Clock, DivergenceGuard, MatchingProblem, resolve_objective, to_images
-from tipcore.attacks.lbfgs import FlatLBFGS
+from tipcore.attacks.base import AttackResult, BatchSnapshot  # noqa: F401  (BatchSnapshot: the progress payload)
+from tipcore.attacks.engine import (
+    Clock, DivergenceGuard, LockstepLBFGS, SharedAdam, Slot, distances_per_problem, feature_coefficient,
+    feature_distance_and_seed, optimise, start_vector, to_images, total_variation,
+)
+from tipcore.attacks.fitted import stack_maps
+from tipcore.attacks.recipe import GradientInversion, Recipe
 from tipcore.attacks.replicate import Replicated
-from tipcore.attacks.template import GradientInversion, Recipe, SignedAdamOptimiser, choose_labels, total_variation
-from tipcore.fl import ServerView, SharedUpdate
+from tipcore.attacks.template import Attacked
+from tipcore.fl import ServerView, SharedUpdate, clip_by_global_norm
 from tipcore.progress import Event, StopHook, never_stop
-
-
-@dataclass(frozen=True)
-class BatchSnapshot:
-    step: int  # the furthest step any problem has reached
-    losses: tuple[float, ...]
-    images: np.ndarray  # (N, H, W, 3): each problem's current first image
-    elapsed_s: float
-    eta_s: float
-
-
-class _Problem:
-    """One defended update: its target, matcher, labels and optimisation state."""
-
-    def __init__(self, recipe: Recipe, view: ServerView, update: SharedUpdate, generator: torch.Generator) -> None:
-        self.problem = MatchingProblem(view, update, objective=resolve_objective(recipe.objective, update))
-        self.generator = generator
-        self.matcher = matching.fit(recipe.match, self.problem.model, dict(zip(self.problem.names, self.problem.targets)))
-        self.targets = [self.matcher.apply(n, t) for n, t in zip(self.problem.names, self.problem.targets)]
-        self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.targets))
-        self.labels = choose_labels(recipe.labels, self.problem, view, update)
-        self.guard = DivergenceGuard(recipe.explode_factor)
-        self.step, self.restarts, self.evaluations, self.loss = 0, 0, 0, float("nan")
-        self.finished, self.diverged = False, False
-        self.history: list = []
 
 
 class BatchedComparison:
@@ -70,7 +50,7 @@ class BatchedComparison:
         recipe = self.recipe
         if len(updates) != len(generators) or not updates:
             raise ValueError("give one generator per update, and at least one update")
-        problems = [_Problem(recipe, view, u, g) for u, g in zip(updates, generators)]
+        problems = [Attacked(recipe, view, u, g) for u, g in zip(updates, generators)]
         first = problems[0].problem
         shape, device = first.shape, first.device
         if any(p.problem.shape != shape for p in problems):
@@ -79,184 +59,84 @@ class BatchedComparison:
         if any(proto != protocol[0] for proto in protocol):
             raise ValueError("every update of a batched comparison must come from the same protocol "
                              "(mode, clip, steps, lr) and be attacked with the same objective")
-        gradients = _batched_gradients(problems)
+        features = [p.fitted.features for p in problems]
+        with_features = any(f is not None for f in features)
+        gradients = _batched_gradients(problems, with_features)
         n = len(problems)
         nx = int(np.prod(shape))
-        z = torch.stack([self._start(p, nx) for p in problems])  # [N, nx]
+
+        def start(p: Attacked) -> Callable[[], torch.Tensor]:
+            return lambda: start_vector(recipe, shape, view.num_classes, False, p.generator, device)
+
+        slots = [Slot(start(p), DivergenceGuard(recipe.explode_factor)) for p in problems]
+        z = torch.stack([s.start() for s in slots])  # [N, nx]
         clock = Clock(recipe.iterations)
-        optimisers = self._optimisers(z, n)
-        stopped = False
 
         names = first.names
-        # Matchers are linear: per tensor, a per-problem channel scale and/or the same low-pass for all.
-        scales = {}
-        for name in names:
-            if any(name in p.matcher.channel_scales for p in problems):
-                rows = [p.matcher.channel_scales.get(name) for p in problems]
-                c_out = next(r for r in rows if r is not None).numel()
-                scales[name] = torch.stack([torch.ones(c_out) if r is None else r for r in rows]).to(device)
-        lowpass = problems[0].matcher.lowpass_cutoff
+        # Matchers are linear maps per tensor: each problem's, stacked along the first axis.
+        maps = {name: stack_maps([p.fitted.maps.get(name) for p in problems], t.shape, device)
+                for name, t in zip(names, first.targets)}
 
         def match(name: str, t: torch.Tensor) -> torch.Tensor:  # t: [N, *shape]
-            if lowpass is not None and t.ndim == 5 and t.shape[-1] * t.shape[-2] > 1:
-                t = t - matching.highpass(t, lowpass)
-            if name in scales:
-                t = t * scales[name].view(n, -1, *([1] * (t.ndim - 2)))
-            return t
+            m = maps[name]
+            return t if m is None else m(t)
 
         targets = [torch.stack([p.targets[i] for p in problems]) for i in range(len(names))]  # matched, [N, ...]
         target_norms = torch.stack([p.target_norm for p in problems])
+        if with_features:  # problems without recovered features get a zero coefficient
+            width = next(f for f in features if f is not None).target.shape
+            feature_targets = torch.stack([torch.zeros(width) if f is None else f.target for f in features]).to(device)
+            feature_known = torch.stack([torch.zeros(width) if f is None else f.known for f in features]).to(device)
+            coefficients = torch.stack([
+                torch.zeros(()) if f is None else
+                feature_coefficient(f.weight, f.known, f.target, recipe.distance, p.target_norm).reshape(())
+                for f, p in zip(features, problems)]).to(device)
 
         def closure(zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             zs = zs.detach().requires_grad_(True)
             x = zs.view(n, *shape)
             # No backend switch here: the replicated model's grouped convolutions are fast in oneDNN and
             # several times slower in PyTorch's native kernels (the opposite of a small single model).
-            dummy = [match(name, g) for name, g in zip(names, gradients(x))]
-            loss, seeds = _distances(recipe.distance, dummy, targets, target_norms)
-            (grad_z,) = torch.autograd.grad(dummy, [zs], grad_outputs=seeds)
+            grads, phi = gradients(x)
+            dummy = [match(name, g) for name, g in zip(names, grads)]
+            loss, seeds = distances_per_problem(recipe.distance, dummy, targets, target_norms)
+            if phi is None:
+                (grad_z,) = torch.autograd.grad(dummy, [zs], grad_outputs=seeds)
+            else:
+                feature_loss, feature_seed = feature_distance_and_seed(phi, feature_targets, feature_known,
+                                                                       coefficients)
+                (grad_z,) = torch.autograd.grad(dummy + [phi], [zs], grad_outputs=seeds + [feature_seed])
+                loss = loss + feature_loss
             if recipe.tv > 0:
                 tv = torch.stack([total_variation(x[k]) for k in range(n)])
                 grad_z = grad_z + recipe.tv * torch.autograd.grad(tv.sum(), [zs])[0]
                 loss = loss + recipe.tv * tv.detach()
             return loss.detach(), grad_z
 
-        while not all(p.finished for p in problems):
-            if should_stop():
-                stopped = True
-                break
-            losses = optimisers.step(closure, [not p.finished for p in problems])
-            for k, p in enumerate(problems):
-                if p.finished:
-                    continue
-                p.loss, used = losses[k]
-                p.evaluations += used
-                p.step += 1
-                if p.guard.diverged(p.loss) or not torch.isfinite(z[k]).all():
-                    if p.restarts < recipe.max_restarts:
-                        p.restarts += 1
-                        p.step, p.loss = 0, float("nan")
-                        p.guard.reset()
-                        with torch.no_grad():
-                            z[k] = self._start(p, nx)
-                        optimisers.reset(k)
-                        continue
-                    p.diverged, p.finished = True, True
-                    continue
-                if p.step >= recipe.iterations:
-                    p.finished = True
-            step = max(p.step for p in problems)
-            if step % report_every == 0 or all(p.finished for p in problems):
-                images = to_images(z.detach().view(n, *shape)[:, 0])
-                snap = BatchSnapshot(step, tuple(p.loss for p in problems), images, clock.elapsed(), clock.eta(step))
-                yield Event("attack", step, recipe.iterations, "step", f"{n} updates at once",
-                            snap.elapsed_s, snap.eta_s, payload=snap)
-
+        group = LockstepLBFGS(recipe, closure, z) if recipe.optimiser == "lbfgs" else SharedAdam(recipe, closure, z)
+        stopped = yield from optimise(slots, group, recipe, clock, should_stop=should_stop, report_every=report_every,
+                                      images=lambda row: to_images(row.detach().view(shape)), batch_snapshots=True)
         results = []
-        for k, p in enumerate(problems):
-            x = torch.nan_to_num(z[k].detach().view(shape), nan=0.5)
+        for s, p in zip(slots, problems):
+            assert s.best is not None
+            loss, row, steps = s.best
             results.append(AttackResult(
-                images=to_images(x), labels=tuple(int(v) for v in p.labels.tolist()), iterations=p.step,
-                restarts=p.restarts, seconds=clock.elapsed(), stopped=stopped, final_loss=p.loss,
-                diverged=p.diverged, evaluations=p.evaluations, match=recipe.match.match,
-                flagged=dict(p.matcher.flagged)))
+                images=to_images(torch.nan_to_num(row.view(shape), nan=0.5)),
+                labels=tuple(int(v) for v in p.labels.tolist()), iterations=steps, restarts=s.restarts,
+                seconds=clock.elapsed(), stopped=stopped, final_loss=loss, diverged=s.diverged,
+                evaluations=s.evaluations, match=recipe.matcher, flagged=dict(p.fitted.flagged),
+                notes=tuple(p.fitted.notes)))
         return results
 
-    def _start(self, p: _Problem, nx: int) -> torch.Tensor:
-        x0 = torch.randn(p.problem.shape, generator=p.generator)
-        if self.recipe.init == "centred":
-            x0 = 0.5 + 0.25 * x0
-        return x0.flatten().to(p.problem.device)
 
-    def _optimisers(self, z: torch.Tensor, n: int) -> "_LockstepLBFGS | _SharedAdam":
-        if self.recipe.optimiser == "lbfgs":
-            return _LockstepLBFGS(z, self.recipe)
-        return _SharedAdam(z, self.recipe)
-
-
-class _LockstepLBFGS:
-    """One FlatLBFGS per problem (each on its own row of z), advanced together through one closure."""
-
-    def __init__(self, z: torch.Tensor, recipe: Recipe) -> None:
-        self.z, self.recipe = z, recipe
-        self.opts = [self._new(k) for k in range(z.shape[0])]
-
-    def _new(self, k: int) -> FlatLBFGS:
-        r = self.recipe
-        return FlatLBFGS(self.z[k], lr=r.lr, max_iter=r.evals_per_step, history_size=r.history_size)
-
-    def reset(self, k: int) -> None:
-        self.opts[k] = self._new(k)
-
-    def step(self, closure, active: list[bool]) -> list[tuple[float, int]]:
-        runs = {k: self.opts[k].step_requests() for k in range(len(active)) if active[k]}
-        for run in runs.values():
-            next(run)
-        out: dict[int, tuple[float, int]] = {}
-        while runs:
-            loss, grad_z = closure(self.z)
-            for k in list(runs):
-                try:
-                    runs[k].send((loss[k], grad_z[k]))
-                except StopIteration as done:
-                    out[k] = done.value
-                    del runs[k]
-        return [out.get(k, (float("nan"), 0)) for k in range(len(active))]
-
-
-class _SharedAdam(SignedAdamOptimiser):
-    """Adam is elementwise: one Adam over all rows of z [N, image] is N independent Adams (rows never mix)."""
-
-    def reset(self, k: int) -> None:
-        """A restarted problem forgets its moments (the shared step count, and so Adam's bias correction
-        and the learning-rate schedule, go on: a restart here is not bit-identical to a separate run's)."""
-        state = self.opt.state.get(self.z)
-        if state:
-            for key in ("exp_avg", "exp_avg_sq"):
-                state[key][k].zero_()
-        self._box()
-
-    def step(self, closure, active: list[bool]) -> list[tuple[float, int]]:  # type: ignore[override]
-        loss, grad_z = closure(self.z)
-        grad_z = grad_z.sign() if self.recipe.signed else grad_z
-        grad_z[~torch.tensor(active)] = 0  # finished problems stay where they are
-        self.z.grad = grad_z
-        frozen = self.z.detach()[~torch.tensor(active)].clone()
-        self.opt.step()
-        if self.sched is not None:
-            self.sched.step()
-        self._box()
-        with torch.no_grad():
-            self.z[~torch.tensor(active)] = frozen
-        return [(float(loss[k]), 1) for k in range(len(active))]
-
-
-def _distances(kind: str, dummy: list[torch.Tensor], target: list[torch.Tensor],
-               target_norm: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Per problem (first axis), the distance of ``template.distance_and_seed`` and its derivative."""
-    with torch.no_grad():
-        def per_problem(ts: list[torch.Tensor]) -> torch.Tensor:
-            return sum(t.flatten(1).sum(1) for t in ts)
-
-        def widen(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            return v.view(-1, *([1] * (like.ndim - 1)))
-
-        if kind == "l2":
-            diff = [d - t for d, t in zip(dummy, target)]
-            return per_problem([d * d for d in diff]), [2 * d for d in diff]
-        dot = per_problem([d * t for d, t in zip(dummy, target)])
-        norm = torch.sqrt(per_problem([d * d for d in dummy])).clamp_min(1e-12)
-        denom = norm * target_norm.clamp_min(1e-12)
-        seeds = [-t / widen(denom, t) + widen(dot / (norm * norm * denom), d) * d for d, t in zip(dummy, target)]
-        return 1 - dot / denom, seeds
-
-
-def _batched_gradients(problems: list[_Problem]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-    """x [N, B, C, H, W] -> per parameter a tensor [N, *shape]: problem k's (clipped) dummy gradient at its
+def _batched_gradients(problems: list[Attacked], with_features: bool = False
+                       ) -> Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor | None]]:
+    """x [N, B, C, H, W] -> (per parameter a tensor [N, *shape]: problem k's (clipped) dummy gradient at its
     own model point (the same θ_g in FedSGD; θ_g − U_k in FedAvg's one-step stand-in) with its own labels,
-    from one K-fold replicated model (``tipcore.attacks.replicate``). With the unrolled objective, every
-    copy starts at θ_g and takes the client's T clipped SGD steps on its own dummy batch, in the graph, and
-    the mean step gradient (θ_g − θ_T) / (T · lr) is returned, as ``MatchingProblem`` does alone."""
+    from one K-fold replicated model (``tipcore.attacks.replicate``); with ``with_features`` also every
+    copy's fc input [N, B, D] at that point, else None). With the unrolled objective, every copy starts at
+    θ_g and takes the client's T clipped SGD steps on its own dummy batch, in the graph, and the mean step
+    gradient (θ_g − θ_T) / (T · lr) is returned, as ``MatchingProblem`` does alone."""
     first = problems[0].problem
     points = [{n: p for n, p in q.problem.model.named_parameters()} for q in problems]
     replica = Replicated(first.model, points)
@@ -274,11 +154,7 @@ def _batched_gradients(problems: list[_Problem]) -> Callable[[torch.Tensor], lis
         total = loss.view(labels.shape).mean(dim=1).sum()
         flat = torch.autograd.grad(total, current, create_graph=True)
         grads = [replica.per_problem(n, g) for n, g in zip(first.names, flat)]
-        if clip is not None:  # the protocol's global-norm clipping, per problem
-            norm = torch.sqrt(sum((t * t).flatten(1).sum(1) for t in grads))
-            factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
-            grads = [t * factor.view(-1, *([1] * (t.ndim - 1))) for t in grads]
-        return grads
+        return clip_by_global_norm(grads, clip, per_problem=True)  # the protocol's clipping, per problem
 
     def unrolled(x: torch.Tensor) -> list[torch.Tensor]:
         point: list[torch.Tensor] = list(params)
@@ -290,6 +166,18 @@ def _batched_gradients(problems: list[_Problem]) -> Callable[[torch.Tensor], lis
         assert summed is not None
         return [s / first.steps for s in summed]
 
-    if first.objective == "unrolled":
-        return unrolled
-    return lambda x: step_gradients(x, None)
+    gradients = unrolled if first.objective == "unrolled" else (lambda x: step_gradients(x, None))
+    if not with_features:
+        return lambda x: (gradients(x), None)
+
+    def gradients_and_features(x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        captured: list[torch.Tensor] = []
+        handle = replica.model.fc.register_forward_pre_hook(
+            lambda _module, args: captured.append(args[0]) if not captured else None)
+        try:
+            grads = gradients(x)
+        finally:
+            handle.remove()
+        return grads, replica.split_inputs(captured[0])
+
+    return gradients_and_features

@@ -5,8 +5,8 @@ label jointly; iDLG first reads the label off the sign structure of the last lay
 optimises the image alone. When the threat model tells the server the labels (``labels_known``), both use
 them and optimise the image alone. On a FedAvg update both replay the client's local steps on the dummy
 batch (``objective``: auto). One "step" is one L-BFGS outer step (up to ``evals_per_step`` closure
-evaluations); ``AttackResult.evaluations`` counts the closures. Each has adaptive variants
-(``idlg_drop``, ``idlg_lowpass``, ``idlg_noise_aware``, ...) that match only what they trust.
+evaluations); ``AttackResult.evaluations`` counts the closures. Each has an adaptive variant per
+registered matcher (``idlg_drop``, ``dlg_lowpass``, ...) that matches only what it trusts.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tipcore.attacks.base import register, register_adaptive_variants
-from tipcore.attacks.matching import MatchOptions
-from tipcore.attacks.template import GradientInversion, Recipe
+from tipcore.attacks.recipe import AttackConfig, GradientInversion, Recipe, matcher_fields
+from tipcore.attacks.registry import register_attack
 from tipcore.knobs import knob
 
 
 @dataclass(frozen=True)
-class DLGConfig(MatchOptions):
+class DLGConfig(AttackConfig):
     iterations: int = knob(300, "Iterations", "L-BFGS outer steps", low=1, high=100_000, unit="steps")
     lr: float = knob(1.0, "Learning rate", "L-BFGS step size", low=0.0, low_open=True)
     evals_per_step: int = knob(20, "Evaluations per step", "L-BFGS max_iter: closure evaluations allowed per "
@@ -47,11 +46,11 @@ class _LBFGSMatching(GradientInversion):
         return Recipe(distance="l2", optimiser="lbfgs", labels=self.label_strategy, init="randn",
                       iterations=c.iterations, lr=c.lr, max_restarts=c.max_restarts, explode_factor=c.explode_factor,
                       evals_per_step=c.evals_per_step, history_size=c.history_size, objective=c.objective,
-                      match=MatchOptions(c.match, c.assumed_cutoff, c.assumed_ratio, c.min_separation, c.min_contrast,
-                                         c.residual_floor))
+                      **matcher_fields(c))
 
 
-@register("dlg", DLGConfig, "DLG: L2 gradient matching, L-BFGS, image and soft label optimised jointly")
+@register_attack("dlg", DLGConfig, "DLG: L2 gradient matching, L-BFGS, image and soft label optimised jointly",
+                 label="DLG")
 class DLG(_LBFGSMatching):
     label_strategy = "soft"
 
@@ -63,7 +62,8 @@ class DLG(_LBFGSMatching):
                 "on deep ReLU networks, and sometimes diverges (then it is restarted).")
 
 
-@register("idlg", DLGConfig, "iDLG: label read off the last layer's gradient signs, then DLG on the image")
+@register_attack("idlg", DLGConfig, "iDLG: label read off the last layer's gradient signs, then DLG on the image",
+                 label="iDLG")
 class IDLG(_LBFGSMatching):
     label_strategy = "auto"
 
@@ -72,7 +72,3 @@ class IDLG(_LBFGSMatching):
                 "negative row of the last layer's weight gradient belongs to the true label, so the label is "
                 "read off exactly (or taken as given when the server is told the labels); L-BFGS then matches "
                 "gradients over the image alone, which converges more reliably than DLG.")
-
-
-register_adaptive_variants("dlg", DLG, DLGConfig)
-register_adaptive_variants("idlg", IDLG, DLGConfig)

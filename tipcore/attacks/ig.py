@@ -8,7 +8,7 @@ decay 0.5): ``--attack-preset paper`` on the CLI.
 On a FedAvg update the dummy batch is pushed through the client's local SGD steps, differentiably, and
 θ_global − θ_T is matched (``objective`` auto or unrolled: invertinggradients' FedAvgReconstructor);
 ``objective=gradient`` keeps the one-step stand-in the TIP authors' attack uses.
-Adaptive variants: ``ig_drop``, ``ig_lowpass``, ``ig_noise_aware``.
+Adaptive variants: one per registered matcher, ``ig_drop``, ``ig_lowpass``, ...
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tipcore.attacks.base import ATTACK_PRESETS, register, register_adaptive_variants
-from tipcore.attacks.matching import MatchOptions
-from tipcore.attacks.template import GradientInversion, Recipe
+from tipcore.attacks.recipe import AttackConfig, GradientInversion, Recipe, matcher_fields
+from tipcore.attacks.registry import ATTACK_PRESETS, register_attack
 from tipcore.knobs import knob
 
 
 @dataclass(frozen=True)
-class IGConfig(MatchOptions):
+class IGConfig(AttackConfig):
     iterations: int = knob(1000, "Iterations", "signed-Adam steps", low=1, high=100_000, unit="steps")
     lr: float = knob(0.1, "Learning rate", "Adam step size (decayed in steps)", low=0.0, low_open=True,
                      log=True)
@@ -50,7 +49,8 @@ IG_PAPER_PRESET = {"iterations": 10_000, "lr": 0.004, "decay_gamma": 0.5, "tv": 
                    "objective": "gradient"}
 
 
-@register("ig", IGConfig, "Inverting Gradients: 1 − cosine + TV, signed Adam, box [0, 1], step-decayed lr")
+@register_attack("ig", IGConfig, "Inverting Gradients: 1 − cosine + TV, signed Adam, box [0, 1], step-decayed lr",
+                 label="Inverting Gradients")
 class InvertingGradients(GradientInversion):
     def __init__(self, config: IGConfig | None = None) -> None:
         self.config = config or IGConfig()
@@ -60,9 +60,7 @@ class InvertingGradients(GradientInversion):
         return Recipe(distance="cosine", optimiser="adam", labels=c.labels, init="centred", iterations=c.iterations,
                       lr=c.lr, tv=c.tv, trials=c.trials, max_restarts=c.max_restarts,
                       explode_factor=c.explode_factor, signed=c.signed, boxed=c.boxed, lr_decay=c.lr_decay,
-                      decay_gamma=c.decay_gamma, objective=c.objective,
-                      match=MatchOptions(c.match, c.assumed_cutoff, c.assumed_ratio, c.min_separation, c.min_contrast,
-                                         c.residual_floor))
+                      decay_gamma=c.decay_gamma, objective=c.objective, **matcher_fields(c))
 
     def describe(self) -> str:
         return ("Inverting Gradients (Geiping et al., 2020). Matches the direction of the shared update "
@@ -71,5 +69,4 @@ class InvertingGradients(GradientInversion):
                 "ReLU networks such as ResNet-18 and on multi-step FedAvg updates; the TIP paper attacks with it.")
 
 
-register_adaptive_variants("ig", InvertingGradients, IGConfig)
 ATTACK_PRESETS["ig"] = {"paper": IG_PAPER_PRESET}

@@ -94,6 +94,10 @@ class Replicated:
         out = self.model(side_by_side) if params is None else functional_call(self.model, dict(params), (side_by_side,))
         return out.transpose(0, 1)
 
+    def split_inputs(self, side_by_side: torch.Tensor) -> torch.Tensor:
+        """A GroupedLinear's input [B, K·in] (the K copies' features side by side) as [K, B, in]."""
+        return side_by_side.reshape(side_by_side.shape[0], self.k, -1).transpose(0, 1)
+
     def per_problem(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A replicated parameter's tensor (or gradient) as [K, *original shape]."""
         return tensor.reshape(self.k, *self.shapes[name])
