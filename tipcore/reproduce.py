@@ -36,7 +36,7 @@ from tipcore.evaluation import (
 from tipcore.fl import RoundConfig
 from tipcore.progress import Event, StopHook, Stopped, Stopwatch, never_stop
 from tipcore.resumable import ResumableTable, claim_directory, number
-from tipcore.sweep import DECADES
+from tipcore.sweep import DECADES, STUDY_OPTIONS
 
 CELL_COLUMNS = ("setting", "defense", "model", "image", "attack", "attacker", "psnr", "ssim", "label_accuracy",
                 "noise_rel", "noise_to_signal", "update_cosine", "flag_precision", "flag_recall", "restarts", "seconds")
@@ -66,7 +66,7 @@ ROWS = (
     RowSpec("dp", "dp"),
     RowSpec("dp_paper", "dp_paper"),
     RowSpec("prune 0.7", "prune", knob="ratio", value=0.7),
-    RowSpec("soteria 0.8", "soteria", knob="ratio", value=0.8),
+    RowSpec("soteria 0.8", "soteria", dict(STUDY_OPTIONS["soteria"]), knob="ratio", value=0.8),
     RowSpec("tip p=0.1", "tip", {"ratio": 0.1}),
     RowSpec("tip p=0.3", "tip", {"ratio": 0.3}),
     RowSpec("tip p=0.6", "tip", {"ratio": 0.6}),

@@ -53,6 +53,11 @@ ATTACK_COLUMNS = (*SETTING_COLUMNS, "noise_scale", "image", "seed", "attack", "a
                   "flag_precision", "flag_recall", "flagged", "restarts", "seconds")
 SWEEP_COMMAND = "python -m tipcore sweep"
 BATCH = 16  # defense settings attacked together in one batched optimisation (LeNet)
+# Fixed options per defense, in every cell of a study (both axes). Soteria scores every fc-input feature by a
+# per-example input Jacobian (768 backward passes per example on LeNet): on a FedAvg client's 400 digits, its
+# default 32 scored examples cost about a minute per client update, so a study scores 4 (an attack cell's
+# single image is scored whole either way).
+STUDY_OPTIONS: dict[str, dict[str, Any]] = {"soteria": {"max_examples": 4}}
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class SweepConfig:
     adaptive: tuple[str, ...] | None = None  # None: every registered adaptive attacker built on ``naive``
     iterations: int = 100
     utility: UtilityProtocol = field(default_factory=UtilityProtocol)
+    fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(STUDY_OPTIONS))
 
     def __post_init__(self) -> None:
         if self.naive not in attacks.ATTACKS:
@@ -94,11 +100,12 @@ class SweepConfig:
     def manifest(self) -> dict[str, Any]:
         return {"job": "sweep", "grid": {k: [knob, list(v)] for k, (knob, v) in self.grid.items()},
                 "images": self.images, "seeds": list(self.seeds), "naive": self.naive,
-                "adaptive": list(self.adaptive), "iterations": self.iterations, "utility": self.utility.manifest()}
+                "adaptive": list(self.adaptive), "iterations": self.iterations, "utility": self.utility.manifest(),
+                "fixed": {k: dict(v) for k, v in self.fixed.items()}}
 
     def settings(self) -> list[DefenseSetting]:
-        return [DefenseSetting(name, knob, None if not knob else v) for name, (knob, values) in self.grid.items()
-                for v in values]
+        return [DefenseSetting(name, knob, None if not knob else v, dict(self.fixed.get(name, {})))
+                for name, (knob, values) in self.grid.items() for v in values]
 
     def attackers(self) -> list[tuple[str, str]]:
         return [(self.naive, "naive")] + [(a, "adaptive") for a in self.adaptive]
