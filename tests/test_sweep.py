@@ -142,6 +142,12 @@ def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path, monkeypat
     for row in [line for line in report.splitlines() if line.startswith(("| naive ", "| best "))]:
         assert row.count("|") == header.count("|"), row
         assert "significant" in row or "lower PSNR" in row or "undefined" in row, row
+    # Another attacker joins the finished run: only its cells are computed, and the report reads it.
+    more = reproduce.ReproduceConfig(**{**cfg.__dict__, "lenet_attacks": ("idlg", "idlg_drop", "idlg_lowpass")})
+    drive(reproduce.run(more, tmp_path))
+    added = list(csv.DictReader((tmp_path / "cells.csv").open()))[len(rows):]
+    assert {r["attack"] for r in added} == {"idlg_lowpass"} and len(added) == len(lenet) // 2
+    assert "`idlg_lowpass`" in (tmp_path / "REPORT.md").read_text()
     # The same directory with other settings is refused instead of mixing their cells into one report.
     with pytest.raises(ValueError, match="other settings"):
         drive(reproduce.run(reproduce.ReproduceConfig(**{**cfg.__dict__, "lenet_iters": 3}), tmp_path))
@@ -151,3 +157,29 @@ def test_paired_verdict_never_calls_a_non_significant_difference_a_finding():
     assert reproduce.verdict((10.0, 0.43), [33.17, 30.0], [33.24, 31.0], "TIP", "DP").startswith(
         "no significant difference")
     assert reproduce.verdict((0.0, 1.9e-6), [5.1, 5.0], [33.2, 30.0], "TIP", "DP").startswith("TIP has the lower PSNR")
+
+
+def test_two_jobs_sharing_a_table_see_each_others_finished_cells(tmp_path):
+    path = tmp_path / "shared.csv"
+    mine = ResumableTable(path, ["a", "v"], ["a"])
+    theirs = ResumableTable(path, ["a", "v"], ["a"])
+    theirs.append({"a": 1, "v": "x"})
+    assert not mine.has({"a": 1})  # not re-read yet
+    mine.refresh()
+    assert mine.has({"a": 1}) and len(mine.rows) == 1
+    mine.append({"a": 2, "v": "y"})
+    theirs.append({"a": 2, "v": "z"})  # both computed it: the first row is the one kept
+    theirs.refresh()
+    assert [r["v"] for r in theirs.select(a=2)] == ["y"]
+
+
+def test_a_utility_cell_another_job_finished_is_not_run_again(tmp_path, monkeypatch):
+    from tipcore import evaluation
+
+    protocol = evaluation.UtilityProtocol(rounds=1, seeds=(0,))
+    setting = evaluation.DefenseSetting("none", "", None)
+    calls = []
+    monkeypatch.setattr(evaluation, "utility_cell", lambda *a, **k: calls.append(a) or {"accuracy": 0.5})
+    first, second = evaluation.UtilityStore(tmp_path, protocol), evaluation.UtilityStore(tmp_path, protocol)
+    assert first.run(setting, 0) and second.run(setting, 0)
+    assert len(calls) == 1 and len(second.rows(setting)) == 1

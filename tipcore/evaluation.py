@@ -242,10 +242,14 @@ class UtilityStore:
                                     ("defense", "knob", "strength", "extra", "seed"))
 
     def has(self, setting: DefenseSetting, seed: int) -> bool:
+        self.table.refresh()  # another job (the sweep, the report) may share this directory
         return self.table.has({**setting.key(), "seed": seed})
 
     def run(self, setting: DefenseSetting, seed: int, *, should_stop: StopHook = never_stop) -> bool:
-        """Compute and store one cell (False when stopped: nothing stored)."""
+        """Compute and store one cell (False when stopped: nothing stored); a cell another job sharing the
+        directory finished meanwhile is not run again."""
+        if self.has(setting, seed):
+            return True
         row = utility_cell(setting, self.protocol, seed, should_stop=should_stop)
         if row is None:
             return False

@@ -146,6 +146,11 @@ class ReproduceConfig:
                  if k not in ("device", "utility")}
         return {"job": "reproduce", **plain, "utility": self.utility.manifest()}
 
+    def claim(self) -> dict[str, Any]:
+        """The settings a resumed run must share: all but the attacker lists, which only add cells (keyed by
+        attack; the report reads the attackers it is asked for), so more attackers can join a finished run."""
+        return {k: v for k, v in self.manifest().items() if k not in ("lenet_attacks", "ig_attacks")}
+
     def command(self) -> str:
         default = ReproduceConfig()
         flags = []
@@ -170,7 +175,7 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
     which the sweep may share when it runs the same utility protocol."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    claim_directory(out, cfg.manifest())
+    claim_directory(out, cfg.claim())
     cells = ResumableTable(out / "cells.csv", CELL_COLUMNS, ("setting", "model", "image", "attack"))
     utility = Utility(UtilityStore(Path(utility_dir) if utility_dir is not None else out / "utility", cfg.utility))
     lenet_settings = settings_for(ATTACK_MODEL, ATTACK_ROUND)

@@ -23,6 +23,25 @@ class ResumableTable:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rewrite()
         self.done = {self.key_of(r) for r in self.rows}
+        self._seen = self._stamp()
+
+    def _stamp(self) -> int:
+        return self.path.stat().st_size  # rows are only ever appended: a size this table did not write is news
+
+    def refresh(self) -> None:
+        """Pick up rows another process appended since this table was read (two jobs sharing one table skip
+        each other's finished cells; a cell both start at once is still computed twice, the first row kept)."""
+        if self._stamp() == self._seen:
+            return
+        self.rows, self.done = [], set()
+        with self.path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if None in row.values() or None in row or len(row) != len(self.columns):
+                    continue  # being written, or cut short by a kill
+                if self.key_of(row) not in self.done:
+                    self.rows.append(row)
+                    self.done.add(self.key_of(row))
+        self._seen = self._stamp()
 
     def _load(self) -> None:
         with self.path.open(newline="") as f:
@@ -52,12 +71,15 @@ class ResumableTable:
 
     def append(self, row: Mapping[str, Any]) -> None:
         clean = {c: format_cell(row.get(c)) for c in self.columns}
+        alone = self._stamp() == self._seen  # nobody else appended since this table last read the file
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.columns).writerow(clean)
             f.flush()
             os.fsync(f.fileno())
         self.rows.append(clean)
         self.done.add(self.key_of(clean))
+        if alone:
+            self._seen = self._stamp()
 
     def select(self, **match: Any) -> Iterable[dict[str, str]]:
         want = {k: format_cell(v) for k, v in match.items()}

@@ -55,9 +55,9 @@ SWEEP_COMMAND = "python -m tipcore sweep"
 BATCH = 16  # defense settings attacked together in one batched optimisation (LeNet)
 # Fixed options per defense, in every cell of a study (both axes). Soteria scores every fc-input feature by a
 # per-example input Jacobian (768 backward passes per example on LeNet): on a FedAvg client's 400 digits, its
-# default 32 scored examples cost about a minute per client update, so a study scores 4 (an attack cell's
-# single image is scored whole either way).
-STUDY_OPTIONS: dict[str, dict[str, Any]] = {"soteria": {"max_examples": 4}}
+# default 32 scored examples cost about a minute per client update (4 still cost 33 s per 10-client round,
+# 22 min per 40-round utility run), so a study scores 1 (an attack cell's single image is scored whole either way).
+STUDY_OPTIONS: dict[str, dict[str, Any]] = {"soteria": {"max_examples": 1}}
 
 
 @dataclass(frozen=True)
