@@ -110,3 +110,59 @@ def rough_channels(scores: LayerScores, assumed_ratio: float | None, min_separat
         return top_fraction(log_r, live, assumed_ratio)
     return separated_upper_group(log_r, live, min_separation, min_contrast)
 
+
+
+def robust_z(values: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """(v − median) / (1.4826 · MAD) over the live channels (0 where the spread is nil or the channel dead)."""
+    v = values[live].double()
+    if v.numel() < 2:
+        return torch.zeros_like(values, dtype=torch.float64)
+    median = v.median()
+    spread = 1.4826 * float((v - median).abs().median())
+    if spread <= 0.0:
+        return torch.zeros_like(values, dtype=torch.float64)
+    z = (values.double() - median) / spread
+    return torch.where(live, z, torch.zeros_like(z))
+
+
+def energetic_channels(scores: LayerScores, min_z: float) -> tuple[int, ...]:
+    """The output channels whose gradient energy is an outlier in their layer, with roughness as the second
+    cue: robust z-scores (median / MAD of the layer) of the log-energy z_E and of the log-roughness z_R,
+    combined as (z_E + z_R) / √2 (two independent unit-spread cues), above ``min_z``; a flagged channel is
+    also stronger and rougher than the layer's median. Injected noise, band-limited or not, raises both; a
+    clean channel that is merely strong keeps its smooth spectrum."""
+    live = scores.live
+    if int(live.sum()) < 3:
+        return ()
+    z_energy = robust_z(torch.log10((scores.hf_energy + scores.lf_energy).clamp_min(TINY)), live)
+    z_rough = robust_z(torch.log10(scores.roughness.clamp_min(TINY)), live)
+    joint = (z_energy + z_rough) / math.sqrt(2.0)
+    hit = live & (joint > min_z) & (z_energy > 0) & (z_rough > 0)
+    return tuple(int(i) for i in torch.nonzero(hit).flatten().tolist())
+
+
+def noised_channels(scores: LayerScores, assumed_ratio: float | None, min_separation: float, min_contrast: float,
+                    min_z: float) -> tuple[int, ...]:
+    """The channels flagged by roughness (``rough_channels``) or by energy (``energetic_channels``)."""
+    flagged = set(rough_channels(scores, assumed_ratio, min_separation, min_contrast))
+    if assumed_ratio is None:  # an assumed p fixes the count: roughness ranks them
+        flagged |= set(energetic_channels(scores, min_z))
+    return tuple(sorted(flagged))
+
+
+def lf_outliers(scores: LayerScores, flagged: tuple[int, ...], min_z: float) -> tuple[int, ...]:
+    """Of the flagged channels, those whose energy BELOW the cutoff is an outlier too, against the unflagged
+    channels (median / MAD): their low bins carry noise as well (full-band noise), so they are not kept."""
+    live = scores.live.clone()
+    if not flagged:
+        return ()
+    reference = live.clone()
+    reference[list(flagged)] = False
+    if int(reference.sum()) < 3:
+        return tuple(flagged)  # nothing clean to compare with: trust no bin of a flagged channel
+    lf = torch.log10(scores.lf_energy.clamp_min(TINY)).double()
+    ref = lf[reference]
+    median = ref.median()
+    spread = 1.4826 * float((ref - median).abs().median())
+    spread = max(spread, 1e-12)
+    return tuple(c for c in flagged if float((lf[c] - median) / spread) > min_z)

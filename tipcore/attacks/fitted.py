@@ -140,3 +140,8 @@ def stack_maps(maps: Sequence[TensorMap | None], shape: torch.Size, device: torc
                           (m.remove_high if m.remove_high is not None else torch.ones((shape[0], *unit)))
                           for m in maps], 0.0, False)
     return TensorMap(scale, cutoff, remove)
+
+
+def zero_fraction(t: torch.Tensor) -> float:
+    """The fraction of a received tensor's entries that are exactly zero (what pruning defenses send)."""
+    return float((t == 0).sum()) / max(t.numel(), 1)

@@ -47,3 +47,30 @@ class ContrastKnobs(MatcherKnobs):
     min_contrast: float = knob(3.0, "Contrast", "... and of this many robust spreads of the clean group",
                                low=0.0, high=100.0)
 
+
+
+@dataclass(frozen=True)
+class EnergyKnobs(MatcherKnobs):
+    min_z: float = knob(3.5, "Energy z", "flag a channel whose energy and roughness together lie this many robust spreads "
+                        "(MAD, z-scores combined) above its layer's median", low=0.0, high=100.0)
+
+
+@dataclass(frozen=True)
+class ZeroKnobs(MatcherKnobs):
+    zero_fraction: float = knob(0.05, "Zero fraction", "a tensor with at least this fraction of exact zeros was "
+                                "pruned by a defense (a gradient has almost none of its own)", low=0.0, low_open=True,
+                                high=1.0)
+
+
+def detect(config: Any, received: Received) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """Every spatial conv layer's scores and the channels the energy + roughness detector flags there
+    (``tipcore.attacks.channels.noised_channels``), for a config with the Contrast, Gap, Cutoff and Energy
+    knobs: conv layer -> (LayerScores, flagged channels)."""
+    from tipcore.attacks.channels import conv_updates, layer_scores, noised_channels
+
+    out = {}
+    for layer, _weight, target in conv_updates(received):
+        scores = layer_scores(layer, target, config.assumed_cutoff)
+        out[layer] = (scores, noised_channels(scores, config.assumed_ratio, config.min_separation,
+                                              config.min_contrast, config.min_z))
+    return out

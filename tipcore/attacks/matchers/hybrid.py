@@ -1,0 +1,56 @@
+"""``hybrid``: find the noised conv channels as ``energy`` does (energy + roughness), but keep what of them is
+still clean: their kernels' low DFT bins (below the assumed cutoff; for a 3x3 kernel at r = 0.5 just its
+mean), which TIP's band-limited noise never touches, instead of dropping the whole channel.
+
+A flagged channel whose energy below the cutoff is an outlier too, against the unflagged channels of its
+layer (robust z above ``min_z``), carries noise in its low bins as well (full-band noise) and is dropped
+whole. Every other tensor is matched as received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tipcore.attacks.matchers._base import ContrastKnobs, CutoffKnobs, EnergyKnobs, GapKnobs, Matcher, detect
+from tipcore.attacks.registry import register_matcher
+
+if TYPE_CHECKING:
+    from tipcore.attacks.fitted import Fitted, Received
+
+
+@dataclass(frozen=True)
+class HybridConfig(EnergyKnobs, ContrastKnobs, GapKnobs, CutoffKnobs):
+    pass
+
+
+@register_matcher("hybrid", HybridConfig, label="keeps the noised channels' low bins", flags_channels=True,
+                  summary="adaptive: finds the noised conv channels (energy + roughness) and matches only their "
+                          "clean low-frequency bins")
+class Hybrid(Matcher):
+    def fit(self, received: Received) -> Fitted:
+        import torch
+
+        from tipcore.attacks.channels import lf_outliers
+        from tipcore.attacks.fitted import Fitted, TensorMap, channel_scale
+
+        c = self.config
+        fitted = Fitted()
+        dropped_total = 0
+        for layer, (scores, flagged) in detect(c, received).items():
+            fitted.flagged[layer] = flagged
+            if not flagged:
+                continue
+            target = received.targets[f"{layer}.weight"]
+            noisy_low = lf_outliers(scores, flagged, c.min_z)
+            dropped_total += len(noisy_low)
+            remove = torch.zeros(scores.roughness.numel())
+            remove[list(flagged)] = 1.0
+            keep = torch.ones(scores.roughness.numel())
+            if noisy_low:
+                keep[list(noisy_low)] = 0.0
+            fitted.maps[f"{layer}.weight"] = TensorMap(scale=channel_scale(keep, target) if noisy_low else None,
+                                                       cutoff=c.assumed_cutoff, remove_high=channel_scale(remove, target))
+        if dropped_total:
+            fitted.notes.append(f"{dropped_total} flagged channel(s) dropped whole: their low bins are noised too")
+        return fitted
