@@ -48,20 +48,19 @@ def result_cache() -> Any:
     return ResultCache.default()
 
 
-def cached_outcomes(plan: list[tuple[str, Any]], images: np.ndarray | None, cache: Any) -> dict[str, Any]:
-    """The runs of ``plan`` already in the cache: defense name -> RunOutcome."""
+RunKeys = tuple  # ((defense name, tipcore.result_cache.run_key of its RunSpec), ...) in plan order
+
+
+def plan_keys(plan: list[tuple[str, Any]], images: np.ndarray | None) -> RunKeys | None:
+    """The identity of a plan's results: each run's RunSpec key (``tipcore.result_cache.run_key``, the cache's
+    key: every setting that decides the result). None when a run cannot be keyed (then nothing matches it)."""
     from tipcore.result_cache import run_key
 
-    found = {}
-    for name, cfg in plan:
-        try:
-            outcome = cache.get(run_key(cfg, images))
-        except (ValueError, OSError) as exc:  # a run the cache cannot key (bad image) just runs
-            log.info("no cache lookup for %s: %s", name, exc)
-            continue
-        if outcome is not None:
-            found[name] = outcome
-    return found
+    try:
+        return tuple((name, run_key(cfg, images)) for name, cfg in plan)
+    except (ValueError, OSError) as exc:
+        log.info("plan cannot be keyed: %s", exc)
+        return None
 
 
 @dataclass
@@ -88,6 +87,7 @@ class Job:
     last_seen: float = field(default_factory=time.monotonic)
     abandon_s: float = ABANDON_S
     worker_pid: int | None = None
+    keys: dict[str, str] = field(default_factory=dict)  # defense -> run key of its RunSpec (filled on start)
     _thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ control
@@ -202,7 +202,9 @@ class Job:
     def _run(self, runner: Callable[..., Any] | None) -> None:
         acquired = False
         try:
-            keys: dict[str, str] = {}
+            keys = self.keys
+            if not keys:
+                keys.update(dict(plan_keys(self.plan, self.images) or ()))
             if self.cache is not None:
                 self._from_cache(keys)
             todo = [(name, cfg) for name, cfg in self.plan if name not in self.records]
@@ -242,11 +244,10 @@ class Job:
             self.finished = time.monotonic()
 
     def _from_cache(self, keys: dict[str, str]) -> None:
-        from tipcore.result_cache import run_key
-
         for name, cfg in self.plan:
+            if name not in keys:
+                continue
             try:
-                keys[name] = run_key(cfg, self.images)
                 outcome = self.cache.get(keys[name])
             except (ValueError, OSError) as exc:
                 log.info("no cache lookup for %s: %s", name, exc)
@@ -340,6 +341,11 @@ class Results:
     grid_png: bytes
     elapsed_s: float | None = None  # wall seconds the attacks really took (None: all from the cache)
     waited_s: float = 0.0  # seconds spent waiting for an attack slot
+    keys: RunKeys = ()  # the run keys of the plan that produced these results (plan_keys): their identity
+
+    def matches(self, keys: RunKeys | None) -> bool:
+        """These results are the answer to exactly the plan with ``keys`` (same RunSpecs, same order)."""
+        return bool(keys) and tuple(self.keys) == tuple(keys)
 
 
 def defense_result(outcome: Any, from_cache: bool = False) -> DefenseResult:
@@ -348,7 +354,7 @@ def defense_result(outcome: Any, from_cache: bool = False) -> DefenseResult:
 
 def results_of(job_id: str, plan: list[tuple[str, Any]], outcomes: dict[str, Any], cached: set[str],
                errors: dict[str, str], stopped: bool, settings: Any, image_caption: str, dataset: str,
-               elapsed_s: float | None = None, waited_s: float = 0.0) -> Results | None:
+               elapsed_s: float | None = None, waited_s: float = 0.0, keys: RunKeys = ()) -> Results | None:
     """Finished runs (worker or cache) as plain results (bytes for downloads computed once)."""
     from tipcore import experiment, worker
 
@@ -358,30 +364,41 @@ def results_of(job_id: str, plan: list[tuple[str, Any]], outcomes: dict[str, Any
     if not done:
         if errors or stopped:
             return Results(job_id, np.zeros((0, 32, 32, 3), np.float32), image_caption, 10, dataset, (),
-                           dict(errors), tuple(names), stopped, settings, b"", b"", elapsed_s, waited_s)
+                           dict(errors), tuple(names), stopped, settings, b"", b"", elapsed_s, waited_s, tuple(keys))
         return None
     original = np.asarray(done[0].original)
     row = np.concatenate([original[:1]] + [d.images[:1] for d in out])
     grid = experiment.png_bytes(experiment.image_grid([row], scale=4))
     skipped = tuple(n for n in names if n not in outcomes and n not in errors)
     return Results(job_id, original, image_caption, int(done[0].num_classes), dataset, tuple(out), dict(errors),
-                   skipped, stopped, settings, worker.metrics_csv(done), grid, elapsed_s, waited_s)
+                   skipped, stopped, settings, worker.metrics_csv(done), grid, elapsed_s, waited_s, tuple(keys))
 
 
 def collect(job: Job, settings: Any, image_caption: str, dataset: str) -> Results | None:
     """Turn a finished job's runs into plain results."""
+    keys = tuple((name, job.keys[name]) for name, _ in job.plan) if all(n in job.keys for n, _ in job.plan) else ()
     return results_of(job.id, job.plan, job.records, job.cached, job.errors, job.status == "stopped", settings,
-                      image_caption, dataset, job.elapsed_s, job.waited_s)
+                      image_caption, dataset, job.elapsed_s, job.waited_s, keys)
 
 
 def cached_results(plan: list[tuple[str, Any]], images: np.ndarray | None, cache: Any, settings: Any,
                    image_caption: str, dataset: str) -> Results | None:
     """Results for ``plan`` straight from the cache when every run of it is there (a shared link), else None."""
-    found = cached_outcomes(plan, images, cache)
-    if len(found) < len(plan):
+    keys = plan_keys(plan, images)
+    if not keys:
         return None
+    found = {}
+    for name, key in keys:
+        try:
+            outcome = cache.get(key)
+        except (ValueError, OSError) as exc:
+            log.info("no cache lookup for %s: %s", name, exc)
+            return None
+        if outcome is None:
+            return None  # the first miss decides: no need to read the rest
+        found[name] = outcome
     return results_of(f"cache-{uuid.uuid4().hex[:8]}", plan, found, set(found), {}, False, settings,
-                      image_caption, dataset)
+                      image_caption, dataset, keys=keys)
 
 
 # Streamlit's toolbar Stop: the browser sends ``stop_script`` and the session asks its script run to stop.

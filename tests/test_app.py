@@ -659,7 +659,21 @@ def test_changing_the_image_starts_from_a_selected_channel() -> None:
     assert "ticktext" not in kernel["data"][2]["colorbar"]
 
 
-def _fake_results(names: list[str]):
+def _plan_keys(settings) -> tuple:
+    """The run keys of the plan ``settings`` describe on their gallery image (what the live page compares)."""
+    from app import controls, jobs, resources
+
+    item = resources.gallery_item(settings.image_id)
+    image = controls.ImageChoice(key=item.id, image=None, label=item.label, dataset=item.dataset,
+                                 num_classes=10, caption="", gallery_id=item.id)
+    keys = jobs.plan_keys(controls.build_plan(settings, image), None)
+    assert keys
+    return keys
+
+
+def _fake_results(names: list[str], settings=None):
+    from dataclasses import replace
+
     import numpy as np
 
     from app import jobs
@@ -673,14 +687,88 @@ def _fake_results(names: list[str]):
         stopped=False, diverged=False, history_steps=(1, 30), history_images=(rng.random((32, 32, 3)),) * 2,
         history_losses=(1.0, 0.1), summary={"beta": 0.5}, notes="", files={"result.json": b"{}"}, attack="idlg",
         analysis={}) for i, name in enumerate(names))
+    defenses = tuple(replace(d, files={"result.json": b"{}", "metrics.csv": b"defense,attack\n" + d.defense.encode()
+                                       + b",idlg\n"}) for d in defenses)
+    settings = settings or Settings(defenses=tuple(names))
     return jobs.Results("fake01", rng.random((1, 32, 32, 3)).astype(np.float32), "cifar10-00 · cat (label 3)", 10,
-                        "cifar10", defenses, {}, (), False, Settings(defenses=tuple(names)), b"defense,attack\n",
-                        b"")
+                        "cifar10", defenses, {}, (), False, settings, b"defense,attack\n", b"",
+                        keys=_plan_keys(settings))
+
+
+def _subheaders(at: AppTest) -> list[str]:
+    return [h.value for h in at.subheader]
+
+
+def _cache_captions(at: AppTest) -> list[str]:
+    return [c.value for c in at.caption if "cache" in c.value]
+
+
+def test_results_are_shown_only_under_the_settings_that_made_them() -> None:
+    """The stale-picture bug: after a settings change the previous run's pictures stood under the new
+    header as if current. Now they are folded away and named as the previous settings' results."""
+    from app.state import Settings
+
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.query_params["defenses"] = "none"
+    at.session_state["results"] = _fake_results(["none"], Settings(defenses=("none",)))
+    at.run()
+    at.switch_page("views/live.py").run()
+    no_exceptions(at)
+    assert "Results" in _subheaders(at) and len(at.table) == 1
+    assert not [w for w in at.warning if "settings changed" in w.value]
+
+    at.number_input(key="w_iterations").set_value(7).run()  # nothing ran with 7 iterations
+    no_exceptions(at)
+    assert "Results" not in _subheaders(at)
+    (stale,) = [w.value for w in at.warning if "settings changed" in w.value]
+    assert "iterations: 50 → 7" in stale
+    (folded,) = [e for e in at.expander if e.label.startswith("Previous results:")]
+    assert "50 iterations" in folded.label and "defenses: No defense" in folded.label
+    assert not _cache_captions(at)
+    assert any("press **Run attack**" in i.value for i in at.info)
+
+    at.number_input(key="w_iterations").set_value(50).run()  # back to the settings that made them
+    no_exceptions(at)
+    assert "Results" in _subheaders(at) and not [w for w in at.warning if "settings changed" in w.value]
+
+    at.multiselect(key="w_defenses").set_value(["none", "tip"]).run()  # a superset is not these results either
+    assert "Results" not in _subheaders(at)
+
+
+def test_tour_steps_never_show_another_steps_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tour without pressing Run: step 1's (cached) result appears only at step 1, with a true cache
+    caption; no other step shows it as its own or claims the cache."""
+    from app import jobs, tour
+    from app.state import Settings
+
+    monkeypatch.setenv("TIP_CACHE_DIR", str(tmp_path / "cache"))
+    first = Settings(**tour.STEPS[0].values())
+    fake = _fake_results(["none"], first)
+    ((_, key),) = fake.keys
+    jobs.result_cache().put(key, fake.defenses[0])
+
+    at = new_app()
+    for i, step in enumerate(tour.STEPS):
+        at.switch_page("views/teach.py").run()
+        at.button(key=f"tour_{i}").click().run()
+        no_exceptions(at)
+        if step.page != "views/live.py":
+            continue
+        if i == 0:
+            assert "Results" in _subheaders(at), i
+            assert any("From the server's result cache" in c for c in _cache_captions(at)), i
+        else:
+            assert "Results" not in _subheaders(at), (i, step.title)
+            assert not _cache_captions(at), (i, _cache_captions(at))
+            res = at.session_state["results"]
+            assert res.settings.defenses == ("none",)  # kept, but only as the previous settings' results
+            assert any(e.label.startswith("Previous results:") for e in at.expander), i
 
 
 def test_results_stay_readable_with_eight_defenses() -> None:
     names = ["none", "dp", "dp_paper", "prune", "soteria", "tip", "tip_random", "tip_fullband"]
     at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.query_params["defenses"] = ",".join(names)  # results are shown only under the settings that made them
     at.session_state["results"] = _fake_results(names)
     at.run()
     at.switch_page("views/live.py").run()

@@ -276,3 +276,39 @@ def test_second_visitor_while_an_attack_runs_and_a_shared_link_opens_from_the_ca
     expect(third.get_by_role("heading", name="Results")).to_be_visible(timeout=(STARTUP_S + UI_S) * 1000)
     expect(third.get_by_text("From the server's result cache").first).to_be_visible()
     third.close()
+
+
+def test_tour_without_run_never_shows_another_steps_results(server: str, page: object) -> None:
+    """The guided tour, Run pressed only at step 1 (as its text says): no later step shows step 1's
+    pictures as its own, nor claims they came from the cache for its settings."""
+    from playwright.sync_api import expect
+
+    from app import tour
+
+    page.goto(f"{server}/teach", wait_until="domcontentloaded")
+    for i, step in enumerate(tour.STEPS):
+        if i:  # back to Teach through the sidebar's navigation: the same session (a reload would start anew)
+            page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Teach").click()
+        button = page.locator(f".st-key-tour_{i}").get_by_role("button")
+        expect(button).to_be_visible(timeout=(STARTUP_S + UI_S) * 1000)
+        button.click()
+        title = TITLES[step.page]
+        expect(page.get_by_role("heading", name=title).first).to_be_visible(timeout=UI_S * 1000)
+        wait_until_idle(page)
+        if step.page != "views/live.py":
+            continue
+        results = page.get_by_role("heading", name="Results", exact=True)
+        if i == 0:
+            run = page.get_by_role("button", name="Run attack")
+            expect(run).to_be_enabled(timeout=UI_S * 1000)
+            run.click()
+            expect(results).to_be_visible(timeout=ATTACK_S * 1000)
+            continue
+        expect(page.get_by_text("settings changed since the last run")).to_be_visible(timeout=UI_S * 1000)
+        expect(results).to_have_count(0)
+        expect(page.get_by_text("From the server's result cache")).to_have_count(0)
+        expect(page.get_by_text("Previous results:").first).to_be_visible()
+
+
+TITLES = {"views/live.py": "Live attack", "views/leaks.py": "What leaks", "views/frontier.py": "Privacy–utility",
+          "views/tip.py": "How TIP works"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import fields
 
 import streamlit as st
 
@@ -34,6 +35,20 @@ controls.generated_defense_pickers(state.current().defenses)
 controls.attack_picker()
 controls.preset_note(preset_slot)
 state.publish()
+
+
+def _current_plan() -> tuple[list | None, tuple | None]:
+    """The plan the sidebar describes now and its run keys (None, None when it cannot run as set)."""
+    if image is None or not s.defenses:
+        return None, None
+    try:
+        plan = controls.build_plan(s, image)
+    except ValueError:
+        return None, None
+    return plan, jobs.plan_keys(plan, None if image.gallery_id else image.image[None])
+
+
+plan_now, keys_now = _current_plan()
 
 # ------------------------------------------------------------------------------------------ header
 st.title("Live attack")
@@ -111,7 +126,7 @@ if run_clicked and image is not None and not running:
     else:
         job = jobs.Job(plan=plan, images=None if image.gallery_id else image.image[None],
                        slots=resources.attack_slots(), iterations=int(s.iterations), cache=jobs.result_cache(),
-                       throughput=resources.throughput())
+                       throughput=resources.throughput(), keys=dict(keys_now or ()))
         st.session_state["job"] = job
         st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
         st.session_state["job_image"] = (image.caption, image.image)
@@ -280,16 +295,56 @@ def figure_png(res: jobs.Results) -> bytes:
     return cache[key]
 
 
-def show_results(res: jobs.Results) -> None:
-    st.subheader("Results")
+def settings_line(res: jobs.Results) -> str:
+    """The settings that produced ``res``, in one line."""
     cfg = res.settings
-    st.caption(
+    return (
         f"{res.image_caption} · {MODEL_LABELS.get(cfg.model, cfg.model)} ({cfg.weights}) · "
         f"{'FedAvg ' + str(cfg.local_steps) + ' steps' if cfg.mode == 'fedavg' else 'FedSGD'} · "
-        f"{attack_label(res.defenses[0].attack if res.defenses and res.defenses[0].attack else cfg.attack)} · "
-        f"seed {cfg.seed} · ε = {cfg.epsilon:g}, δ = {cfg.delta:.0e}"
+        f"{attack_label(res.defenses[0].attack if res.defenses and res.defenses[0].attack else cfg.attack)}, "
+        f"{cfg.iterations} iterations · seed {cfg.seed} · defenses: "
+        f"{', '.join(defense_label(d) for d in cfg.defenses) or '—'} · ε = {cfg.epsilon:g}, δ = {cfg.delta:.0e}"
     )
-    if res.defenses and all(d.from_cache for d in res.defenses):
+
+
+# Settings that do not change a run (the view's layer and channel, the preset's name) are not "changes".
+NOT_RUN_SETTINGS = {"preset", "layer", "channel"}
+
+
+def changed_settings(old: state.Settings, new: state.Settings) -> list[str]:
+    """'name: old → new' for each run setting that differs."""
+    out = []
+    for f in fields(new):
+        if f.name in NOT_RUN_SETTINGS:
+            continue
+        a, b = getattr(old, f.name, None), getattr(new, f.name)
+        if a != b:
+            show = (lambda v: ", ".join(map(str, v)) or "—") if isinstance(b, tuple) else (lambda v: f"{v}")
+            out.append(f"{f.name}: {show(a)} → {show(b)}")
+    return out
+
+
+def show_previous(res: jobs.Results) -> None:
+    """Results of earlier settings: named as such, and folded away (never shown as the current ones)."""
+    changes = changed_settings(res.settings, s)
+    st.warning(
+        "The sidebar's settings changed since the last run, so its results are not shown as current"
+        + (f" (changed: {'; '.join(changes)})" if changes else "") + ". Press **Run attack** for these settings.",
+        icon=":material/history:",
+    )
+    with st.expander("Previous results: " + settings_line(res), expanded=False):
+        show_results(res, previous=True)
+
+
+def show_results(res: jobs.Results, previous: bool = False) -> None:
+    if previous:
+        st.markdown("**Results of the previous settings** (not of the sidebar's current ones)")
+    else:
+        st.subheader("Results")
+    st.caption(settings_line(res))
+    if previous:
+        pass  # how they were obtained is about the earlier settings: no cache caption here
+    elif res.defenses and all(d.from_cache for d in res.defenses):
         st.caption("From the server's result cache: computed earlier with exactly these settings (no attack ran).")
     elif res.elapsed_s is not None:
         waited = f", after waiting {fmt_seconds(res.waited_s)} for an attack slot" if res.waited_s >= 1 else ""
@@ -317,7 +372,7 @@ def show_results(res: jobs.Results) -> None:
 
     # The attack's progress, one slider over the snapshots of every defense.
     steps = sorted({step for d in res.defenses for step in d.history_steps})
-    if len(steps) > 1:
+    if len(steps) > 1 and not previous:
         st.markdown("**Reconstruction over the iterations**")
         chosen = st.select_slider(
             "Attack step", options=steps, value=steps[-1], key=f"hist_{res.job_id}",
@@ -348,6 +403,8 @@ def show_results(res: jobs.Results) -> None:
                        help="Per defense: result.json, defense.json, metrics.csv and PNGs, exactly as the CLI "
                             "writes them; plus the comparison figure.")
 
+    if previous:  # inside the previous results' expander (expanders do not nest): the rest is for current ones
+        return
     with st.expander("Per defense: what it did to the update, the attacker's detection, result.json"):
         for d in res.defenses:
             st.markdown(f"**{defense_label(d.defense)}**")
@@ -361,19 +418,21 @@ def show_results(res: jobs.Results) -> None:
                                help="The run's settings, seed, metrics and versions: the same file the CLI writes.")
 
 
+# Results are shown as current only under the settings that produced them: their run keys (one per RunSpec)
+# must be the keys of the plan the sidebar describes now. Otherwise the cache may hold exactly this plan
+# (a shared link, a tour step, settings changed back): then those results are shown, and say so truthfully.
 results: jobs.Results | None = st.session_state.get("results")
-if results is None and not running and image is not None and s.defenses:
-    # A shared link whose runs were computed before (by anyone on this server) opens with their results.
-    try:
-        cached_plan = controls.build_plan(s, image)
-    except ValueError:
-        cached_plan = None
-    if cached_plan:
-        results = jobs.cached_results(cached_plan, None if image.gallery_id else image.image[None],
-                                      jobs.result_cache(), state.snapshot(), image.caption, image.dataset)
+if not running:
+    current = results is not None and results.matches(keys_now)
+    if not current and plan_now and keys_now:
+        found = jobs.cached_results(plan_now, None if image.gallery_id else image.image[None],
+                                    jobs.result_cache(), state.snapshot(), image.caption, image.dataset)
+        if found is not None:
+            st.session_state["results"] = results = found
+            current = True
+    if current:
+        show_results(results)
+    else:
+        st.info("Pick an image and defenses in the sidebar, then press **Run attack**.")
         if results is not None:
-            st.session_state["results"] = results
-if results is not None and not running:
-    show_results(results)
-elif results is None and not running:
-    st.info("Pick an image and defenses in the sidebar, then press **Run attack**.")
+            show_previous(results)
