@@ -1,13 +1,15 @@
-"""TIP as a Flower client mod on a real Deployment Engine: a SuperLink and 2 SuperNodes on loopback.
+"""TIP as a Flower client mod: fast tests on fake messages (the mod and the strategy called directly, as
+Flower calls them), then a real Deployment Engine: a SuperLink and 2 SuperNodes on loopback (slow).
 
 Skipped, with the reason, where the extra is not installed (``pip install -e '.[flower]'``; .ci/run does).
-One federation serves the whole module (start-up costs about 10 s): 2 rounds with TIP, a ServerApp that
+One federation serves the slow tests (start-up costs about 10 s): 2 rounds with TIP, a ServerApp that
 must refuse TIP on a conv-free model at start, and last a run in which one SuperNode is killed mid-round.
 Its teardown checks that every process the federation started has ended. Every wait polls with a deadline.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +20,10 @@ import torch
 
 pytest.importorskip("flwr", reason="flwr is not installed; install the extra with: pip install -e '.[flower]'")
 
-from tipcore.flower import records  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+
+from tipcore.flower import RECORD_KEY, DefenseMod, RecordingFedAvg, RoundSettings, records  # noqa: E402
+from tipcore.flower.mods import PUBLIC_KEYS  # noqa: E402
 from tipcore.flower.compat import SUPPORTED_RANGE, FlowerVersionError, check_flwr_version  # noqa: E402
 from tipcore.flower.deployment import LocalFederation, alive, descendants  # noqa: E402
 
@@ -26,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "flower"
 sys.path.insert(0, str(APP_DIR))
 import launch  # noqa: E402  (examples/flower/launch.py)
+from tipflower import task  # noqa: E402  (examples/flower/tipflower/task.py)
 
-pytestmark = pytest.mark.slow
 RUN_TIMEOUT_S = 150
 # A SIGKILLed SuperNode is declared offline by the SuperLink only after two missed heartbeats (up to 60 s in
 # flwr 1.42, not configurable); the round timeout ends the round sooner. A healthy node's round takes about
@@ -64,6 +69,151 @@ def test_tip_on_a_model_without_conv_layers_is_rejected_before_start():
     launch.check_run_config({"model": "mlp", "defense": "dp_paper"})  # DP needs no channels
 
 
+# ------------------------------------------------------------------------------ fake messages, no processes
+# The mod and the strategy are called exactly as Flower calls them (mod(msg, context, call_next);
+# strategy.configure_train / aggregate_train), with messages built by hand: seconds, no process started.
+
+# Everything a defense computes from the node's data: none of it may appear anywhere in a reply.
+PRIVATE_KEYS = {"alpha", "selected", "mask", "beta", "layers", "summary", "noise_energy", "effective_std",
+                "sigma", "n_cam", "labels", "record"}
+SETTINGS = RoundSettings(lr=0.1, clip=5.0, batch_size=8, local_epochs=1)
+TIP_OPTIONS = '{"ratio": 0.25, "epsilon": 5}'
+
+
+@pytest.fixture
+def server_process():
+    """What a ServerApp process has set before it builds messages (flwr's TaskIdentity), restored after."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = {k: TaskIdentity.__dict__[k] for k in ("_task_id", "_run_id", "_node_id")}
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    for k, v in saved.items():
+        setattr(TaskIdentity, k, v)
+
+
+def _ids(msg: Message, message_id: str) -> Message:
+    msg.metadata.__dict__["_message_id"] = message_id  # what the SuperLink assigns when a message is pushed
+    return msg
+
+
+def _train_message(node_id: int = 7, server_round: int = 1, model_name: str = "lenet") -> Message:
+    config = ConfigRecord({**SETTINGS.to_config(), "server-round": server_round})
+    arrays = ArrayRecord(task.build_model(model_name, 0).state_dict())
+    msg = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node_id,
+                  message_type=MessageType.TRAIN)
+    return _ids(msg, f"train-{node_id}-{server_round}")
+
+
+def _context(node_id: int = 7, run_config=None, **node_config) -> Context:
+    run = {"defense": "tip", "defense-options": TIP_OPTIONS, "seed": 0, "model": "lenet", **(run_config or {})}
+    return Context(run_id=1, node_id=node_id, node_config={"partition-id": 0, "num-partitions": 2, **node_config},
+                   state=RecordDict(), run_config=run)
+
+
+def _private(context):
+    gen = torch.Generator().manual_seed(int(context.node_config["partition-id"]))
+    return torch.rand(12, 3, 32, 32, generator=gen), torch.arange(12) % 4
+
+
+def _fake_train(msg: Message, context: Context) -> Message:
+    """A ClientApp stand-in: one small seeded step away from the global weights."""
+    state = msg.content["arrays"].to_torch_state_dict()
+    gen = torch.Generator().manual_seed(context.node_id)
+    local = {k: (v - 0.01 * torch.randn(v.shape, generator=gen) if torch.is_floating_point(v) else v)
+             for k, v in state.items()}
+    return Message(RecordDict({"arrays": ArrayRecord(local), "metrics": MetricRecord({"num-examples": 12})}),
+                   reply_to=msg)
+
+
+def _mod():
+    return DefenseMod(lambda ctx: task.build_model(str(ctx.run_config["model"]), 0), _private)
+
+
+def _everything_said(reply: Message) -> set[str]:
+    """Every key (and every key inside a JSON value) of every record in a reply."""
+    said: set[str] = set()
+
+    def walk(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                said.add(str(k))
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str):
+            try:
+                walk(json.loads(value))
+            except json.JSONDecodeError:
+                pass
+
+    for name, record in reply.content.items():
+        said.add(name)
+        walk({k: record[k] for k in record.keys()} if not isinstance(record, ArrayRecord) else
+             {k: None for k in record.keys()})
+    return said
+
+
+def test_no_reply_carries_the_defense_private_record_and_the_node_keeps_it(tmp_path, server_process):
+    audit = tmp_path / "audit"
+    msg, context = _train_message(), _context(**{"audit-dir": str(audit)})
+    reply = _mod()(msg, context, _fake_train)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    said = _everything_said(reply)
+    assert not said & PRIVATE_KEYS, sorted(said & PRIVATE_KEYS)
+    public = reply.content.config_records[RECORD_KEY]
+    assert set(public.keys()) <= set(PUBLIC_KEYS)
+    assert public["defense"] == "tip" and json.loads(public["options"]) == {"ratio": 0.25, "epsilon": 5, "clip": 5.0}
+    # The private record exists, on the node: the audit log holds α, the channels and the masks.
+    kept = records.load_record(records.round_dir(audit, 1) / records.DEFENSE_FILE)
+    assert kept["layers"] and {"alpha", "selected", "mask", "beta"} <= set(kept["layers"][0])
+    assert kept["node_id"] == 7
+
+
+def test_the_server_records_only_the_public_protocol_of_a_reply(tmp_path, server_process):
+    strategy = RecordingFedAvg(record_dir=tmp_path / "server", record_meta={"model": "lenet", "num_classes": 10},
+                               fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
+    sent = _configure(strategy, [7, 9])
+    replies = [_mod()(m, _context(node_id=m.metadata.dst_node_id), _fake_train) for m in sent]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    server = records.round_dir(tmp_path / "server", 1)
+    public = records.load_record(server / records.DEFENSE_FILE)
+    assert not _keys(public) & PRIVATE_KEYS, sorted(_keys(public) & PRIVATE_KEYS)
+    assert public["defense"] == "tip" and public["node_id"] == 7 and public["num_examples"] == 12
+    assert public["local_steps"] == SETTINGS.steps(12) and public["clip"] == SETTINGS.clip
+    every = records.load_record(server / records.PUBLIC_DEFENSE_FILE)
+    assert set(every) == {"7", "9"} and not _keys(every) & PRIVATE_KEYS
+    # What the server wrote is an attackable recorded update (the recorded-round loader reads it).
+    from tipcore import recorded
+    rec = recorded.load(server)
+    assert rec.update.num_examples == 12 and rec.update.local_steps == SETTINGS.steps(12)
+
+
+def _keys(value) -> set[str]:
+    if isinstance(value, dict):
+        return set(map(str, value)).union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
+    return set()
+
+
+class _FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+    def get_node_ids(self):
+        return self.nodes
+
+
+def _configure(strategy, nodes, server_round=1):
+    arrays = ArrayRecord(task.build_model("lenet", 0).state_dict())
+    messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(SETTINGS.to_config()),
+                                             _FakeGrid(nodes)))
+    return [_ids(m, f"train-{m.metadata.dst_node_id}-{server_round}") for m in messages]
+
+
 # ------------------------------------------------------------------------------ the federation
 
 @pytest.fixture(scope="module")
@@ -86,6 +236,7 @@ def _run(federation, name: str, on_poll=None, **overrides):
     return federation.run(APP_DIR, config, timeout_s=RUN_TIMEOUT_S, on_poll=on_poll), record_dir
 
 
+@pytest.mark.slow
 def test_two_rounds_with_tip_improve_the_model_and_change_only_what_the_record_says(federation):
     outcome, record_dir = _run(federation, "tip", **{"num-server-rounds": 2, "defense": "tip", "round-timeout": 120.0})
     assert outcome.returncode == 0, outcome.log[-3000:]
@@ -99,7 +250,8 @@ def test_two_rounds_with_tip_improve_the_model_and_change_only_what_the_record_s
         assert set(records.load_tensors(server / records.GLOBAL_FILE)) >= set(sent)
         server_record = records.load_record(server / records.DEFENSE_FILE)
         assert server_record["defense"] == "tip" and server_record["model"] == "convnet"
-        assert len(records.load_record(server / "defense_records.json")) == 2  # every client's record is kept
+        assert not _keys(server_record) & PRIVATE_KEYS  # the server holds no private record
+        assert len(records.load_record(server / records.PUBLIC_DEFENSE_FILE)) == 2
         matched = 0
         for k in range(2):
             audit = records.round_dir(federation.workdir / f"audit-{k}", rnd)
@@ -107,7 +259,7 @@ def test_two_rounds_with_tip_improve_the_model_and_change_only_what_the_record_s
             defended = records.load_tensors(audit / records.DEFENDED_FILE)
             record = records.load_record(audit / records.DEFENSE_FILE)
             _assert_changed_only_where_recorded(clean, defended, record)
-            if server_record["partition"] == k:  # the server holds exactly what this client sent
+            if server_record["node_id"] == record["node_id"]:  # the server holds exactly what this client sent
                 matched += all(torch.equal(sent[n], defended[n]) for n in sent)
         assert matched == 1
 
@@ -130,12 +282,14 @@ def _assert_changed_only_where_recorded(clean, defended, record):
         assert spectrum[..., low].max() <= 1e-3 * spectrum[..., ~low].max(), name
 
 
+@pytest.mark.slow
 def test_serverapp_refuses_tip_on_a_conv_free_model_before_round_one(federation):
     outcome, _ = _run(federation, "mlp", **{"num-server-rounds": 1, "defense": "tip", "model": "mlp"})
     assert "refusing to start: defense 'tip' cannot protect this model" in outcome.log, outcome.log[-3000:]
     assert "[ROUND 1" not in outcome.log
 
 
+@pytest.mark.slow
 def test_a_supernode_killed_mid_round_is_logged_and_the_round_ends_with_the_others(federation):
     """Runs last: it kills SuperNode 1 as soon as that node starts training in this run."""
     log_name, marker = "supernode-1.log", "training round 1"

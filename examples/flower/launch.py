@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--round-timeout", type=float, default=600.0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
-    parser.add_argument("--audit", action="store_true", help="each node keeps its clean/defended updates")
+    parser.add_argument("--audit", action="store_true", help="each node keeps its clean/defended updates and the private defense record (audit-node-K)")
     parser.add_argument("--out", type=Path, default=Path("runs/flower"))
     args = parser.parse_args(argv)
 

@@ -5,9 +5,14 @@ train message it lets the ClientApp train, then turns the returned parameters θ
 U = θ_global − θ_local that FedAvg effectively sends, runs ``defense.protect(U, ctx)`` with the client's own
 data as private context (TIP: its own Grad-CAM pass), and replies θ_local − (U′ − U): the parameters whose
 update is the defended U′. Wherever the defense left U untouched the reply holds θ_local bit for bit, so
-"the update changed only where the record says" can be checked exactly. The defense record
-(``DefenseDiagnostics.as_dict()``: for TIP the selected channels, β and the frequency mask per layer)
-goes back as a JSON string in the ConfigRecord ``RECORD_KEY``; the time it took goes into the MetricRecord.
+"the update changed only where the record says" can be checked exactly.
+
+What leaves the node: the defended parameters, the ClientApp's metrics plus the time the defense took,
+and the ConfigRecord ``RECORD_KEY`` with only the public part of the defense (``public_record``): its name
+and the option values it was built with (the knobs anyone running the protocol may know). The defense's
+private record (``DefenseDiagnostics.as_dict()``: for TIP the Grad-CAM α of the node's own samples, the
+selected channels, β and the frequency mask per layer) never goes into the reply: the node keeps it in
+its audit log under ``audit-dir`` (node config, opt-in; ``records.write_client_audit``) or drops it.
 
 The mod needs two things the ClientApp already has, passed as callables of the Flower ``Context``: a
 fresh model of the architecture (``build_model``) and the node's private training data (``private_data``).
@@ -31,10 +36,11 @@ from torch import nn
 
 from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, trainable_names
 from tipcore.flower import records
-from tipcore.flower.settings import RoundSettings, check_defense
+from tipcore.flower.settings import RoundSettings, check_defense, defense_options
 from tipcore.seeding import generator
 
-RECORD_KEY = "tipcore-defense"  # ConfigRecord in the reply: {"defense": name, "record": JSON}
+RECORD_KEY = "tipcore-defense"  # ConfigRecord in the reply: {"defense": name, "options": JSON}, public only
+PUBLIC_KEYS = ("defense", "options")  # everything RECORD_KEY may hold
 DEFENSE_SECONDS_KEY = "defense-seconds"  # added to the reply's MetricRecord
 AUDIT_DIR_KEY = "audit-dir"  # node config: where this node keeps its own clean/defended copies (opt-in)
 
@@ -45,6 +51,11 @@ PrivateData = Callable[[Context], tuple[torch.Tensor, torch.Tensor]]
 def _error_reply(msg: Message, reason: str) -> Message:
     log(ERROR, reason)
     return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+
+def public_record(name: str, options: Mapping[str, Any]) -> dict[str, str]:
+    """What a reply may say about its defense: the name and the option values it was built with."""
+    return {"defense": name, "options": records.dumps(dict(options))}
 
 
 def _single(records: Mapping[str, Any], kind: str) -> tuple[str, Any]:
@@ -81,7 +92,8 @@ class DefenseMod:
             _, global_record = _single(msg.content.array_records, "ArrayRecord")
             _, config = _single(msg.content.config_records, "ConfigRecord")
             settings = RoundSettings.from_config(config)
-            name, options = self._choice(context)
+            name, requested = self._choice(context)
+            options = defense_options(name, requested, settings.clip)
             # Checked before training, so a misconfigured run fails in the first round's reply, not after
             # a wasted local epoch (the ServerApp runs the same check before it sends anything).
             defense = check_defense(name, options, settings.clip, self.build_model(context))
@@ -93,12 +105,12 @@ class DefenseMod:
             return reply
         try:
             server_round = int(config.get("server-round", 0))
-            return self._defend(reply, context, server_round, name, defense, settings, global_record)
+            return self._defend(reply, context, server_round, name, options, defense, settings, global_record)
         except ValueError as err:
             return _error_reply(msg, f"DefenseMod: {err}")
 
-    def _defend(self, reply: Message, context: Context, server_round: int, name: str, defense: Any,
-                settings: RoundSettings, global_record: ArrayRecord) -> Message:
+    def _defend(self, reply: Message, context: Context, server_round: int, name: str,
+                options: Mapping[str, Any], defense: Any, settings: RoundSettings, global_record: ArrayRecord) -> Message:
         started = time.perf_counter()
         reply_key, local_record = _single(reply.content.array_records, "ArrayRecord")
         if list(local_record.keys()) != list(global_record.keys()):
@@ -130,20 +142,23 @@ class DefenseMod:
             returned[n] = local_state[n] - (defended.tensors[n].to(local_state[n]) - clean[n])
         seconds = time.perf_counter() - started
 
-        record = diagnostics.as_dict()
-        record.update(round=server_round, num_examples=int(len(y)), local_steps=steps, lr=settings.lr,
-                      clip=settings.clip, batch_size=settings.batch_size, partition=node)
-        record_json = records.dumps(record)
         reply.content[reply_key] = ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in returned.items()})
-        reply.content[RECORD_KEY] = ConfigRecord({"defense": name, "record": record_json})
+        # Public only: the name and the options (ratio, ε, δ, clip, ...), never what the defense computed
+        # from this node's data (α, channels, masks, β): that record stays on the node.
+        reply.content[RECORD_KEY] = ConfigRecord(public_record(name, options))
         _, metrics = _single(reply.content.metric_records, "MetricRecord")
         metrics[DEFENSE_SECONDS_KEY] = seconds
         log(INFO, "DefenseMod: %s on round %d in %.2f s", name, server_round, seconds)
 
         audit_dir = context.node_config.get(AUDIT_DIR_KEY)
         if audit_dir:
-            # The defended update exactly as the server will compute it from the reply (θ_g − θ_returned).
+            # The private record, and the defended update exactly as the server will compute it from the
+            # reply (θ_g − θ_returned), kept on this node only.
+            record = diagnostics.as_dict()
+            record.update(round=server_round, num_examples=int(len(y)), local_steps=steps, lr=settings.lr,
+                          clip=settings.clip, batch_size=settings.batch_size, partition=node,
+                          node_id=int(context.node_id), options=dict(options))
             as_sent = {n: global_state[n] - returned[n] for n in names}
             records.write_client_audit(str(audit_dir), server_round, clean_update=clean, defended_update=as_sent,
-                                       defense_record=json.loads(record_json))
+                                       defense_record=json.loads(records.dumps(record)))
         return reply

@@ -4,12 +4,16 @@ The server side writes what an honest-but-curious server holds after a round (``
 
     round-001/update_defended.pt   θ_global − θ_returned of one client, {param_name: tensor}
     round-001/global_weights.pt    θ_global the client started from (the attacker's ServerView)
-    round-001/defense.json         the defense record that client sent back, plus the round's public settings
+    round-001/defense.json         the round's public protocol: model, lr, clip, batch size, local steps,
+                                   number of examples, that client's defense name and options
+    round-001/public_defense.json  {node_id: {"defense", "options"}} for every node that replied
 
 ``update_defended.pt`` and ``defense.json`` are what ``python -m tipcore update`` writes; the server never
-has ``update_clean.pt``. A client can keep its own audit copy (``write_client_audit``, opt-in per node):
-``update_clean.pt``, ``update_defended.pt`` and ``defense.json``, exactly that command's three files, so
-anyone holding the node can check that the defense changed only what its record says.
+has ``update_clean.pt`` nor the defense's private record (TIP's α, channels, masks, β), which no reply
+carries. A client can keep its own audit copy (``write_client_audit``, opt-in per node through
+``audit-dir``): ``update_clean.pt``, ``update_defended.pt`` and ``defense.json`` with the full private
+record, exactly that command's three files, so anyone holding the node can check that the defense changed
+only what its record says. That copy never leaves the node unless its operator hands it over.
 All tensors are saved on the CPU and load with ``torch.load(..., weights_only=True)``.
 """
 
@@ -26,6 +30,7 @@ CLEAN_FILE = "update_clean.pt"
 DEFENDED_FILE = "update_defended.pt"
 GLOBAL_FILE = "global_weights.pt"
 DEFENSE_FILE = "defense.json"
+PUBLIC_DEFENSE_FILE = "public_defense.json"  # server side: every replying node's public defense settings
 
 
 def round_dir(root: str | Path, server_round: int) -> Path:

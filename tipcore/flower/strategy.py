@@ -4,12 +4,17 @@
 "num-examples") plus three things:
 
 * before aggregating round r it writes one client's update, θ_global − θ_returned, the global weights it
-  started from and the defense record that client sent, in the project's update format
-  (``tipcore.flower.records``; the client with the lowest node id that replied, so the choice is stable);
-* it keeps every client's defense record of the round (``defense_records.json``), so a run is auditable;
+  started from and the public protocol of that reply (model, lr, clip, batch size, local steps, number of
+  examples, the defense's name and options) in the project's update format (``tipcore.flower.records``;
+  the client with the lowest node id that replied, so the choice is stable);
+* it keeps every client's public defense settings of the round (``public_defense.json``);
 * it says which sampled nodes did not answer: a SuperNode that died mid-round is logged as missing and the
   round is aggregated over the others (Flower returns what arrived when the round timeout passes, or an
   error reply once the SuperLink has missed the node's heartbeats).
+
+The server never holds a defense's private record (TIP's α, channels, masks, β): ``DefenseMod`` does not
+send it. An evaluator who wants to score an attack against it must be handed a node's own audit log
+(``audit-dir`` in that node's config) explicitly.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ from flwr.serverapp.strategy import FedAvg
 
 from tipcore.flower import records
 from tipcore.flower.mods import RECORD_KEY
+from tipcore.flower.settings import RoundSettings
 
 
-def defense_record_of(reply: Message) -> dict[str, Any] | None:
-    """The defense record a DefenseMod attached to a reply (None when the client runs no DefenseMod)."""
+def public_defense_of(reply: Message) -> dict[str, Any] | None:
+    """The public defense settings a DefenseMod put in a reply: {"defense": name, "options": {...}}
+    (None when the client runs no DefenseMod). Nothing else about the defense is in a reply."""
     config = reply.content.config_records.get(RECORD_KEY)
-    if config is None or "record" not in config:
+    if config is None or "defense" not in config:
         return None
-    return json.loads(str(config["record"]))
+    return {"defense": str(config["defense"]), "options": json.loads(str(config.get("options", "{}")))}
 
 
 class RecordingFedAvg(FedAvg):
@@ -51,6 +58,7 @@ class RecordingFedAvg(FedAvg):
         self.record_meta = dict(record_meta or {})
         self._sent: dict[int, list[Message]] = {}
         self._global: dict[int, ArrayRecord] = {}
+        self._config: dict[int, ConfigRecord] = {}
         self.rounds: list[dict[str, Any]] = []  # per round: who was asked, who answered, who failed
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -58,6 +66,7 @@ class RecordingFedAvg(FedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent[server_round] = messages  # the Grid fills in their message ids when it pushes them
         self._global[server_round] = arrays
+        self._config[server_round] = config
         return messages
 
     def aggregate_train(self, server_round: int,
@@ -65,6 +74,7 @@ class RecordingFedAvg(FedAvg):
         replies = list(replies)
         sent = self._sent.pop(server_round, [])
         global_arrays = self._global.pop(server_round, None)
+        config = self._config.pop(server_round, ConfigRecord())
         sampled = sorted(m.metadata.dst_node_id for m in sent)
         # A reply is matched to its node through the message it answers: error replies that the SuperLink
         # writes for a node it has lost carry the SuperLink's own id as sender.
@@ -88,21 +98,44 @@ class RecordingFedAvg(FedAvg):
                             "aggregated": [node(m) for m in valid],
                             "missing": missing, "failed": [node for node, _ in failed]})
         if valid and global_arrays is not None and self.record_dir is not None:
-            self._record(server_round, global_arrays, valid)
+            self._record(server_round, global_arrays, config, valid)
         return super().aggregate_train(server_round, replies)
 
-    def _record(self, server_round: int, global_arrays: ArrayRecord, valid: list[Message]) -> None:
+    def _record(self, server_round: int, global_arrays: ArrayRecord, config: ConfigRecord,
+                valid: list[Message]) -> None:
         global_state = global_arrays.to_torch_state_dict()
         names = self.parameter_names or [k for k, v in global_state.items() if torch.is_floating_point(v)]
         victim = valid[0]
         (_, returned), = victim.content.array_records.items()
         returned_state = returned.to_torch_state_dict()
         update = {n: global_state[n] - returned_state[n] for n in names}
-        record = defense_record_of(victim) or {"defense": "none", "notes": "the client ran no DefenseMod"}
-        record.update(self.record_meta, round=server_round, node_id=victim.metadata.src_node_id)
+        record = {**self._protocol(config, victim), **self.record_meta, "round": server_round,
+                  "node_id": victim.metadata.src_node_id}
         out = records.write_server_round(self.record_dir, server_round, global_weights=global_state,
                                          defended_update=update, defense_record=record)
-        every = {str(m.metadata.src_node_id): defense_record_of(m) for m in valid}
-        (out / "defense_records.json").write_text(records.dumps(every), encoding="utf-8")
+        every = {str(m.metadata.src_node_id): public_defense_of(m) for m in valid}
+        (out / records.PUBLIC_DEFENSE_FILE).write_text(records.dumps(every), encoding="utf-8")
         log(INFO, "round %d: recorded node %d's update for attack studies in %s", server_round,
             victim.metadata.src_node_id, out)
+
+    @staticmethod
+    def _protocol(config: ConfigRecord, reply: Message) -> dict[str, Any]:
+        """What the server knows of a reply's round: the settings it sent, the number of examples FedAvg
+        weights by, the local steps they imply, and the defense's public settings."""
+        public = public_defense_of(reply) or {"defense": "none", "options": {},
+                                              "notes": "the client ran no DefenseMod"}
+        protocol: dict[str, Any] = {"mode": "fedavg", **public}
+        metrics = reply.content.metric_records
+        num_examples = next((int(m["num-examples"]) for m in metrics.values() if "num-examples" in m), None)
+        try:
+            settings = RoundSettings.from_config(config)
+        except ValueError:
+            settings = None
+        if settings is not None:
+            protocol.update(lr=settings.lr, clip=settings.clip, batch_size=settings.batch_size,
+                            local_epochs=settings.local_epochs)
+        if num_examples is not None:
+            protocol["num_examples"] = num_examples
+            if settings is not None:
+                protocol["local_steps"] = settings.steps(num_examples)
+        return protocol
