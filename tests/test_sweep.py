@@ -50,15 +50,16 @@ def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "attack_cells", counting_cells)
     monkeypatch.setattr(evaluation, "utility_cell", counting_utility)
     cfg = tiny_sweep()
-    # Stop as the second cell starts: the table keeps the first, the second (stopped inside its FL
-    # simulation) is not recorded, and the rerun does only what is missing.
+    # Stop as the second attack group starts (the attacks run before the utility cells): the table keeps
+    # the first group, the second (stopped inside its optimisation) is not recorded, and the rerun does only
+    # what is missing.
     seen = []
     drive(sweep.run(cfg, tmp_path, should_stop=lambda: len(seen) >= 2), seen.append)
     first = dict(calls)
-    assert first == {"attack": 0, "utility": 2} and not (tmp_path / "curves.json").exists()
-    assert seen[-1].stopped and seen[-1].done == 1 and len(list(csv.DictReader((tmp_path / "utility" / "utility.csv").open()))) == 1
+    assert first == {"attack": 4, "utility": 0} and not (tmp_path / "curves.json").exists()
+    assert seen[-1].stopped and seen[-1].done == 2 and len(list(csv.DictReader((tmp_path / "attacks.csv").open()))) == 2
     drive(sweep.run(cfg, tmp_path))
-    assert calls["utility"] == 3 and calls["attack"] == 4  # 2 settings x 1 image x 2 attackers
+    assert calls["utility"] == 2 and calls["attack"] == 6  # 2 settings x 1 image x 2 attackers, one group twice
     rows = list(csv.DictReader((tmp_path / "attacks.csv").open()))
     assert len(rows) == 4 and {r["attacker"] for r in rows} == {"naive", "adaptive"}
     tip = [r for r in rows if r["defense"] == "tip"]
@@ -68,7 +69,7 @@ def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
     assert all(float(r["noise_rel"]) == pytest.approx(0.2) for r in tip)
     assert float(utility["tip"]["noise_rel"]) == pytest.approx(0.2) and utility["none"]["noise_rel"] == ""
     drive(sweep.run(cfg, tmp_path))  # everything done: nothing recomputed
-    assert calls["utility"] == 3 and calls["attack"] == 4
+    assert calls["utility"] == 2 and calls["attack"] == 6
     curves = json.loads((tmp_path / "curves.json").read_text())
     assert {(p["defense"], p["attacker"]) for p in curves["points"]} == {
         ("none", "naive"), ("none", "adaptive"), ("tip", "naive"), ("tip", "adaptive")}

@@ -413,7 +413,7 @@ def cmd_showcase(args: argparse.Namespace) -> int:
             showcase.make_punchline(on_event=show)
     if args.what in ("frontier", "all"):
         with progress_display(args) as show:
-            showcase.make_frontier(quick=args.quick, on_event=show)
+            showcase.make_frontier(quick=args.quick, on_event=show, utility_dir=args.utility_dir)
     if args.what in ("tip-grid", "all"):
         from tipcore import tip_grid
 
@@ -641,6 +641,8 @@ def showcase_args(p: argparse.ArgumentParser) -> None:
                    help="tip-grid: the How TIP works page's reconstructions over a grid of p, r and ε "
                         "(resumes from runs/showcase-tip-grid)")
     p.add_argument("--quick", action="store_true", help="frontier: a two-point smoke grid (for tests)")
+    p.add_argument("--utility-dir", default=None, help="frontier: where utility cells are kept (default: the sweep "
+                   "directory's utility/); the report's (reproduce --utility-dir) can be shared, so no cell runs twice")
     p.set_defaults(func=cmd_showcase)
 
 

@@ -243,9 +243,11 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
         return progress(state["done"], "stopped", stopped=True)
 
     matched_candidates = dict(MATCHED_DP)
-    first = utility_items({**lenet_settings, **matched_candidates}) + attack_groups(lenet_settings, ATTACK_MODEL)
+    # Attack cells first: a sweep sharing the utility directory may be filling it meanwhile.
+    first = attack_groups(lenet_settings, ATTACK_MODEL)
     if ig_settings:
         first += attack_groups(ig_settings, IG_MODEL)
+    first += utility_items({**lenet_settings, **matched_candidates})
     if not (yield from work(first)):
         yield stopped()
         return out

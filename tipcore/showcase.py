@@ -263,7 +263,8 @@ def load_privacy_curves(path: str | Path | None = None) -> dict[str, Any] | None
 SHOWCASE_SWEEP_DIR = Path("runs") / "showcase-sweep"
 
 
-def frontier(quick: bool = False, *, should_stop: StopHook = never_stop) -> Generator[Event, None, Path | None]:
+def frontier(quick: bool = False, *, should_stop: StopHook = never_stop,
+             utility_dir: str | Path | None = None) -> Generator[Event, None, Path | None]:
     """The frontier page's curves: the sweep's default grid (``--quick``: two strengths per defense, one image,
     a short budget), run in runs/showcase-sweep (resumable), its curves.json copied into assets/showcase.
     Stopped: the sweep keeps its finished cells, nothing is copied, None is returned."""
@@ -276,7 +277,8 @@ def frontier(quick: bool = False, *, should_stop: StopHook = never_stop) -> Gene
         from tipcore.evaluation import UtilityProtocol
 
         cfg = sweep.SweepConfig(grid=grid, images=1, iterations=20, utility=UtilityProtocol(rounds=2, seeds=(0,)))
-    run = sweep.run(cfg, SHOWCASE_SWEEP_DIR / ("quick" if quick else "default"), should_stop=should_stop)
+    run = sweep.run(cfg, SHOWCASE_SWEEP_DIR / ("quick" if quick else "default"), should_stop=should_stop,
+                    utility_dir=utility_dir)
     stopped = False
     while True:  # relay the sweep's events, noting a stop (its directory may hold an older curves.json)
         try:
@@ -297,5 +299,6 @@ def frontier(quick: bool = False, *, should_stop: StopHook = never_stop) -> Gene
     return path
 
 
-def make_frontier(quick: bool = False, on_event: Callable[[Event], None] | None = None) -> Path | None:
-    return drive(frontier(quick), on_event)
+def make_frontier(quick: bool = False, on_event: Callable[[Event], None] | None = None,
+                  utility_dir: str | Path | None = None) -> Path | None:
+    return drive(frontier(quick, utility_dir=utility_dir), on_event)

@@ -122,10 +122,6 @@ def run(cfg: SweepConfig, out: str | Path, *, should_stop: StopHook = never_stop
     store = UtilityStore(Path(utility_dir) if utility_dir is not None else out / "utility", cfg.utility)
     images = cifar10_ids(cfg.images)
     cells: list[tuple[str, Any]] = []
-    for setting in cfg.settings():
-        for seed in cfg.utility.seeds:
-            if not store.has(setting, seed):
-                cells.append(("utility", (setting, seed)))
     for seed in cfg.seeds:  # one batched optimisation per image and attacker, over the settings still to do
         for image in images:
             for attack, kind in cfg.attackers():
@@ -133,6 +129,11 @@ def run(cfg: SweepConfig, out: str | Path, *, should_stop: StopHook = never_stop
                         if not attack_table.has({**s.key(), "seed": seed, "image": image, "attack": attack})]
                 for group in chunks(todo, BATCH):
                     cells.append(("attack", (group, seed, image, attack, kind)))
+    # Utility after the attacks: another job sharing the utility directory may be filling it meanwhile.
+    for setting in cfg.settings():
+        for seed in cfg.utility.seeds:
+            if not store.has(setting, seed):
+                cells.append(("utility", (setting, seed)))
     watch, total = Stopwatch(), sum(len(c[1][0]) if c[0] == "attack" else 1 for c in cells)
     done = 0
 
