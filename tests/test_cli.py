@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tipcore import cli
 from tipcore.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -330,3 +331,15 @@ def test_attack_reads_an_update_recorded_elsewhere(tmp_path, capsys):
     assert main(["attack", "--update-dir", str(flower), "--attack", "ig", "--iters", "2", "--out",
                  str(tmp_path / "a2"), "--quiet"]) == 0
     assert json.loads((tmp_path / "a2" / "result.json").read_text())["mode"] == "fedavg"
+
+
+def test_a_command_started_as_a_process_spins_openmp_and_in_process_calls_leave_the_environment(monkeypatch, capsys):
+    # Batch commands own their machine (ACTIVE); a call from a library or a test changes no environment.
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cli.main(["attack", "--image-id", "no-such-image"]) == 2
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(sys, "argv", ["tipcore", "attack", "--image-id", "no-such-image"])
+    assert cli.main() == 2
+    assert os.environ["OMP_WAIT_POLICY"] == cli.BATCH_OPENMP_POLICY == "ACTIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the user's choice wins
+    assert cli.main() == 2 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -1,10 +1,7 @@
-import os
 import sys
 
-# OpenMP threads that spin while waiting starve everything else on a small shared machine (a Space with
-# several visitors, CI, a laptop running the app): wait passively. Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from tipcore.cli import main  # noqa: E402
+# The OpenMP wait policy is set per job by cli.main before torch loads (ACTIVE for these batch commands; the
+# explorer sets PASSIVE for itself); importing the CLI loads no torch.
+from tipcore.cli import main
 
 sys.exit(main())

@@ -701,6 +701,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "reproduce": ("the 20-image reproduction report (REPORT.md + per-image CSV; resumes)", reproduce_args),
 }
 EVERY_COMMAND = "*"
+# Every command is a batch job that owns its machine: OpenMP threads spin between parallel regions, the
+# fastest policy there. The explorer's server and its workers share a machine and wait passively instead
+# (app/main.py). OMP_WAIT_POLICY in the environment overrides either.
+BATCH_OPENMP_POLICY = "ACTIVE"
 
 
 def build_parser(only: str | None = EVERY_COMMAND, preset: str | None = None) -> argparse.ArgumentParser:
@@ -742,6 +746,8 @@ def one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (0, 2 for anything the user can fix, 130 when interrupted)
     instead of exiting, so tests can drive many commands in one process."""
+    if argv is None:  # a process of its own (python -m tipcore, the console script), before torch loads
+        os.environ.setdefault("OMP_WAIT_POLICY", BATCH_OPENMP_POLICY)
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None, preset=chosen_preset(argv))
@@ -749,8 +755,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    # As in __main__ (the `tipcore` console script starts here): passive OpenMP waits, set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from tipcore.runtime import configure_threads
 
