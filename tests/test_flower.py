@@ -22,7 +22,8 @@ pytest.importorskip("flwr", reason="flwr is not installed; install the extra wit
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
-from tipcore.flower import RECORD_KEY, DefenseMod, RecordingFedAvg, RoundSettings, records  # noqa: E402
+from tipcore.flower import (RECORD_KEY, DefenseMod, NoAggregatedReply, RecordingFedAvg, RoundSettings,  # noqa: E402
+                            ScaledRoundTimeout, records)
 from tipcore.flower.mods import PUBLIC_KEYS  # noqa: E402
 from tipcore.flower.compat import SUPPORTED_RANGE, FlowerVersionError, check_flwr_version  # noqa: E402
 from tipcore.flower.deployment import LocalFederation, alive, descendants  # noqa: E402
@@ -211,7 +212,126 @@ def _configure(strategy, nodes, server_round=1):
     arrays = ArrayRecord(task.build_model("lenet", 0).state_dict())
     messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(SETTINGS.to_config()),
                                              _FakeGrid(nodes)))
+    messages.sort(key=lambda m: m.metadata.dst_node_id)  # FedAvg samples in random order
     return [_ids(m, f"train-{m.metadata.dst_node_id}-{server_round}") for m in messages]
+
+
+# ------------------------------------------------------------------------------ failures cost one reply
+
+SUPERLINK_ID = 1  # error replies the SuperLink writes for a lost node carry its id as sender
+
+
+def _error_reply(msg: Message, reason: str = "Node Unavailable") -> Message:
+    reply = Message(Error(code=1, reason=reason), reply_to=msg)
+    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_ID
+    return reply
+
+
+def _strategy(tmp_path, nodes=2):
+    return RecordingFedAvg(record_dir=tmp_path / "server", record_meta={"model": "lenet", "num_classes": 10},
+                           fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=nodes, min_available_nodes=nodes)
+
+
+def test_an_error_reply_costs_that_reply_and_the_round_goes_on(tmp_path, server_process, caplog):
+    strategy = _strategy(tmp_path)
+    ok, lost = _configure(strategy, [7, 9])
+    replies = [_mod()(ok, _context(node_id=7), _fake_train), _error_reply(lost)]
+    with caplog.at_level("WARNING", logger="flwr"):
+        arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    assert strategy.rounds == [{"round": 1, "sampled": [7, 9], "aggregated": [7], "missing": [], "failed": [9]}]
+    assert "node 9 replied with an error, left out of the average: Node Unavailable" in caplog.text
+    assert records.load_record(records.round_dir(tmp_path / "server", 1) / records.DEFENSE_FILE)["node_id"] == 7
+
+
+@pytest.mark.parametrize("case", ["all missing", "all failed"])
+def test_a_round_with_no_reply_to_aggregate_stops_the_run_with_one_line(tmp_path, server_process, case):
+    strategy = _strategy(tmp_path)
+    sent = _configure(strategy, [7, 9])
+    replies = [] if case == "all missing" else [_error_reply(m, "Message Unavailable") for m in sent]
+    with pytest.raises(NoAggregatedReply) as raised:
+        strategy.aggregate_train(1, replies)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("round 1: no reply to aggregate (2 node(s) sampled")
+    assert ("2 did not reply" in message) == (case == "all missing")
+    assert raised.value.exit_code == 202  # Flower's aggregation-error exit code for the ServerApp
+    assert strategy.rounds[-1]["aggregated"] == []
+
+
+def test_the_launcher_exits_non_zero_with_the_runs_one_line_error(tmp_path, monkeypatch, capsys):
+    """flwr 1.42's `flwr run --stream` exits 0 even when the ServerApp failed: the launcher reads the summary."""
+    from tipcore.flower import deployment
+
+    class FailedFederation:
+        def __init__(self, workdir, nodes, node_config=None):
+            self.workdir = Path(workdir)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def run(self, app_dir, run_config, timeout_s):
+            out = Path(run_config["record-dir"])
+            out.mkdir(parents=True)
+            (out / "summary.json").write_text(json.dumps({"error": "round 2: no reply to aggregate (...)"}))
+            return deployment.RunOutcome(0, "", 1.0)
+
+    monkeypatch.setattr(deployment, "LocalFederation", FailedFederation)
+    assert launch.main(["--defense", "none", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "the run failed: round 2: no reply to aggregate" in err
+
+
+class _TimedGrid:
+    """Answers after ``seconds[i]`` of a fake clock; drops the last node's reply when told to."""
+
+    def __init__(self, clock, seconds, drop=()):
+        self.clock, self.seconds, self.drop, self.timeouts = clock, list(seconds), set(drop), []
+
+    def get_node_ids(self):
+        return [7, 9]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        if not messages:
+            return []
+        i = len(self.timeouts) - 1
+        self.clock.now += min(self.seconds[i], timeout)
+        return [m for m in messages[: (1 if i in self.drop else None)]]
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class _Reply:  # the grid wrapper only asks a reply whether it is an error
+    def has_error(self):
+        return False
+
+
+def test_round_timeouts_scale_with_the_measured_round_time():
+    clock = _Clock()
+    grid = _TimedGrid(clock, seconds=[40.0, 50.0, 1000.0, 20.0], drop={2})
+    timed = ScaledRoundTimeout(grid, ceiling_s=600.0, factor=3.0, floor_s=30.0, clock=clock)
+    assert timed.get_node_ids() == [7, 9]  # everything else is the wrapped grid's
+    for _ in range(4):
+        timed.send_and_receive([_Reply(), _Reply()], timeout=600.0)
+    # round 1: the ceiling; then 3x the slowest complete round (40 s, then 50 s); the incomplete
+    # round 3 (a node lost, timed out at 150 s) does not raise the bound.
+    assert grid.timeouts == [600.0, 120.0, 150.0, 150.0]
+    assert [h["complete"] for h in timed.history] == [True, True, False, True]
+    assert timed.send_and_receive([], timeout=5.0) == [] and grid.timeouts[-1] == 5.0  # nothing sent: not timed
+    assert ScaledRoundTimeout(grid, ceiling_s=60.0, factor=3.0, floor_s=30.0).floor_s == 30.0
+    fixed = ScaledRoundTimeout(_TimedGrid(clock, [10.0, 10.0]), ceiling_s=45.0, factor=0, clock=clock)
+    fixed.send_and_receive([_Reply()]), fixed.send_and_receive([_Reply()])
+    assert fixed._grid.timeouts == [45.0, 45.0]
+    with pytest.raises(ValueError, match="round-timeout-factor must be 0"):
+        ScaledRoundTimeout(grid, ceiling_s=60.0, factor=0.5)
 
 
 # ------------------------------------------------------------------------------ the federation

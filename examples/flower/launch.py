@@ -42,6 +42,9 @@ def check_run_config(overrides: Mapping[str, Any]) -> dict[str, Any]:
                   task.build_model(str(config["model"]), int(config["seed"])))
     if not 1 <= int(config["min-nodes"]):
         raise ValueError(f"min-nodes must be >= 1, got {config['min-nodes']}")
+    from tipcore.flower.strategy import ScaledRoundTimeout
+
+    ScaledRoundTimeout(None, ceiling_s=float(config["round-timeout"]), factor=float(config["round-timeout-factor"]))
     return config
 
 
@@ -54,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="convnet")
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--round-timeout", type=float, default=600.0)
+    parser.add_argument("--round-timeout", type=float, default=600.0,
+                        help="seconds round 1 waits for replies, and the most any round waits")
+    parser.add_argument("--round-timeout-factor", type=float, default=3.0,
+                        help="later rounds wait this many times the slowest complete round (0: fixed timeout)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
     parser.add_argument("--audit", action="store_true", help="each node keeps its clean/defended updates and the private defense record (audit-node-K)")
     parser.add_argument("--out", type=Path, default=Path("runs/flower"))
@@ -63,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     overrides = {"num-server-rounds": args.rounds, "defense": args.defense, "defense-options": args.defense_options,
                  "model": args.model, "local-epochs": args.local_epochs, "seed": args.seed,
-                 "min-nodes": args.nodes, "round-timeout": args.round_timeout, "record-dir": str(out / "records")}
+                 "min-nodes": args.nodes, "round-timeout": args.round_timeout,
+                 "round-timeout-factor": args.round_timeout_factor, "record-dir": str(out / "records")}
     try:
         if args.nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {args.nodes}")
@@ -81,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     summary_path = out / "records" / "summary.json"
-    if outcome.returncode != 0 or not summary_path.exists():
-        print(f"error: the run failed (flwr run exit code {outcome.returncode}); see {out}/flwr-run-0.log",
-              file=sys.stderr)
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if outcome.returncode != 0 or not summary or "error" in summary:
+        # flwr 1.42's `flwr run --stream` exits 0 even when the ServerApp failed: the summary says why.
+        why = summary.get("error") or f"flwr run exit code {outcome.returncode}, no summary.json"
+        print(f"error: the run failed: {why}; see {out}/flwr-run-0.log", file=sys.stderr)
         return 1
-    summary = json.loads(summary_path.read_text())
     for rnd, acc in enumerate(summary["accuracy"]):
         print(f"round {rnd}: held-out accuracy {acc:.4f}")
     print(f"{args.defense}: {args.nodes} nodes, {args.rounds} rounds in {summary['seconds']:.1f} s -> {out}")
