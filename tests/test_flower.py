@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, Message
 
 from tipcore.flower import (RECORD_KEY, DefenseMod, NoAggregatedReply, RecordingFedAvg, RoundSettings,  # noqa: E402
                             ScaledRoundTimeout, records)
+from tipcore.flower import policy  # noqa: E402
 from tipcore.flower.mods import PUBLIC_KEYS  # noqa: E402
 from tipcore.flower.compat import SUPPORTED_RANGE, FlowerVersionError, check_flwr_version  # noqa: E402
 from tipcore.flower.deployment import LocalFederation, alive, descendants  # noqa: E402
@@ -332,6 +333,81 @@ def test_round_timeouts_scale_with_the_measured_round_time():
     assert fixed._grid.timeouts == [45.0, 45.0]
     with pytest.raises(ValueError, match="round-timeout-factor must be 0"):
         ScaledRoundTimeout(grid, ceiling_s=60.0, factor=0.5)
+
+
+# ------------------------------------------------------------------------------ the node decides its protection
+
+NODE_TIP = {"defense": "tip", "defense-options": '{"epsilon": 5, "ratio": 0.25}'}
+
+
+@pytest.mark.parametrize("request_name, request_options, accepted", [
+    ("tip", '{"epsilon": 5, "ratio": 0.25}', {"epsilon": 5}),   # the node's own minimum
+    ("tip", "{}", {"epsilon": 5}),                              # nothing asked: the node's options
+    ("tip", '{"epsilon": 2}', {"epsilon": 2}),                  # smaller budget: stronger, taken
+    ("tip", '{"delta": 1e-7}', {"epsilon": 5, "delta": 1e-7}),
+])
+def test_a_request_may_strengthen_the_nodes_protection(request_name, request_options, accepted):
+    name, options = policy.resolve(request_name, request_options, NODE_TIP, clip=5.0)
+    assert name == "tip" and options["ratio"] == 0.25 and options["clip"] == 5.0
+    assert {k: options[k] for k in accepted} == accepted
+
+
+@pytest.mark.parametrize("request_name, request_options, message", [
+    ("tip", '{"epsilon": 10}', "the run asks epsilon=10 for 'tip', weaker than this node's minimum epsilon=5"),
+    ("tip", '{"delta": 0.001}', "weaker than this node's minimum delta=1e-05"),
+    ("none", "{}", "this node requires defense 'tip' (node config); the run asked for 'none'"),
+    ("dp_paper", "{}", "the run asked for 'dp_paper'"),
+    ("tip", '{"ratio": 0.1}', "this node fixes ratio=0.25 for 'tip'"),
+])
+def test_a_weaker_or_different_request_is_refused_with_one_line(request_name, request_options, message):
+    with pytest.raises(policy.PolicyError) as raised:
+        policy.resolve(request_name, request_options, NODE_TIP, clip=5.0)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_node_without_a_requirement_takes_the_request_and_a_bad_node_config_is_named():
+    assert policy.resolve("none", "{}", {"partition-id": 0}, clip=5.0) == ("none", {})
+    with pytest.raises(policy.PolicyError, match="defense-options without defense"):
+        policy.resolve("tip", "{}", {"defense-options": '{"epsilon": 1}'}, clip=5.0)
+    with pytest.raises(policy.PolicyError, match="node config: unknown defense 'tipp'"):
+        policy.resolve("tip", "{}", {"defense": "tipp"}, clip=5.0)
+
+
+def test_the_mod_refuses_a_weaker_request_with_an_error_reply_and_sends_nothing(server_process):
+    trained = []
+
+    def train(msg, context):
+        trained.append(msg)
+        return _fake_train(msg, context)
+
+    weak = _context(run_config={"defense": "tip", "defense-options": '{"epsilon": 50}'}, **NODE_TIP)
+    reply = _mod()(_train_message(), weak, train)
+    assert reply.has_error() and not trained  # refused before training; no update in the reply
+    assert "DefenseMod: the run asks epsilon=50 for 'tip', weaker than this node's minimum epsilon=5" in reply.error.reason
+    strong = _context(run_config={"defense": "tip", "defense-options": '{"epsilon": 2}'}, **NODE_TIP)
+    reply = _mod()(_train_message(), strong, train)
+    assert not reply.has_error() and trained
+    assert json.loads(reply.content.config_records[RECORD_KEY]["options"]) == {"epsilon": 2, "ratio": 0.25, "clip": 5.0}
+
+
+def test_node_config_strings_with_json_reach_the_node_intact():
+    """A JSON object in --node-config (defense-options) must survive Flower's own parser."""
+    from flwr.common.config import parse_config_args
+
+    from tipcore.flower.deployment import _toml_value
+
+    config = {"defense": "tip", "defense-options": '{"epsilon": 5, "ratio": 0.25}', "partition-id": 1}
+    line = " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
+    assert parse_config_args([line]) == config
+
+
+def test_the_launcher_refuses_a_run_weaker_than_the_nodes_policy_before_any_process(tmp_path, capsys):
+    children_before = descendants(os.getpid())
+    assert launch.main(["--defense", "tip", "--defense-options", '{"epsilon": 20}', "--node-defense", "tip",
+                        "--node-defense-options", '{"epsilon": 5}', "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "weaker than this node's minimum epsilon=5" in err
+    assert not (tmp_path / "run").exists() and descendants(os.getpid()) == children_before
 
 
 # ------------------------------------------------------------------------------ the federation

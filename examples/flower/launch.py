@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-timeout-factor", type=float, default=3.0,
                         help="later rounds wait this many times the slowest complete round (0: fixed timeout)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
+    parser.add_argument("--node-defense", default="", help="the defense every node requires (its node config); "
+                        "the run's --defense may then only strengthen it")
+    parser.add_argument("--node-defense-options", default="{}", help="the nodes' minimum options (JSON object)")
     parser.add_argument("--audit", action="store_true", help="each node keeps its clean/defended updates and the private defense record (audit-node-K)")
     parser.add_argument("--out", type=Path, default=Path("runs/flower"))
     args = parser.parse_args(argv)
@@ -75,14 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {args.nodes}")
         check_run_config(overrides)
+        node_policy = ({"defense": args.node_defense, "defense-options": args.node_defense_options}
+                       if args.node_defense else {})
+        from tipcore.flower.policy import resolve
+
+        resolve(args.defense, args.defense_options, node_policy, float(app_defaults()["clip"]))
         from tipcore.flower.deployment import FederationError, LocalFederation
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    audit = (lambda k: {"audit-dir": str(out / f"audit-node-{k}")}) if args.audit else None
+    def node_config(k: int) -> dict[str, str]:
+        return {**node_policy, **({"audit-dir": str(out / f"audit-node-{k}")} if args.audit else {})}
+
     try:
-        with LocalFederation(out, args.nodes, node_config=audit) as federation:
+        with LocalFederation(out, args.nodes, node_config=node_config) as federation:
             outcome = federation.run(APP_DIR, overrides, timeout_s=args.timeout)
     except FederationError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -35,8 +35,8 @@ from flwr.common.logger import log
 from torch import nn
 
 from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, trainable_names
-from tipcore.flower import records
-from tipcore.flower.settings import RoundSettings, check_defense, defense_options
+from tipcore.flower import policy, records
+from tipcore.flower.settings import RoundSettings, check_defense
 from tipcore.seeding import generator
 
 RECORD_KEY = "tipcore-defense"  # ConfigRecord in the reply: {"defense": name, "options": JSON}, public only
@@ -67,8 +67,11 @@ def _single(records: Mapping[str, Any], kind: str) -> tuple[str, Any]:
 class DefenseMod:
     """Apply a registered tipcore defense to every train reply of a ClientApp.
 
-    ``defense`` / ``options`` fix the defense; left as None they come from the run config keys
-    ``defense`` and ``defense-options`` (a JSON object string), so one ClientApp serves every defense.
+    ``defense`` / ``options`` fix the requested defense; left as None the request comes from the run config
+    keys ``defense`` and ``defense-options`` (a JSON object string), so one ClientApp serves every defense.
+    The node's own config has the last word (``tipcore.flower.policy``): with ``defense`` (and
+    ``defense-options``, its minimum) there, a request may only strengthen it, and a weaker or different
+    one is refused with an error reply.
     The noise generator is seeded from the run config's ``seed``, the node's ``partition-id`` (or node id)
     and the round, so a run is reproducible and no two clients share noise.
     """
@@ -92,8 +95,8 @@ class DefenseMod:
             _, global_record = _single(msg.content.array_records, "ArrayRecord")
             _, config = _single(msg.content.config_records, "ConfigRecord")
             settings = RoundSettings.from_config(config)
-            name, requested = self._choice(context)
-            options = defense_options(name, requested, settings.clip)
+            # The run's choice is a request: the node's own config (policy.resolve) may require more.
+            name, options = policy.resolve(*self._choice(context), context.node_config, settings.clip)
             # Checked before training, so a misconfigured run fails in the first round's reply, not after
             # a wasted local epoch (the ServerApp runs the same check before it sends anything).
             defense = check_defense(name, options, settings.clip, self.build_model(context))
