@@ -410,6 +410,50 @@ def test_the_launcher_refuses_a_run_weaker_than_the_nodes_policy_before_any_proc
     assert not (tmp_path / "run").exists() and descendants(os.getpid()) == children_before
 
 
+# ------------------------------------------------------------------------------ mod order (clipping, SecAgg+)
+
+def test_a_clipping_mod_that_would_act_after_the_defense_is_refused():
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
+
+    from tipcore.flower import check_mod_order
+
+    good = [secaggplus_mod, _mod(), fixedclipping_mod]
+    assert check_mod_order(good) == good and good[1].order_checked
+    for clipping in (fixedclipping_mod, adaptiveclipping_mod, LocalDpMod(5.0, 1.0, 5.0, 1e-5)):
+        with pytest.raises(ValueError, match="is listed before DefenseMod, so it would change the defended update"):
+            check_mod_order([clipping, _mod()])
+    with pytest.raises(ValueError, match="secaggplus_mod is listed after DefenseMod"):
+        check_mod_order([_mod(), secaggplus_mod])
+
+
+def test_a_flower_clipping_norm_needs_a_checked_order_and_the_rounds_clip(server_process):
+    from flwr.client.mod import make_ffn
+    from flwr.clientapp.mod import fixedclipping_mod
+
+    from tipcore.flower import check_mod_order
+
+    def message(norm):
+        msg = _train_message()
+        msg.content.config_records["config"]["clipping_norm"] = norm
+        return msg
+
+    reply = _mod()(message(5.0), _context(), _fake_train)  # not built with check_mod_order
+    assert reply.has_error() and "a Flower clipping mod is in use" in reply.error.reason
+    app = make_ffn(_fake_train, check_mod_order([_mod(), fixedclipping_mod]))
+    reply = app(message(2.0), _context())
+    assert reply.has_error() and "clips at 2.0 but the round's clip" in reply.error.reason
+    reply = app(message(5.0), _context())  # fixedclipping_mod clips the trained update, then TIP defends it
+    assert not reply.has_error() and reply.content.config_records[RECORD_KEY]["defense"] == "tip"
+
+
+def test_a_secagg_plus_message_gets_an_error_reply_that_names_the_reason(server_process):
+    msg = _train_message()
+    msg.content.config_records["secaggplus_configs"] = ConfigRecord({"stage": "setup"})
+    reply = _mod()(msg, _context(), _fake_train)
+    assert reply.has_error() and "SecAgg+ message of Flower's legacy workflow" in reply.error.reason
+
+
 # ------------------------------------------------------------------------------ the federation
 
 @pytest.fixture(scope="module")
