@@ -22,7 +22,9 @@ pytest.importorskip("flwr", reason="flwr is not installed; install the extra wit
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
-from tipcore.flower import RECORD_KEY, DefenseMod, RecordingFedAvg, RoundSettings, records  # noqa: E402
+from tipcore.flower import (RECORD_KEY, DefenseMod, NoAggregatedReply, RecordingFedAvg, RoundSettings,  # noqa: E402
+                            ScaledRoundTimeout, records)
+from tipcore.flower import policy  # noqa: E402
 from tipcore.flower.mods import PUBLIC_KEYS  # noqa: E402
 from tipcore.flower.compat import SUPPORTED_RANGE, FlowerVersionError, check_flwr_version  # noqa: E402
 from tipcore.flower.deployment import LocalFederation, alive, descendants  # noqa: E402
@@ -211,7 +213,245 @@ def _configure(strategy, nodes, server_round=1):
     arrays = ArrayRecord(task.build_model("lenet", 0).state_dict())
     messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(SETTINGS.to_config()),
                                              _FakeGrid(nodes)))
+    messages.sort(key=lambda m: m.metadata.dst_node_id)  # FedAvg samples in random order
     return [_ids(m, f"train-{m.metadata.dst_node_id}-{server_round}") for m in messages]
+
+
+# ------------------------------------------------------------------------------ failures cost one reply
+
+SUPERLINK_ID = 1  # error replies the SuperLink writes for a lost node carry its id as sender
+
+
+def _error_reply(msg: Message, reason: str = "Node Unavailable") -> Message:
+    reply = Message(Error(code=1, reason=reason), reply_to=msg)
+    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_ID
+    return reply
+
+
+def _strategy(tmp_path, nodes=2):
+    return RecordingFedAvg(record_dir=tmp_path / "server", record_meta={"model": "lenet", "num_classes": 10},
+                           fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=nodes, min_available_nodes=nodes)
+
+
+def test_an_error_reply_costs_that_reply_and_the_round_goes_on(tmp_path, server_process, caplog):
+    strategy = _strategy(tmp_path)
+    ok, lost = _configure(strategy, [7, 9])
+    replies = [_mod()(ok, _context(node_id=7), _fake_train), _error_reply(lost)]
+    with caplog.at_level("WARNING", logger="flwr"):
+        arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    assert strategy.rounds == [{"round": 1, "sampled": [7, 9], "aggregated": [7], "missing": [], "failed": [9]}]
+    assert "node 9 replied with an error, left out of the average: Node Unavailable" in caplog.text
+    assert records.load_record(records.round_dir(tmp_path / "server", 1) / records.DEFENSE_FILE)["node_id"] == 7
+
+
+@pytest.mark.parametrize("case", ["all missing", "all failed"])
+def test_a_round_with_no_reply_to_aggregate_stops_the_run_with_one_line(tmp_path, server_process, case):
+    strategy = _strategy(tmp_path)
+    sent = _configure(strategy, [7, 9])
+    replies = [] if case == "all missing" else [_error_reply(m, "Message Unavailable") for m in sent]
+    with pytest.raises(NoAggregatedReply) as raised:
+        strategy.aggregate_train(1, replies)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("round 1: no reply to aggregate (2 node(s) sampled")
+    assert ("2 did not reply" in message) == (case == "all missing")
+    assert raised.value.exit_code == 202  # Flower's aggregation-error exit code for the ServerApp
+    assert strategy.rounds[-1]["aggregated"] == []
+
+
+def test_the_launcher_exits_non_zero_with_the_runs_one_line_error(tmp_path, monkeypatch, capsys):
+    """flwr 1.42's `flwr run --stream` exits 0 even when the ServerApp failed: the launcher reads the summary."""
+    from tipcore.flower import deployment
+
+    class FailedFederation:
+        def __init__(self, workdir, nodes, node_config=None):
+            self.workdir = Path(workdir)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def run(self, app_dir, run_config, timeout_s):
+            out = Path(run_config["record-dir"])
+            out.mkdir(parents=True)
+            (out / "summary.json").write_text(json.dumps({"error": "round 2: no reply to aggregate (...)"}))
+            return deployment.RunOutcome(0, "", 1.0)
+
+    monkeypatch.setattr(deployment, "LocalFederation", FailedFederation)
+    assert launch.main(["--defense", "none", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "the run failed: round 2: no reply to aggregate" in err
+
+
+class _TimedGrid:
+    """Answers after ``seconds[i]`` of a fake clock; drops the last node's reply when told to."""
+
+    def __init__(self, clock, seconds, drop=()):
+        self.clock, self.seconds, self.drop, self.timeouts = clock, list(seconds), set(drop), []
+
+    def get_node_ids(self):
+        return [7, 9]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        if not messages:
+            return []
+        i = len(self.timeouts) - 1
+        self.clock.now += min(self.seconds[i], timeout)
+        return [m for m in messages[: (1 if i in self.drop else None)]]
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class _Reply:  # the grid wrapper only asks a reply whether it is an error
+    def has_error(self):
+        return False
+
+
+def test_round_timeouts_scale_with_the_measured_round_time():
+    clock = _Clock()
+    grid = _TimedGrid(clock, seconds=[40.0, 50.0, 1000.0, 20.0], drop={2})
+    timed = ScaledRoundTimeout(grid, ceiling_s=600.0, factor=3.0, floor_s=30.0, clock=clock)
+    assert timed.get_node_ids() == [7, 9]  # everything else is the wrapped grid's
+    for _ in range(4):
+        timed.send_and_receive([_Reply(), _Reply()], timeout=600.0)
+    # round 1: the ceiling; then 3x the slowest complete round (40 s, then 50 s); the incomplete
+    # round 3 (a node lost, timed out at 150 s) does not raise the bound.
+    assert grid.timeouts == [600.0, 120.0, 150.0, 150.0]
+    assert [h["complete"] for h in timed.history] == [True, True, False, True]
+    assert timed.send_and_receive([], timeout=5.0) == [] and grid.timeouts[-1] == 5.0  # nothing sent: not timed
+    assert ScaledRoundTimeout(grid, ceiling_s=60.0, factor=3.0, floor_s=30.0).floor_s == 30.0
+    fixed = ScaledRoundTimeout(_TimedGrid(clock, [10.0, 10.0]), ceiling_s=45.0, factor=0, clock=clock)
+    fixed.send_and_receive([_Reply()]), fixed.send_and_receive([_Reply()])
+    assert fixed._grid.timeouts == [45.0, 45.0]
+    with pytest.raises(ValueError, match="round-timeout-factor must be 0"):
+        ScaledRoundTimeout(grid, ceiling_s=60.0, factor=0.5)
+
+
+# ------------------------------------------------------------------------------ the node decides its protection
+
+NODE_TIP = {"defense": "tip", "defense-options": '{"epsilon": 5, "ratio": 0.25}'}
+
+
+@pytest.mark.parametrize("request_name, request_options, accepted", [
+    ("tip", '{"epsilon": 5, "ratio": 0.25}', {"epsilon": 5}),   # the node's own minimum
+    ("tip", "{}", {"epsilon": 5}),                              # nothing asked: the node's options
+    ("tip", '{"epsilon": 2}', {"epsilon": 2}),                  # smaller budget: stronger, taken
+    ("tip", '{"delta": 1e-7}', {"epsilon": 5, "delta": 1e-7}),
+])
+def test_a_request_may_strengthen_the_nodes_protection(request_name, request_options, accepted):
+    name, options = policy.resolve(request_name, request_options, NODE_TIP, clip=5.0)
+    assert name == "tip" and options["ratio"] == 0.25 and options["clip"] == 5.0
+    assert {k: options[k] for k in accepted} == accepted
+
+
+@pytest.mark.parametrize("request_name, request_options, message", [
+    ("tip", '{"epsilon": 10}', "the run asks epsilon=10 for 'tip', weaker than this node's minimum epsilon=5"),
+    ("tip", '{"delta": 0.001}', "weaker than this node's minimum delta=1e-05"),
+    ("none", "{}", "this node requires defense 'tip' (node config); the run asked for 'none'"),
+    ("dp_paper", "{}", "the run asked for 'dp_paper'"),
+    ("tip", '{"ratio": 0.1}', "this node fixes ratio=0.25 for 'tip'"),
+])
+def test_a_weaker_or_different_request_is_refused_with_one_line(request_name, request_options, message):
+    with pytest.raises(policy.PolicyError) as raised:
+        policy.resolve(request_name, request_options, NODE_TIP, clip=5.0)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_node_without_a_requirement_takes_the_request_and_a_bad_node_config_is_named():
+    assert policy.resolve("none", "{}", {"partition-id": 0}, clip=5.0) == ("none", {})
+    with pytest.raises(policy.PolicyError, match="defense-options without defense"):
+        policy.resolve("tip", "{}", {"defense-options": '{"epsilon": 1}'}, clip=5.0)
+    with pytest.raises(policy.PolicyError, match="node config: unknown defense 'tipp'"):
+        policy.resolve("tip", "{}", {"defense": "tipp"}, clip=5.0)
+
+
+def test_the_mod_refuses_a_weaker_request_with_an_error_reply_and_sends_nothing(server_process):
+    trained = []
+
+    def train(msg, context):
+        trained.append(msg)
+        return _fake_train(msg, context)
+
+    weak = _context(run_config={"defense": "tip", "defense-options": '{"epsilon": 50}'}, **NODE_TIP)
+    reply = _mod()(_train_message(), weak, train)
+    assert reply.has_error() and not trained  # refused before training; no update in the reply
+    assert "DefenseMod: the run asks epsilon=50 for 'tip', weaker than this node's minimum epsilon=5" in reply.error.reason
+    strong = _context(run_config={"defense": "tip", "defense-options": '{"epsilon": 2}'}, **NODE_TIP)
+    reply = _mod()(_train_message(), strong, train)
+    assert not reply.has_error() and trained
+    assert json.loads(reply.content.config_records[RECORD_KEY]["options"]) == {"epsilon": 2, "ratio": 0.25, "clip": 5.0}
+
+
+def test_node_config_strings_with_json_reach_the_node_intact():
+    """A JSON object in --node-config (defense-options) must survive Flower's own parser."""
+    from flwr.common.config import parse_config_args
+
+    from tipcore.flower.deployment import _toml_value
+
+    config = {"defense": "tip", "defense-options": '{"epsilon": 5, "ratio": 0.25}', "partition-id": 1}
+    line = " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
+    assert parse_config_args([line]) == config
+
+
+def test_the_launcher_refuses_a_run_weaker_than_the_nodes_policy_before_any_process(tmp_path, capsys):
+    children_before = descendants(os.getpid())
+    assert launch.main(["--defense", "tip", "--defense-options", '{"epsilon": 20}', "--node-defense", "tip",
+                        "--node-defense-options", '{"epsilon": 5}', "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "weaker than this node's minimum epsilon=5" in err
+    assert not (tmp_path / "run").exists() and descendants(os.getpid()) == children_before
+
+
+# ------------------------------------------------------------------------------ mod order (clipping, SecAgg+)
+
+def test_a_clipping_mod_that_would_act_after_the_defense_is_refused():
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
+
+    from tipcore.flower import check_mod_order
+
+    good = [secaggplus_mod, _mod(), fixedclipping_mod]
+    assert check_mod_order(good) == good and good[1].order_checked
+    for clipping in (fixedclipping_mod, adaptiveclipping_mod, LocalDpMod(5.0, 1.0, 5.0, 1e-5)):
+        with pytest.raises(ValueError, match="is listed before DefenseMod, so it would change the defended update"):
+            check_mod_order([clipping, _mod()])
+    with pytest.raises(ValueError, match="secaggplus_mod is listed after DefenseMod"):
+        check_mod_order([_mod(), secaggplus_mod])
+
+
+def test_a_flower_clipping_norm_needs_a_checked_order_and_the_rounds_clip(server_process):
+    from flwr.client.mod import make_ffn
+    from flwr.clientapp.mod import fixedclipping_mod
+
+    from tipcore.flower import check_mod_order
+
+    def message(norm):
+        msg = _train_message()
+        msg.content.config_records["config"]["clipping_norm"] = norm
+        return msg
+
+    reply = _mod()(message(5.0), _context(), _fake_train)  # not built with check_mod_order
+    assert reply.has_error() and "a Flower clipping mod is in use" in reply.error.reason
+    app = make_ffn(_fake_train, check_mod_order([_mod(), fixedclipping_mod]))
+    reply = app(message(2.0), _context())
+    assert reply.has_error() and "clips at 2.0 but the round's clip" in reply.error.reason
+    reply = app(message(5.0), _context())  # fixedclipping_mod clips the trained update, then TIP defends it
+    assert not reply.has_error() and reply.content.config_records[RECORD_KEY]["defense"] == "tip"
+
+
+def test_a_secagg_plus_message_gets_an_error_reply_that_names_the_reason(server_process):
+    msg = _train_message()
+    msg.content.config_records["secaggplus_configs"] = ConfigRecord({"stage": "setup"})
+    reply = _mod()(msg, _context(), _fake_train)
+    assert reply.has_error() and "SecAgg+ message of Flower's legacy workflow" in reply.error.reason
 
 
 # ------------------------------------------------------------------------------ the federation

@@ -42,6 +42,9 @@ def check_run_config(overrides: Mapping[str, Any]) -> dict[str, Any]:
                   task.build_model(str(config["model"]), int(config["seed"])))
     if not 1 <= int(config["min-nodes"]):
         raise ValueError(f"min-nodes must be >= 1, got {config['min-nodes']}")
+    from tipcore.flower.strategy import ScaledRoundTimeout
+
+    ScaledRoundTimeout(None, ceiling_s=float(config["round-timeout"]), factor=float(config["round-timeout-factor"]))
     return config
 
 
@@ -54,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="convnet")
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--round-timeout", type=float, default=600.0)
+    parser.add_argument("--round-timeout", type=float, default=600.0,
+                        help="seconds round 1 waits for replies, and the most any round waits")
+    parser.add_argument("--round-timeout-factor", type=float, default=3.0,
+                        help="later rounds wait this many times the slowest complete round (0: fixed timeout)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
+    parser.add_argument("--node-defense", default="", help="the defense every node requires (its node config); "
+                        "the run's --defense may then only strengthen it")
+    parser.add_argument("--node-defense-options", default="{}", help="the nodes' minimum options (JSON object)")
     parser.add_argument("--audit", action="store_true", help="each node keeps its clean/defended updates and the private defense record (audit-node-K)")
     parser.add_argument("--out", type=Path, default=Path("runs/flower"))
     args = parser.parse_args(argv)
@@ -63,29 +72,38 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     overrides = {"num-server-rounds": args.rounds, "defense": args.defense, "defense-options": args.defense_options,
                  "model": args.model, "local-epochs": args.local_epochs, "seed": args.seed,
-                 "min-nodes": args.nodes, "round-timeout": args.round_timeout, "record-dir": str(out / "records")}
+                 "min-nodes": args.nodes, "round-timeout": args.round_timeout,
+                 "round-timeout-factor": args.round_timeout_factor, "record-dir": str(out / "records")}
     try:
         if args.nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {args.nodes}")
         check_run_config(overrides)
+        node_policy = ({"defense": args.node_defense, "defense-options": args.node_defense_options}
+                       if args.node_defense else {})
+        from tipcore.flower.policy import resolve
+
+        resolve(args.defense, args.defense_options, node_policy, float(app_defaults()["clip"]))
         from tipcore.flower.deployment import FederationError, LocalFederation
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    audit = (lambda k: {"audit-dir": str(out / f"audit-node-{k}")}) if args.audit else None
+    def node_config(k: int) -> dict[str, str]:
+        return {**node_policy, **({"audit-dir": str(out / f"audit-node-{k}")} if args.audit else {})}
+
     try:
-        with LocalFederation(out, args.nodes, node_config=audit) as federation:
+        with LocalFederation(out, args.nodes, node_config=node_config) as federation:
             outcome = federation.run(APP_DIR, overrides, timeout_s=args.timeout)
     except FederationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     summary_path = out / "records" / "summary.json"
-    if outcome.returncode != 0 or not summary_path.exists():
-        print(f"error: the run failed (flwr run exit code {outcome.returncode}); see {out}/flwr-run-0.log",
-              file=sys.stderr)
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if outcome.returncode != 0 or not summary or "error" in summary:
+        # flwr 1.42's `flwr run --stream` exits 0 even when the ServerApp failed: the summary says why.
+        why = summary.get("error") or f"flwr run exit code {outcome.returncode}, no summary.json"
+        print(f"error: the run failed: {why}; see {out}/flwr-run-0.log", file=sys.stderr)
         return 1
-    summary = json.loads(summary_path.read_text())
     for rnd, acc in enumerate(summary["accuracy"]):
         print(f"round {rnd}: held-out accuracy {acc:.4f}")
     print(f"{args.defense}: {args.nodes} nodes, {args.rounds} rounds in {summary['seconds']:.1f} s -> {out}")

@@ -245,4 +245,9 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    return json.dumps(str(value))  # a JSON string literal is a valid TOML basic string
+    text = str(value)
+    if '"' in text and "'" not in text and "\n" not in text:
+        # A TOML literal string: Flower's --node-config parser ends a "..." value at the first quote, even
+        # an escaped one, so a JSON object (defense-options) must travel in single quotes.
+        return f"'{text}'"
+    return json.dumps(text)  # a JSON string literal is a valid TOML basic string

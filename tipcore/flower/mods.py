@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from logging import ERROR, INFO
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
@@ -35,8 +35,8 @@ from flwr.common.logger import log
 from torch import nn
 
 from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, trainable_names
-from tipcore.flower import records
-from tipcore.flower.settings import RoundSettings, check_defense, defense_options
+from tipcore.flower import policy, records
+from tipcore.flower.settings import RoundSettings, check_defense
 from tipcore.seeding import generator
 
 RECORD_KEY = "tipcore-defense"  # ConfigRecord in the reply: {"defense": name, "options": JSON}, public only
@@ -64,11 +64,64 @@ def _single(records: Mapping[str, Any], kind: str) -> tuple[str, Any]:
     return next(iter(records.items()))
 
 
+# Flower's Message-API clipping mods read their norm under this key of the train config (set by the
+# server-side DifferentialPrivacyClientSide*Clipping wrappers).
+FLOWER_CLIPPING_KEY = "clipping_norm"
+SECAGG_CONFIGS_KEY = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
+
+
+def _flower_mods() -> tuple[set[Any], tuple[type, ...], set[Any]]:
+    """(clipping mods, LocalDpMod classes, secure-aggregation mods) of the installed flwr, legacy and new."""
+    from flwr.client import mod as legacy
+    from flwr.clientapp import mod as current
+
+    clipping = {current.fixedclipping_mod, current.adaptiveclipping_mod, legacy.fixedclipping_mod,
+                legacy.adaptiveclipping_mod}
+    return clipping, (current.LocalDpMod, legacy.LocalDpMod), {legacy.secaggplus_mod, legacy.secagg_mod}
+
+
+def _mod_name(mod: Any) -> str:
+    return getattr(mod, "__name__", type(mod).__name__)
+
+
+def check_mod_order(mods: Sequence[Any]) -> list[Any]:
+    """The ClientApp's mods, checked for what would void a DefenseMod; use as ``ClientApp(mods=check_mod_order([...]))``.
+
+    Flower runs the list first to last on the way in and last to first on the reply, so the reply passes
+    the mods listed *after* DefenseMod before the defense and those listed *before* it after the defense.
+    Refused (ValueError, one line): a clipping or local-DP mod before a DefenseMod (it would rescale or
+    re-noise the defended update, so the node's audit record no longer matches what is sent), and a
+    secure-aggregation mod after one (the defense would see SecAgg+'s key-exchange messages and the masked
+    vector instead of the update). The right order: ``[secaggplus_mod, DefenseMod(...), fixedclipping_mod]``
+    (clip the trained update, defend it, mask it).
+    """
+    mods = list(mods)
+    clipping, local_dp, secure = _flower_mods()
+    positions = [i for i, m in enumerate(mods) if isinstance(m, DefenseMod)]
+    if not positions:
+        return mods
+    first, last = positions[0], positions[-1]
+    for i, mod in enumerate(mods):
+        if i < last and (mod in clipping or isinstance(mod, local_dp)):
+            raise ValueError(f"{_mod_name(mod)} is listed before DefenseMod, so it would change the defended update "
+                             "after the defense (the node's audit record would no longer match what is sent): list "
+                             "it after DefenseMod, e.g. [secaggplus_mod, DefenseMod(...), fixedclipping_mod]")
+        if i > first and mod in secure:
+            raise ValueError(f"{_mod_name(mod)} is listed after DefenseMod, so the defense would run on SecAgg "
+                             "messages and masked vectors: list it first, e.g. [secaggplus_mod, DefenseMod(...)]")
+    for i in positions:
+        mods[i].order_checked = True
+    return mods
+
+
 class DefenseMod:
     """Apply a registered tipcore defense to every train reply of a ClientApp.
 
-    ``defense`` / ``options`` fix the defense; left as None they come from the run config keys
-    ``defense`` and ``defense-options`` (a JSON object string), so one ClientApp serves every defense.
+    ``defense`` / ``options`` fix the requested defense; left as None the request comes from the run config
+    keys ``defense`` and ``defense-options`` (a JSON object string), so one ClientApp serves every defense.
+    The node's own config has the last word (``tipcore.flower.policy``): with ``defense`` (and
+    ``defense-options``, its minimum) there, a request may only strengthen it, and a weaker or different
+    one is refused with an error reply.
     The noise generator is seeded from the run config's ``seed``, the node's ``partition-id`` (or node id)
     and the round, so a run is reproducible and no two clients share noise.
     """
@@ -79,6 +132,7 @@ class DefenseMod:
         self.private_data = private_data
         self.defense = defense
         self.options = options
+        self.order_checked = False  # set by check_mod_order
 
     def _choice(self, context: Context) -> tuple[str, Any]:
         name = self.defense if self.defense is not None else str(context.run_config.get("defense", "none"))
@@ -89,11 +143,18 @@ class DefenseMod:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         try:
+            if SECAGG_CONFIGS_KEY in msg.content.config_records:
+                raise ValueError("this is a SecAgg+ message of Flower's legacy workflow (ConfigRecord "
+                                 f"'{SECAGG_CONFIGS_KEY}', parameters by position), which flwr 1.42's secaggplus_mod "
+                                 "needs; DefenseMod defends Message-API train messages only (see examples/flower/"
+                                 "README.md, Secure aggregation)")
             _, global_record = _single(msg.content.array_records, "ArrayRecord")
             _, config = _single(msg.content.config_records, "ConfigRecord")
             settings = RoundSettings.from_config(config)
-            name, requested = self._choice(context)
-            options = defense_options(name, requested, settings.clip)
+            if FLOWER_CLIPPING_KEY in config:
+                self._check_flower_clipping(float(config[FLOWER_CLIPPING_KEY]), settings)
+            # The run's choice is a request: the node's own config (policy.resolve) may require more.
+            name, options = policy.resolve(*self._choice(context), context.node_config, settings.clip)
             # Checked before training, so a misconfigured run fails in the first round's reply, not after
             # a wasted local epoch (the ServerApp runs the same check before it sends anything).
             defense = check_defense(name, options, settings.clip, self.build_model(context))
@@ -108,6 +169,16 @@ class DefenseMod:
             return self._defend(reply, context, server_round, name, options, defense, settings, global_record)
         except ValueError as err:
             return _error_reply(msg, f"DefenseMod: {err}")
+
+    def _check_flower_clipping(self, norm: float, settings: RoundSettings) -> None:
+        """A Flower clipping mod is in the ClientApp (its server wrapper sent a clipping norm)."""
+        if not self.order_checked:
+            raise ValueError(f"the train config carries '{FLOWER_CLIPPING_KEY}', so a Flower clipping mod is in use, "
+                             "but this DefenseMod's place among the mods was not checked: build the ClientApp with "
+                             "mods=tipcore.flower.check_mod_order([...]) (a clipping mod must come after DefenseMod)")
+        if norm != settings.clip:
+            raise ValueError(f"Flower's clipping mod clips at {norm} but the round's clip (which the defense "
+                             f"calibrates with) is {settings.clip}: set both equal")
 
     def _defend(self, reply: Message, context: Context, server_round: int, name: str,
                 options: Mapping[str, Any], defense: Any, settings: RoundSettings, global_record: ArrayRecord) -> Message:

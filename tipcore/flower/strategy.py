@@ -20,14 +20,16 @@ send it. An evaluator who wants to score an attack against it must be handed a n
 from __future__ import annotations
 
 import json
+import time
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg
 
 from tipcore.flower import records
@@ -42,6 +44,11 @@ def public_defense_of(reply: Message) -> dict[str, Any] | None:
     if config is None or "defense" not in config:
         return None
     return {"defense": str(config["defense"]), "options": json.loads(str(config.get("options", "{}")))}
+
+
+class NoAggregatedReply(AggregationError):
+    """A round ended with no reply to aggregate: the run stops (the ServerApp exits with Flower's
+    aggregation-error code, 202, and the run is marked failed) instead of going on with an unchanged model."""
 
 
 class RecordingFedAvg(FedAvg):
@@ -91,18 +98,24 @@ class RecordingFedAvg(FedAvg):
             log(WARNING, "round %d: no reply from node(s) %s before the round timeout (SuperNode gone or stalled); "
                 "aggregating the %d of %d sampled nodes that replied", server_round,
                 ", ".join(map(str, missing)), len(valid), len(sampled))
-        for node, reason in failed:
+        for failed_node, reason in failed:
             log(WARNING, "round %d: node %d replied with an error, left out of the average: %s",
-                server_round, node, reason)
+                server_round, failed_node, reason)
         self.rounds.append({"round": server_round, "sampled": sampled,
                             "aggregated": [node(m) for m in valid],
-                            "missing": missing, "failed": [node for node, _ in failed]})
-        if valid and global_arrays is not None and self.record_dir is not None:
-            self._record(server_round, global_arrays, config, valid)
+                            "missing": missing, "failed": [n for n, _ in failed]})
+        if not valid:
+            # FedAvg would go on with the unchanged model and the run would "succeed" at chance accuracy.
+            raise NoAggregatedReply(
+                f"round {server_round}: no reply to aggregate ({len(sampled)} node(s) sampled, {len(missing)} "
+                f"did not reply within the round timeout, {len(failed)} replied with an error"
+                + (f": {failed[0][1]}" if failed else "") + "); stopping the run")
+        if global_arrays is not None and self.record_dir is not None:
+            self._record(server_round, global_arrays, config, valid, node(valid[0]))
         return super().aggregate_train(server_round, replies)
 
     def _record(self, server_round: int, global_arrays: ArrayRecord, config: ConfigRecord,
-                valid: list[Message]) -> None:
+                valid: list[Message], victim_node: int) -> None:
         global_state = global_arrays.to_torch_state_dict()
         names = self.parameter_names or [k for k, v in global_state.items() if torch.is_floating_point(v)]
         victim = valid[0]
@@ -110,13 +123,12 @@ class RecordingFedAvg(FedAvg):
         returned_state = returned.to_torch_state_dict()
         update = {n: global_state[n] - returned_state[n] for n in names}
         record = {**self._protocol(config, victim), **self.record_meta, "round": server_round,
-                  "node_id": victim.metadata.src_node_id}
+                  "node_id": victim_node}
         out = records.write_server_round(self.record_dir, server_round, global_weights=global_state,
                                          defended_update=update, defense_record=record)
         every = {str(m.metadata.src_node_id): public_defense_of(m) for m in valid}
         (out / records.PUBLIC_DEFENSE_FILE).write_text(records.dumps(every), encoding="utf-8")
-        log(INFO, "round %d: recorded node %d's update for attack studies in %s", server_round,
-            victim.metadata.src_node_id, out)
+        log(INFO, "round %d: recorded node %d's update for attack studies in %s", server_round, victim_node, out)
 
     @staticmethod
     def _protocol(config: ConfigRecord, reply: Message) -> dict[str, Any]:
@@ -139,3 +151,48 @@ class RecordingFedAvg(FedAvg):
             if settings is not None:
                 protocol["local_steps"] = settings.steps(num_examples)
         return protocol
+
+
+class ScaledRoundTimeout:
+    """A Grid for ``Strategy.start`` whose round timeout follows the rounds' measured time.
+
+    Round 1 waits up to ``ceiling_s`` (the run config's ``round-timeout``). From then on a round waits
+    ``factor`` times the slowest complete round so far (every sampled node replied without error), at
+    least ``floor_s`` and at most ``ceiling_s``: a node that died costs a few round-lengths, not the
+    ceiling, and a machine that got slower keeps its nodes in (its rounds raise the bound). ``factor`` 0
+    keeps ``ceiling_s`` for every round. Everything else is the wrapped Grid's.
+    """
+
+    def __init__(self, grid: Grid, *, ceiling_s: float, factor: float = 3.0, floor_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not ceiling_s > 0:
+            raise ValueError(f"round-timeout must be > 0 s, got {ceiling_s}")
+        if factor != 0 and not factor >= 1:
+            raise ValueError(f"round-timeout-factor must be 0 (fixed timeout) or >= 1, got {factor}")
+        self._grid = grid
+        self.ceiling_s, self.factor, self.floor_s = float(ceiling_s), float(factor), min(float(floor_s), float(ceiling_s))
+        self._clock = clock
+        self.history: list[dict[str, Any]] = []  # per exchange with nodes: timeout, seconds, complete
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def timeout(self) -> float:
+        complete = [h["seconds"] for h in self.history if h["complete"]]
+        if not complete or self.factor == 0:
+            return self.ceiling_s
+        return min(self.ceiling_s, max(self.floor_s, self.factor * max(complete)))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        if not messages:  # e.g. no federated evaluation: nothing to time
+            return self._grid.send_and_receive(messages, timeout=timeout)
+        limit = self.timeout()
+        started = self._clock()
+        replies = list(self._grid.send_and_receive(messages, timeout=limit))
+        seconds = self._clock() - started
+        complete = len(replies) == len(messages) and not any(r.has_error() for r in replies)
+        self.history.append({"timeout_s": limit, "seconds": seconds, "complete": complete})
+        log(INFO, "round exchange: %d of %d replies in %.1f s (timeout %.0f s; next %.0f s)",
+            len(replies), len(messages), seconds, limit, self.timeout())
+        return replies

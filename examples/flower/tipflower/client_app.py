@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from tipcore.flower import DefenseMod, RoundSettings
+from tipcore.flower import DefenseMod, RoundSettings, check_mod_order
 from tipcore.seeding import generator
 from tipflower import task
 
@@ -28,7 +28,8 @@ def private_data(context: Context) -> tuple[torch.Tensor, torch.Tensor]:
     return task.load_partition(int(node["partition-id"]), int(node["num-partitions"]), int(context.run_config["seed"]))
 
 
-app = ClientApp(mods=[DefenseMod(model_for, private_data)])
+# check_mod_order: with more mods (SecAgg+, a clipping mod) it refuses an order that would void the defense.
+app = ClientApp(mods=check_mod_order([DefenseMod(model_for, private_data)]))
 
 
 @app.train()

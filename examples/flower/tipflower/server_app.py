@@ -17,7 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from tipcore.fl import trainable_names
-from tipcore.flower import RecordingFedAvg, RoundSettings, check_defense
+from tipcore.flower import NoAggregatedReply, RecordingFedAvg, RoundSettings, ScaledRoundTimeout, check_defense
 from tipflower import task
 
 app = ServerApp()
@@ -47,6 +47,12 @@ def main(grid: Grid, context: Context) -> None:
         fraction_train=1.0, fraction_evaluate=0.0,  # evaluation is central, on the held-out digits
         min_train_nodes=min_nodes, min_available_nodes=min_nodes,
     )
+    try:
+        timed_grid = ScaledRoundTimeout(grid, ceiling_s=float(cfg["round-timeout"]),
+                                        factor=float(cfg["round-timeout-factor"]))
+    except ValueError as err:
+        log(ERROR, "tipflower: refusing to start: %s", err)
+        raise RunConfigError(str(err)) from None
     accuracy: dict[int, float] = {}
     started = time.perf_counter()
 
@@ -57,16 +63,27 @@ def main(grid: Grid, context: Context) -> None:
             time.perf_counter() - started)
         return MetricRecord({"accuracy": accuracy[server_round]})
 
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
-                            timeout=float(cfg["round-timeout"]), train_config=ConfigRecord(settings.to_config()),
-                            evaluate_fn=evaluate)
-    summary = {"defense": str(cfg["defense"]), "defense_options": str(cfg["defense-options"]),
-               "model": str(cfg["model"]), "rounds": rounds, "seconds": time.perf_counter() - started,
-               "accuracy": [accuracy[r] for r in sorted(accuracy)], "participation": strategy.rounds,
-               # per round, the clients' metrics averaged by FedAvg (train-seconds, defense-seconds, ...)
-               "client_metrics": {r: dict(m) for r, m in sorted(result.train_metrics_clientapp.items())},
-               "settings": settings.to_config()}
-    log(INFO, "tipflower: summary %s", json.dumps(summary))
-    if record_dir is not None:
-        record_dir.mkdir(parents=True, exist_ok=True)
-        (record_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    def summary(**extra: object) -> dict:
+        return {"defense": str(cfg["defense"]), "defense_options": str(cfg["defense-options"]),
+                "model": str(cfg["model"]), "rounds": rounds, "seconds": time.perf_counter() - started,
+                "accuracy": [accuracy[r] for r in sorted(accuracy)], "participation": strategy.rounds,
+                "round_times": timed_grid.history, "settings": settings.to_config(), **extra}
+
+    def write(data: dict) -> None:
+        if record_dir is not None:
+            record_dir.mkdir(parents=True, exist_ok=True)
+            (record_dir / "summary.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+    try:
+        result = strategy.start(grid=timed_grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
+                                timeout=float(cfg["round-timeout"]), train_config=ConfigRecord(settings.to_config()),
+                                evaluate_fn=evaluate)
+    except NoAggregatedReply as err:
+        # One line saying why; the exception then ends the ServerApp (exit 202) and marks the run failed.
+        log(ERROR, "tipflower: run failed: %s", err)
+        write(summary(error=str(err)))
+        raise
+    data = summary(  # per round, the clients' metrics averaged by FedAvg (train-seconds, defense-seconds, ...)
+        client_metrics={r: dict(m) for r, m in sorted(result.train_metrics_clientapp.items())})
+    log(INFO, "tipflower: summary %s", json.dumps(data))
+    write(data)
