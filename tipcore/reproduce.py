@@ -514,5 +514,7 @@ def report(cfg: ReproduceConfig, cells: ResumableTable, utility: Utility,
                   f"Not run for this report (device: {device_name(cfg.device)}"
                   + (f"; {cfg.ig_options()['iterations']} IG iterations instead of 10,000" if cfg.ig_attacks else "")
                   + "). On a GPU: `python -m tipcore reproduce --ig-attacks ig,... --ig-preset paper --device cuda "
-                  "--out DIR` (10,000 iterations, lr 0.004, decay 0.5)."]
+                  "--out DIR` (10,000 iterations, lr 0.004, decay 0.5). On a CPU the undefended attack needs about 500 "
+                  "iterations to succeed in this setting (`python bench/ig_budget.py`; BENCHMARKS.md gives the time "
+                  "per iteration); `--ig-attacks ig,ig_drop,... --ig-iters 500` runs that version, resumably."]
     return "\n".join(lines)
