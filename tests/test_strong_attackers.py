@@ -210,3 +210,21 @@ def test_strong_variants_exist_for_every_base_with_labels_and_help():
     for matcher in STRONG:
         assert f"idlg_{matcher}: iDLG + {matcher}: " in text, matcher
         assert f"ig_{matcher}" in text and f"dlg_{matcher}" in text
+
+
+@pytest.mark.parametrize("matcher", ["fc_recovery", "prune_aware", "soteria_aware"])
+def test_strong_matchers_run_in_the_batched_comparison(matcher):
+    """Feature terms, per-entry masks and left-out tensors stack per problem like any other map."""
+    from tipcore.progress import drive
+
+    cfgs = [experiment.ExperimentConfig(seed=0, model="lenet", image_ids=("cifar10-00",), round=FEDSGD, defense=d,
+                                        defense_cfg=o, attack=f"idlg_{matcher}", attack_cfg={"iterations": 1},
+                                        device="cpu")
+            for d, o in (("tip", {}), ("prune", {"ratio": 0.7}), ("soteria", {}))]
+    assert experiment.comparable(cfgs)
+    batched = drive(experiment.stream_comparison(cfgs))
+    for cfg, record in zip(cfgs, batched):
+        alone = experiment.run(cfg)
+        assert record.result.flagged == alone.result.flagged and record.result.notes == alone.result.notes
+        assert record.result.labels == alone.result.labels == record.prepared.labels
+        assert abs(record.result.final_loss - alone.result.final_loss) <= 1e-2 * abs(alone.result.final_loss) + 1e-9
