@@ -105,7 +105,7 @@ class BatchedComparison:
             else:
                 feature_loss, feature_seed = feature_distance_and_seed(phi, feature_targets, feature_known,
                                                                        coefficients)
-                (grad_z,) = torch.autograd.grad(dummy + [phi], [zs], grad_outputs=seeds + [feature_seed])
+                (grad_z,) = torch.autograd.grad(dummy + [phi], [zs], grad_outputs=list(seeds) + [feature_seed])
                 loss = loss + feature_loss
             if recipe.tv > 0:
                 tv = torch.stack([total_variation(x[k]) for k in range(n)])

@@ -84,6 +84,7 @@ class Fitted:
     flagged: dict[str, tuple[int, ...]] = field(default_factory=dict)  # conv layer -> channels judged noised
     weights: dict[str, tuple[float, ...]] = field(default_factory=dict)  # conv layer -> per-channel weights
     features: FeatureTarget | None = None
+    labels: tuple[int, ...] | None = None  # labels the matcher read off the update (used unless the server is told)
     notes: list[str] = field(default_factory=list)
 
     def apply(self, name: str, tensor: torch.Tensor) -> torch.Tensor:

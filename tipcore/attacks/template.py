@@ -60,6 +60,9 @@ class Attacked:
         self.targets = [self.fitted.apply(n, t) for n, t in zip(self.problem.names, self.problem.targets)]
         self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.targets))
         self.labels = choose_labels(recipe.labels, self.problem, view, update)
+        if self.fitted.labels is not None and recipe.labels in ("auto", "soft") and view.known_labels(update) is None:
+            # The matcher read the labels off the update itself (e.g. the fc bias's sign for B = 1).
+            self.labels = torch.tensor(self.fitted.labels, dtype=torch.long, device=self.problem.device)
 
 
 def run_recipe(recipe: Recipe, view: ServerView, update: SharedUpdate, *, generator: torch.Generator,
@@ -96,7 +99,7 @@ def run_recipe(recipe: Recipe, view: ServerView, update: SharedUpdate, *, genera
             else:
                 feature_loss, feature_seed = feature_distance_and_seed(phi[None], features.target[None],
                                                                        features.known[None], coefficient)
-                (grad_z,) = torch.autograd.grad(dummy + [phi], [z], grad_outputs=seed + [feature_seed[0]])
+                (grad_z,) = torch.autograd.grad(dummy + [phi], [z], grad_outputs=list(seed) + [feature_seed[0]])
                 loss = loss + feature_loss[0]
         if recipe.tv > 0:
             tv = total_variation(x)
