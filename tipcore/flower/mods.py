@@ -14,6 +14,12 @@ private record (``DefenseDiagnostics.as_dict()``: for TIP the Grad-CAM α of the
 selected channels, β and the frequency mask per layer) never goes into the reply: the node keeps it in
 its audit log under ``audit-dir`` (node config, opt-in; ``records.write_client_audit``) or drops it.
 
+Two message layouts are defended: the Message API's (one ArrayRecord of named parameters, the round
+settings in one ConfigRecord) and Flower's legacy fit layout (``fitins.parameters`` by position,
+``fitins.config``, a ``fitres.*`` reply), which flwr 1.42's SecAgg+ workflow sends; under SecAgg+ list
+``secaggplus_mod`` (or ``secaggplus_when_asked``) before the DefenseMod, so it masks the defended update
+(``check_mod_order``).
+
 The mod needs two things the ClientApp already has, passed as callables of the Flower ``Context``: a
 fresh model of the architecture (``build_model``) and the node's private training data (``private_data``).
 The round's public settings (lr, clip, batch size, local epochs) come from the train message's
