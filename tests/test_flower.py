@@ -65,6 +65,11 @@ def test_unknown_defense_is_rejected_before_any_process_starts(tmp_path, capsys)
     assert not (tmp_path / "run").exists() and descendants(os.getpid()) == children_before
 
 
+def test_secure_aggregation_with_fewer_than_three_nodes_is_rejected_before_start():
+    with pytest.raises(ValueError, match="needs min-nodes >= 3, got 2"):
+        launch.check_run_config({"secure-aggregation": True, "min-nodes": 2})
+
+
 def test_tip_on_a_model_without_conv_layers_is_rejected_before_start():
     with pytest.raises(ValueError, match="no Conv2d layers"):
         launch.check_run_config({"model": "mlp", "defense": "tip"})
@@ -451,7 +456,53 @@ def test_a_secagg_plus_message_gets_an_error_reply_that_names_the_reason(server_
     msg = _train_message()
     msg.content.config_records["secaggplus_configs"] = ConfigRecord({"stage": "setup"})
     reply = _mod()(msg, _context(), _fake_train)
-    assert reply.has_error() and "SecAgg+ message of Flower's legacy workflow" in reply.error.reason
+    assert reply.has_error() and "a SecAgg+ message without Flower's legacy fit records" in reply.error.reason
+
+
+def _legacy_fit_message(node_id: int = 7) -> Message:
+    """A fit message as Flower's legacy workflow (the one SecAgg+ runs in) hands it to the ClientApp."""
+    from flwr.common import ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    state = task.build_model("lenet", 0).state_dict()
+    content = RecordDict({
+        "fitins.parameters": compat.parameters_to_arrayrecord(
+            ndarrays_to_parameters([v.numpy() for v in state.values()]), keep_input=False),
+        "fitins.config": ConfigRecord({**SETTINGS.to_config(), "server-round": 1}),
+        "secaggplus_configs": ConfigRecord({})})
+    return _ids(Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN), f"fit-{node_id}")
+
+
+def _legacy_fake_train(msg: Message, context: Context) -> Message:
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(msg.content["fitins.parameters"], True))
+    gen = torch.Generator().manual_seed(context.node_id)
+    local = [a - 0.01 * torch.randn(a.shape, generator=gen).numpy() for a in arrays]
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(local), 12, {})
+    return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+
+
+def test_the_mod_defends_a_legacy_fit_message_as_secagg_plus_sends_it(server_process, tmp_path):
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    msg = _legacy_fit_message()
+    reply = _mod()(msg, _context(**{"audit-dir": str(tmp_path)}), _legacy_fake_train)
+    assert not reply.has_error(), reply.error.reason
+    assert not _everything_said(reply) & PRIVATE_KEYS
+    metrics = reply.content.config_records["fitres.metrics"]
+    assert metrics[f"{RECORD_KEY}.defense"] == "tip" and "defense-seconds" in metrics
+    names = list(task.build_model("lenet", 0).state_dict())
+    sent = parameters_to_ndarrays(compat.arrayrecord_to_parameters(reply.content["fitres.parameters"], True))
+    global_state = task.build_model("lenet", 0).state_dict()
+    audit = records.load_tensors(records.round_dir(tmp_path, 1) / records.DEFENDED_FILE)
+    clean = records.load_tensors(records.round_dir(tmp_path, 1) / records.CLEAN_FILE)
+    for name, array in zip(names, sent):  # what goes to SecAgg+ is θ_g − (the defended update), by position
+        assert torch.allclose(global_state[name] - torch.from_numpy(array), audit[name], atol=1e-6), name
+    assert not torch.equal(audit["body.0.weight"], clean["body.0.weight"])  # TIP noised it
+    assert torch.equal(audit["fc.bias"], clean["fc.bias"])  # and sent the rest clean
 
 
 # ------------------------------------------------------------------------------ the federation

@@ -42,6 +42,8 @@ def check_run_config(overrides: Mapping[str, Any]) -> dict[str, Any]:
                   task.build_model(str(config["model"]), int(config["seed"])))
     if not 1 <= int(config["min-nodes"]):
         raise ValueError(f"min-nodes must be >= 1, got {config['min-nodes']}")
+    if bool(config["secure-aggregation"]) and int(config["min-nodes"]) < 3:
+        raise ValueError(f"secure-aggregation (SecAgg+ shares each mask among >= 3 nodes) needs min-nodes >= 3, got {config['min-nodes']}")
     from tipcore.flower.strategy import ScaledRoundTimeout
 
     ScaledRoundTimeout(None, ceiling_s=float(config["round-timeout"]), factor=float(config["round-timeout-factor"]))
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-defense", default="", help="the defense every node requires (its node config); "
                         "the run's --defense may then only strengthen it")
     parser.add_argument("--node-defense-options", default="{}", help="the nodes' minimum options (JSON object)")
+    parser.add_argument("--secure-aggregation", action="store_true",
+                        help="SecAgg+ (Flower's legacy workflow): the server sees only the sum of the updates")
     parser.add_argument("--audit", action="store_true", help="each node keeps its clean/defended updates and the private defense record (audit-node-K)")
     parser.add_argument("--out", type=Path, default=Path("runs/flower"))
     args = parser.parse_args(argv)
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"num-server-rounds": args.rounds, "defense": args.defense, "defense-options": args.defense_options,
                  "model": args.model, "local-epochs": args.local_epochs, "seed": args.seed,
                  "min-nodes": args.nodes, "round-timeout": args.round_timeout,
-                 "round-timeout-factor": args.round_timeout_factor, "record-dir": str(out / "records")}
+                 "round-timeout-factor": args.round_timeout_factor, "secure-aggregation": args.secure_aggregation,
+                 "record-dir": str(out / "records")}
     try:
         if args.nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {args.nodes}")

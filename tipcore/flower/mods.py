@@ -14,6 +14,12 @@ private record (``DefenseDiagnostics.as_dict()``: for TIP the Grad-CAM α of the
 selected channels, β and the frequency mask per layer) never goes into the reply: the node keeps it in
 its audit log under ``audit-dir`` (node config, opt-in; ``records.write_client_audit``) or drops it.
 
+Two message layouts are defended: the Message API's (one ArrayRecord of named parameters, the round
+settings in one ConfigRecord) and Flower's legacy fit layout (``fitins.parameters`` by position,
+``fitins.config``, a ``fitres.*`` reply), which flwr 1.42's SecAgg+ workflow sends; under SecAgg+ list
+``secaggplus_mod`` (or ``secaggplus_when_asked``) before the DefenseMod, so it masks the defended update
+(``check_mod_order``).
+
 The mod needs two things the ClientApp already has, passed as callables of the Flower ``Context``: a
 fresh model of the architecture (``build_model``) and the node's private training data (``private_data``).
 The round's public settings (lr, clip, batch size, local epochs) come from the train message's
@@ -77,7 +83,42 @@ def _flower_mods() -> tuple[set[Any], tuple[type, ...], set[Any]]:
 
     clipping = {current.fixedclipping_mod, current.adaptiveclipping_mod, legacy.fixedclipping_mod,
                 legacy.adaptiveclipping_mod}
-    return clipping, (current.LocalDpMod, legacy.LocalDpMod), {legacy.secaggplus_mod, legacy.secagg_mod}
+    return clipping, (current.LocalDpMod, legacy.LocalDpMod), {legacy.secaggplus_mod, legacy.secagg_mod,
+                                                               secaggplus_when_asked}
+
+
+# Flower's legacy fit layout (flwr.compat recorddict_compat), which its SecAgg+ workflow sends in flwr 1.42:
+# arrays by position (no names), the config, and a FitRes-shaped reply.
+LEGACY_INS_ARRAYS, LEGACY_INS_CONFIG = "fitins.parameters", "fitins.config"
+LEGACY_RES_ARRAYS, LEGACY_RES_METRICS = "fitres.parameters", "fitres.metrics"
+
+
+def _legacy_state(record: ArrayRecord, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
+    if len(arrays) != len(names):
+        raise ValueError(f"a legacy fit message holds {len(arrays)} arrays; the model has {len(names)} entries")
+    return {n: torch.from_numpy(a.copy()) for n, a in zip(names, arrays)}
+
+
+def _legacy_record(tensors: Sequence[torch.Tensor]) -> ArrayRecord:
+    from flwr.common import ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    params = ndarrays_to_parameters([t.detach().cpu().numpy() for t in tensors])
+    return compat.parameters_to_arrayrecord(params, keep_input=False)
+
+
+def secaggplus_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``secaggplus_mod`` on the messages of a SecAgg+ round only, so one ClientApp serves runs with
+    and without secure aggregation (``secaggplus_mod`` alone fails on a plain train message)."""
+    from flwr.client.mod import secaggplus_mod
+
+    if msg.metadata.message_type == MessageType.TRAIN and SECAGG_CONFIGS_KEY in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
 
 
 def _mod_name(mod: Any) -> str:
@@ -143,13 +184,19 @@ class DefenseMod:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         try:
-            if SECAGG_CONFIGS_KEY in msg.content.config_records:
-                raise ValueError("this is a SecAgg+ message of Flower's legacy workflow (ConfigRecord "
-                                 f"'{SECAGG_CONFIGS_KEY}', parameters by position), which flwr 1.42's secaggplus_mod "
-                                 "needs; DefenseMod defends Message-API train messages only (see examples/flower/"
-                                 "README.md, Secure aggregation)")
-            _, global_record = _single(msg.content.array_records, "ArrayRecord")
-            _, config = _single(msg.content.config_records, "ConfigRecord")
+            legacy = LEGACY_INS_ARRAYS in msg.content.array_records
+            if legacy:  # a fit message of Flower's legacy workflow (the one SecAgg+ runs in, flwr 1.42)
+                global_state = _legacy_state(msg.content.array_records[LEGACY_INS_ARRAYS], self._order(context))
+                if LEGACY_INS_CONFIG not in msg.content.config_records:
+                    raise ValueError(f"a legacy fit message without its ConfigRecord '{LEGACY_INS_CONFIG}'")
+                config = msg.content.config_records[LEGACY_INS_CONFIG]
+            else:
+                if SECAGG_CONFIGS_KEY in msg.content.config_records:
+                    raise ValueError("a SecAgg+ message without Flower's legacy fit records: secaggplus_mod "
+                                     f"needs the legacy workflow ('{LEGACY_INS_ARRAYS}', '{LEGACY_INS_CONFIG}')")
+                _, global_record = _single(msg.content.array_records, "ArrayRecord")
+                _, config = _single(msg.content.config_records, "ConfigRecord")
+                global_state = global_record.to_torch_state_dict()
             settings = RoundSettings.from_config(config)
             if FLOWER_CLIPPING_KEY in config:
                 self._check_flower_clipping(float(config[FLOWER_CLIPPING_KEY]), settings)
@@ -166,7 +213,7 @@ class DefenseMod:
             return reply
         try:
             server_round = int(config.get("server-round", 0))
-            return self._defend(reply, context, server_round, name, options, defense, settings, global_record)
+            return self._defend(reply, context, server_round, name, options, defense, settings, global_state, legacy)
         except ValueError as err:
             return _error_reply(msg, f"DefenseMod: {err}")
 
@@ -180,14 +227,24 @@ class DefenseMod:
             raise ValueError(f"Flower's clipping mod clips at {norm} but the round's clip (which the defense "
                              f"calibrates with) is {settings.clip}: set both equal")
 
+    def _order(self, context: Context) -> list[str]:
+        """The state_dict names, in order: a legacy message carries the arrays by position only."""
+        return list(self.build_model(context).state_dict())
+
     def _defend(self, reply: Message, context: Context, server_round: int, name: str,
-                options: Mapping[str, Any], defense: Any, settings: RoundSettings, global_record: ArrayRecord) -> Message:
+                options: Mapping[str, Any], defense: Any, settings: RoundSettings,
+                global_state: dict[str, torch.Tensor], legacy: bool) -> Message:
         started = time.perf_counter()
-        reply_key, local_record = _single(reply.content.array_records, "ArrayRecord")
-        if list(local_record.keys()) != list(global_record.keys()):
-            raise ValueError("the ClientApp's reply must carry the same parameter names as the global model")
-        global_state = global_record.to_torch_state_dict()
-        local_state = local_record.to_torch_state_dict()
+        if legacy:
+            if LEGACY_RES_ARRAYS not in reply.content.array_records:
+                raise ValueError(f"the ClientApp's reply to a legacy fit message lacks '{LEGACY_RES_ARRAYS}'")
+            reply_key = LEGACY_RES_ARRAYS
+            local_state = _legacy_state(reply.content.array_records[reply_key], list(global_state))
+        else:
+            reply_key, local_record = _single(reply.content.array_records, "ArrayRecord")
+            if list(local_record.keys()) != list(global_state.keys()):
+                raise ValueError("the ClientApp's reply must carry the same parameter names as the global model")
+            local_state = local_record.to_torch_state_dict()
         global_model, local_model = self.build_model(context), self.build_model(context)
         global_model.load_state_dict(global_state)
         local_model.load_state_dict(local_state)
@@ -213,11 +270,19 @@ class DefenseMod:
             returned[n] = local_state[n] - (defended.tensors[n].to(local_state[n]) - clean[n])
         seconds = time.perf_counter() - started
 
-        reply.content[reply_key] = ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in returned.items()})
         # Public only: the name and the options (ratio, ε, δ, clip, ...), never what the defense computed
         # from this node's data (α, channels, masks, β): that record stays on the node.
-        reply.content[RECORD_KEY] = ConfigRecord(public_record(name, options))
-        _, metrics = _single(reply.content.metric_records, "MetricRecord")
+        public = public_record(name, options)
+        if legacy:
+            reply.content.array_records[reply_key] = _legacy_record([returned[k] for k in global_state])
+            if LEGACY_RES_METRICS not in reply.content.config_records:
+                raise ValueError(f"the ClientApp's reply to a legacy fit message lacks '{LEGACY_RES_METRICS}'")
+            metrics = reply.content.config_records[LEGACY_RES_METRICS]  # FitRes.metrics (scalars)
+            metrics.update({f"{RECORD_KEY}.{k}": v for k, v in public.items()})
+        else:
+            reply.content[reply_key] = ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in returned.items()})
+            reply.content[RECORD_KEY] = ConfigRecord(public)
+            _, metrics = _single(reply.content.metric_records, "MetricRecord")
         metrics[DEFENSE_SECONDS_KEY] = seconds
         log(INFO, "DefenseMod: %s on round %d in %.2f s", name, server_round, seconds)
 

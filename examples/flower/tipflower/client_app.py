@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from tipcore.flower import DefenseMod, RoundSettings, check_mod_order
+from tipcore.flower.mods import LEGACY_INS_ARRAYS, secaggplus_when_asked
 from tipcore.seeding import generator
 from tipflower import task
 
@@ -28,24 +29,48 @@ def private_data(context: Context) -> tuple[torch.Tensor, torch.Tensor]:
     return task.load_partition(int(node["partition-id"]), int(node["num-partitions"]), int(context.run_config["seed"]))
 
 
-# check_mod_order: with more mods (SecAgg+, a clipping mod) it refuses an order that would void the defense.
-app = ClientApp(mods=check_mod_order([DefenseMod(model_for, private_data)]))
+# Reply path, last mod first: DefenseMod defends the trained update, then SecAgg+ (in runs with
+# secure-aggregation = true) masks it. check_mod_order refuses an order that would void the defense.
+app = ClientApp(mods=check_mod_order([secaggplus_when_asked, DefenseMod(model_for, private_data)]))
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
+    if LEGACY_INS_ARRAYS in msg.content.array_records:  # a SecAgg+ round: Flower's legacy fit layout
+        return _legacy_train(msg, context, started)
     config = msg.content["config"]
     settings = RoundSettings.from_config(config)
     server_round = int(config["server-round"])
     model = model_for(context)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    steps, n = _train(model, settings, server_round, context)
+    metrics = MetricRecord({"num-examples": n, "local-steps": steps, "train-seconds": time.perf_counter() - started})
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+def _train(model: torch.nn.Module, settings: RoundSettings, server_round: int, context: Context) -> tuple[int, int]:
     x, y = private_data(context)
     partition = int(context.node_config["partition-id"])
     print(f"tipflower client: partition {partition} training round {server_round} on {len(y)} examples", flush=True)
     steps = task.train(model, x, y, epochs=settings.local_epochs, batch_size=settings.batch_size, lr=settings.lr,
                        clip=settings.clip,
                        gen=generator(int(context.run_config["seed"]), f"flower-batches:{partition}:{server_round}"))
-    metrics = MetricRecord({"num-examples": len(y), "local-steps": steps,
-                            "train-seconds": time.perf_counter() - started})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+    return steps, len(y)
+
+
+def _legacy_train(msg: Message, context: Context, started: float) -> Message:
+    """The same training on a legacy fit message (arrays by position), replied as a FitRes."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    config = msg.content.config_records["fitins.config"]
+    settings = RoundSettings.from_config(config)
+    server_round = int(config["server-round"])
+    model = model_for(context)
+    arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(msg.content[LEGACY_INS_ARRAYS], True))
+    model.load_state_dict({k: torch.from_numpy(a.copy()) for k, a in zip(model.state_dict(), arrays)})
+    steps, n = _train(model, settings, server_round, context)
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([v.detach().numpy() for v in model.state_dict().values()]),
+                 n, {"local-steps": steps, "train-seconds": time.perf_counter() - started})
+    return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)

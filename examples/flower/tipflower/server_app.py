@@ -41,6 +41,21 @@ def main(grid: Grid, context: Context) -> None:
 
     rounds, min_nodes = int(cfg["num-server-rounds"]), int(cfg["min-nodes"])
     record_dir = Path(str(cfg["record-dir"])).resolve() if str(cfg["record-dir"]) else None
+    if bool(cfg["secure-aggregation"]):
+        if min_nodes < 3:
+            log(ERROR, "tipflower: refusing to start: secure-aggregation (SecAgg+ shares each mask among >= 3 nodes) needs min-nodes >= 3, got %d", min_nodes)
+            raise RunConfigError(f"secure-aggregation (SecAgg+ shares each mask among >= 3 nodes) needs min-nodes >= 3, got {min_nodes}")
+        from tipflower import secagg
+
+        data = secagg.run(grid, context, model=model, settings=settings, rounds=rounds, min_nodes=min_nodes,
+                          round_timeout=float(cfg["round-timeout"]), record_dir=record_dir)
+        data.update(defense=str(cfg["defense"]), defense_options=str(cfg["defense-options"]), model=str(cfg["model"]),
+                    rounds=rounds, settings=settings.to_config())
+        log(INFO, "tipflower: summary %s", json.dumps(data))
+        if record_dir is not None:
+            record_dir.mkdir(parents=True, exist_ok=True)
+            (record_dir / "summary.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+        return
     strategy = RecordingFedAvg(
         record_dir=record_dir, parameter_names=trainable_names(model),
         record_meta={"model": str(cfg["model"]), "num_classes": 10, "seed": int(cfg["seed"])},
