@@ -604,3 +604,14 @@ def test_a_supernode_killed_mid_round_is_logged_and_the_round_ends_with_the_othe
     assert set(participation["missing"] + participation["failed"]) == \
         set(participation["sampled"]) - set(participation["aggregated"])
     assert summary["accuracy"][1] > summary["accuracy"][0] + 0.2
+
+
+@pytest.mark.slow
+def test_a_round_that_no_node_answers_in_time_fails_the_run_with_one_line(federation):
+    """After the kill test (one node left), or alone: a 1 s round timeout, shorter than a ClientApp's start."""
+    outcome, record_dir = _run(federation, "no-reply", **{"num-server-rounds": 2, "defense": "none",
+                                                           "min-nodes": 1, "round-timeout": 1.0})
+    assert "tipflower: run failed: round 1: no reply to aggregate" in outcome.log, outcome.log[-3000:]
+    assert "[ROUND 2" not in outcome.log and "Exit Code: 202" in outcome.log  # the run is marked failed
+    summary = records.load_record(record_dir / "summary.json")
+    assert summary["error"].startswith("round 1: no reply to aggregate") and summary["accuracy"] == [summary["accuracy"][0]]
