@@ -20,7 +20,8 @@ import torch
 
 pytest.importorskip("flwr", reason="flwr is not installed; install the extra with: pip install -e '.[flower]'")
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import (ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord,  # noqa: E402
+                      RecordDict)
 
 from tipcore.flower import (RECORD_KEY, DefenseMod, NoAggregatedReply, RecordingFedAvg, RoundSettings,  # noqa: E402
                             ScaledRoundTimeout, records)
@@ -388,7 +389,8 @@ def test_the_mod_refuses_a_weaker_request_with_an_error_reply_and_sends_nothing(
     weak = _context(run_config={"defense": "tip", "defense-options": '{"epsilon": 50}'}, **NODE_TIP)
     reply = _mod()(_train_message(), weak, train)
     assert reply.has_error() and not trained  # refused before training; no update in the reply
-    assert "DefenseMod: the run asks epsilon=50 for 'tip', weaker than this node's minimum epsilon=5" in reply.error.reason
+    assert "DefenseMod: the run asks epsilon=50 for 'tip', weaker than this node's minimum epsilon=5" in \
+        reply.error.reason
     strong = _context(run_config={"defense": "tip", "defense-options": '{"epsilon": 2}'}, **NODE_TIP)
     reply = _mod()(_train_message(), strong, train)
     assert not reply.has_error() and trained
@@ -604,3 +606,14 @@ def test_a_supernode_killed_mid_round_is_logged_and_the_round_ends_with_the_othe
     assert set(participation["missing"] + participation["failed"]) == \
         set(participation["sampled"]) - set(participation["aggregated"])
     assert summary["accuracy"][1] > summary["accuracy"][0] + 0.2
+
+
+@pytest.mark.slow
+def test_a_round_that_no_node_answers_in_time_fails_the_run_with_one_line(federation):
+    """After the kill test (one node left), or alone: a 1 s round timeout, shorter than a ClientApp's start."""
+    outcome, record_dir = _run(federation, "no-reply", **{"num-server-rounds": 2, "defense": "none",
+                                                           "min-nodes": 1, "round-timeout": 1.0})
+    assert "tipflower: run failed: round 1: no reply to aggregate" in outcome.log, outcome.log[-3000:]
+    assert "[ROUND 2" not in outcome.log and "Exit Code: 202" in outcome.log  # the run is marked failed
+    summary = records.load_record(record_dir / "summary.json")
+    assert summary["error"].startswith("round 1: no reply to aggregate") and len(summary["accuracy"]) == 1

@@ -43,7 +43,8 @@ def check_run_config(overrides: Mapping[str, Any]) -> dict[str, Any]:
     if not 1 <= int(config["min-nodes"]):
         raise ValueError(f"min-nodes must be >= 1, got {config['min-nodes']}")
     if bool(config["secure-aggregation"]) and int(config["min-nodes"]) < 3:
-        raise ValueError(f"secure-aggregation (SecAgg+ shares each mask among >= 3 nodes) needs min-nodes >= 3, got {config['min-nodes']}")
+        raise ValueError("secure-aggregation (SecAgg+ shares each mask among >= 3 nodes) needs min-nodes >= 3, "
+                         f"got {config['min-nodes']}")
     from tipcore.flower.strategy import ScaledRoundTimeout
 
     ScaledRoundTimeout(None, ceiling_s=float(config["round-timeout"]), factor=float(config["round-timeout-factor"]))
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-defense-options", default="{}", help="the nodes' minimum options (JSON object)")
     parser.add_argument("--secure-aggregation", action="store_true",
                         help="SecAgg+ (Flower's legacy workflow): the server sees only the sum of the updates")
-    parser.add_argument("--audit", action="store_true", help="each node keeps its clean/defended updates and the private defense record (audit-node-K)")
+    parser.add_argument("--audit", action="store_true",
+                        help="each node keeps its clean/defended updates and the private defense record (audit-node-K)")
     parser.add_argument("--out", type=Path, default=Path("runs/flower"))
     args = parser.parse_args(argv)
 

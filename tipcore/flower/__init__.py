@@ -15,7 +15,9 @@ FLWR_VERSION = check_flwr_version()
 
 from tipcore.flower.mods import RECORD_KEY, DefenseMod, check_mod_order, public_record  # noqa: E402
 from tipcore.flower.settings import RoundSettings, check_defense  # noqa: E402
-from tipcore.flower.strategy import NoAggregatedReply, RecordingFedAvg, ScaledRoundTimeout, public_defense_of  # noqa: E402
+from tipcore.flower.strategy import (NoAggregatedReply, RecordingFedAvg, ScaledRoundTimeout,  # noqa: E402
+                                     public_defense_of)
 
-__all__ = ["SUPPORTED_RANGE", "FLWR_VERSION", "FlowerVersionError", "check_flwr_version", "DefenseMod", "check_mod_order",
-           "RECORD_KEY", "public_record", "RoundSettings", "check_defense", "RecordingFedAvg", "NoAggregatedReply", "ScaledRoundTimeout", "public_defense_of"]
+__all__ = ["SUPPORTED_RANGE", "FLWR_VERSION", "FlowerVersionError", "check_flwr_version", "DefenseMod",
+           "check_mod_order", "RECORD_KEY", "public_record", "RoundSettings", "check_defense", "RecordingFedAvg",
+           "NoAggregatedReply", "ScaledRoundTimeout", "public_defense_of"]

@@ -126,7 +126,7 @@ def _mod_name(mod: Any) -> str:
 
 
 def check_mod_order(mods: Sequence[Any]) -> list[Any]:
-    """The ClientApp's mods, checked for what would void a DefenseMod; use as ``ClientApp(mods=check_mod_order([...]))``.
+    """The ClientApp's mods, checked for what would void a DefenseMod: ``ClientApp(mods=check_mod_order([...]))``.
 
     Flower runs the list first to last on the way in and last to first on the reply, so the reply passes
     the mods listed *after* DefenseMod before the defense and those listed *before* it after the defense.

@@ -170,7 +170,8 @@ class ScaledRoundTimeout:
         if factor != 0 and not factor >= 1:
             raise ValueError(f"round-timeout-factor must be 0 (fixed timeout) or >= 1, got {factor}")
         self._grid = grid
-        self.ceiling_s, self.factor, self.floor_s = float(ceiling_s), float(factor), min(float(floor_s), float(ceiling_s))
+        self.ceiling_s, self.factor = float(ceiling_s), float(factor)
+        self.floor_s = min(float(floor_s), self.ceiling_s)
         self._clock = clock
         self.history: list[dict[str, Any]] = []  # per exchange with nodes: timeout, seconds, complete
 

@@ -57,5 +57,6 @@ def run(grid: Grid, context: Context, *, model: torch.nn.Module, settings: Round
     secagg = SecAggPlusWorkflow(num_shares=min_nodes, reconstruction_threshold=reconstruction_threshold(min_nodes),
                                 max_weight=4000, timeout=round_timeout)
     DefaultWorkflow(fit_workflow=secagg)(grid, legacy)
-    return {"secure_aggregation": {"num_shares": min_nodes, "reconstruction_threshold": reconstruction_threshold(min_nodes)},
+    return {"secure_aggregation": {"num_shares": min_nodes,
+                                   "reconstruction_threshold": reconstruction_threshold(min_nodes)},
             "seconds": time.perf_counter() - started, "accuracy": [accuracy[r] for r in sorted(accuracy)]}

@@ -43,8 +43,9 @@ def main(grid: Grid, context: Context) -> None:
     record_dir = Path(str(cfg["record-dir"])).resolve() if str(cfg["record-dir"]) else None
     if bool(cfg["secure-aggregation"]):
         if min_nodes < 3:
-            log(ERROR, "tipflower: refusing to start: secure-aggregation (SecAgg+ shares each mask among >= 3 nodes) needs min-nodes >= 3, got %d", min_nodes)
-            raise RunConfigError(f"secure-aggregation (SecAgg+ shares each mask among >= 3 nodes) needs min-nodes >= 3, got {min_nodes}")
+            why = f"secure-aggregation (SecAgg+ splits each mask among >= 3 nodes) needs min-nodes >= 3, got {min_nodes}"
+            log(ERROR, "tipflower: refusing to start: %s", why)
+            raise RunConfigError(why)
         from tipflower import secagg
 
         data = secagg.run(grid, context, model=model, settings=settings, rounds=rounds, min_nodes=min_nodes,
