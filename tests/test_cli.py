@@ -343,3 +343,9 @@ def test_a_command_started_as_a_process_spins_openmp_and_in_process_calls_leave_
     assert os.environ["OMP_WAIT_POLICY"] == cli.BATCH_OPENMP_POLICY == "ACTIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the user's choice wins
     assert cli.main() == 2 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
+def test_a_bad_reproduce_shard_is_one_line(text, capsys):
+    assert main(["reproduce", "--shard", text, "--out", "runs/never"]) == 2
+    assert "shard" in capsys.readouterr().err

@@ -184,3 +184,31 @@ def test_a_utility_cell_another_job_finished_is_not_run_again(tmp_path, monkeypa
     first, second = evaluation.UtilityStore(tmp_path, protocol), evaluation.UtilityStore(tmp_path, protocol)
     assert first.run(setting, 0) and second.run(setting, 0)
     assert len(calls) == 1 and len(second.rows(setting)) == 1
+
+
+def test_reproduce_shards_split_the_images_and_the_last_one_writes_the_report(tmp_path, monkeypatch):
+    # The cells' numbers are faked (the real ones are tested above); what is checked is who computes what.
+    attacked = []
+
+    def fake_cells(cfgs, **kw):
+        attacked.extend((c.image_ids[0], c.attack, c.defense, repr(sorted(c.defense_cfg.items()))) for c in cfgs)
+        return [{"psnr": 10.0, "ssim": 0.1, "label_accuracy": 1.0, "noise_rel": None, "noise_to_signal": None,
+                 "update_cosine": 1.0, "flag_precision": None, "flag_recall": None, "restarts": 0, "seconds": 0.1,
+                 "stopped": False} for _ in cfgs]
+
+    def fake_utility(setting, protocol, seed, **kw):
+        return {"accuracy": 0.5, "fl_rounds": 1, "noise_rel": setting.relative_noise(), "noise_to_signal": None,
+                "curve": "0.5"}
+
+    monkeypatch.setattr(reproduce, "attack_cells", fake_cells)
+    monkeypatch.setattr(evaluation, "utility_cell", fake_utility)
+    cfg = reproduce.ReproduceConfig(images=3, lenet_attacks=("idlg",), lenet_iters=1,
+                                    utility=UtilityProtocol(rounds=1, seeds=(0,)))
+    drive(reproduce.run(cfg, tmp_path, shard=(1, 2)))
+    assert {cell[0] for cell in attacked} == {"cifar10-01"} and not (tmp_path / "REPORT.md").exists()
+    drive(reproduce.run(cfg, tmp_path, shard=(0, 2)))
+    assert {cell[0] for cell in attacked} == {"cifar10-00", "cifar10-01", "cifar10-02"}
+    rows = len(reproduce.ROWS) + 1  # and the DP row at TIP's utility
+    assert len(attacked) == len(set(attacked)) == 3 * rows and (tmp_path / "REPORT.md").exists()
+    with pytest.raises(ValueError, match="shard"):
+        drive(reproduce.run(cfg, tmp_path, shard=(2, 2)))

@@ -516,7 +516,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device)
     out_dir = job_directory(args.out)
     with progress_display(args) as show:
-        out = drive(reproduce.run(cfg, out_dir, utility_dir=args.utility_dir), show)
+        out = drive(reproduce.run(cfg, out_dir, utility_dir=args.utility_dir, shard=args.shard), show)
     if (Path(out) / "REPORT.md").exists():
         print(f"-> {out}/REPORT.md, cells.csv; utility cells in {args.utility_dir or Path(out) / 'utility'}")
     return 0
@@ -681,8 +681,18 @@ def reproduce_args(p: argparse.ArgumentParser) -> None:
     add_utility_args(p)
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="cpu", help="cpu, auto or cuda[:N]")
+    p.add_argument("--shard", type=shard_of, default=(0, 1), metavar="I/N",
+                   help="attack only the images whose index is I modulo N: N processes with the same flags and "
+                        "--out split the work; the last to finish writes REPORT.md")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_reproduce)
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
+        raise argparse.ArgumentTypeError(f"a shard is I/N with 0 <= I < N, got '{text}'")
+    return int(parts[0]), int(parts[1])
 
 
 # name -> (one-line help, the function that adds its flags). The flags, and the engine modules their

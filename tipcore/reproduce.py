@@ -170,9 +170,16 @@ def kind_of(attack: str) -> str:
 
 
 def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_stop,
-        utility_dir: str | Path | None = None) -> Generator[Event, None, Path]:
+        utility_dir: str | Path | None = None, shard: tuple[int, int] = (0, 1)) -> Generator[Event, None, Path]:
     """Fill ``out`` (resuming) and write REPORT.md. Utility cells go to ``utility_dir`` (default ``out/utility``),
-    which the sweep may share when it runs the same utility protocol."""
+    which the sweep may share when it runs the same utility protocol.
+
+    ``shard=(i, n)``: this process attacks only the images whose index is i modulo n, so n processes (or
+    machines sharing the directory) split the attack cells; the one that finds every cell done writes REPORT.md.
+    """
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claim_directory(out, cfg.claim())
@@ -189,12 +196,13 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
     def progress(total: int, message: str, stopped: bool = False) -> Event:
         return watch.event("reproduce", state["done"], total, "cell", message, stopped=stopped)
 
-    def attack_groups(chosen: Mapping[str, DefenseSetting], model: str) -> list[tuple]:
-        """Per image and attack: the settings still to do, in batches of one optimisation each."""
+    def attack_groups(chosen: Mapping[str, DefenseSetting], model: str, every: bool = False) -> list[tuple]:
+        """Per image (this shard's, or ``every`` one) and attack: the settings still to do, in batches of one
+        optimisation each."""
         names, pictures, size = ((cfg.lenet_attacks, images, LENET_BATCH) if model == ATTACK_MODEL
                                  else (cfg.ig_attacks, ig_images, RESNET_BATCH))
         groups = []
-        for image in pictures:
+        for image in (pictures if every else pictures[index::count]):
             for attack in names:
                 todo = [(label, s) for label, s in chosen.items()
                         if not cells.has(dict(setting=label, model=model, image=image, attack=attack))]
@@ -257,6 +265,16 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
     if not (yield from work(first)):
         yield stopped()
         return out
+    if count > 1:
+        cells.refresh()  # the other shards' cells
+        missing = sum(len(g[1][0]) for g in attack_groups({**lenet_settings, matched_label: matched}, ATTACK_MODEL,
+                                                          every=True))
+        if missing:
+            yield progress(state["done"], f"shard {index}/{count} done; {missing} cells left to the other shards")
+            return out
+        if ig_settings and attack_groups(ig_settings, IG_MODEL, every=True):
+            yield progress(state["done"], f"shard {index}/{count} done; ResNet-18 cells left to the other shards")
+            return out
     yield progress(state["done"], "writing REPORT.md")
     reference = reference_psnr(images, cfg.seed)
     text = report(cfg, cells, utility, lenet_settings, ig_settings, matched_label, matched, reference)
