@@ -228,3 +228,14 @@ def test_strong_matchers_run_in_the_batched_comparison(matcher):
         assert record.result.flagged == alone.result.flagged and record.result.notes == alone.result.notes
         assert record.result.labels == alone.result.labels == record.prepared.labels
         assert abs(record.result.final_loss - alone.result.final_loss) <= 1e-2 * abs(alone.result.final_loss) + 1e-9
+
+
+@pytest.mark.parametrize("base", ["dlg", "idlg", "ig"])
+def test_every_strong_variant_of_every_base_runs(base):
+    p = prepared("soteria")
+    for matcher in STRONG:
+        result = attacks.drive(attacks.create(f"{base}_{matcher}", {"iterations": 1}).reconstruct(
+            p.view, p.defended, generator=torch.Generator().manual_seed(0)))
+        assert result.match == matcher and result.iterations == 1 and result.final_loss == result.final_loss
+        if matcher == "fc_recovery":  # the label read off the fc bias replaces DLG's soft label too
+            assert result.labels == p.labels
