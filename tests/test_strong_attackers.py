@@ -239,3 +239,16 @@ def test_every_strong_variant_of_every_base_runs(base):
         assert result.match == matcher and result.iterations == 1 and result.final_loss == result.final_loss
         if matcher == "fc_recovery":  # the label read off the fc bias replaces DLG's soft label too
             assert result.labels == p.labels
+
+
+def test_fc_recovery_keeps_low_bins_on_request_as_hybrid_does():
+    p = prepared("tip", (("ratio", 0.3),))
+    problem = MatchingProblem(p.view, p.defended)
+    config = attacks.MATCHERS["fc_recovery"].config_cls(keep_low=True)
+    with_low = fit_matcher("fc_recovery", config, problem.received())
+    hybrid = fitted(p, "hybrid")[1]
+    dropping = fitted(p, "fc_recovery")[1]
+    assert with_low.flagged == hybrid.flagged == dropping.flagged
+    for name, t in zip(problem.names, problem.targets):
+        assert torch.equal(with_low.apply(name, t), hybrid.apply(name, t)), name
+    assert any(not torch.equal(with_low.apply(n, t), dropping.apply(n, t)) for n, t in zip(problem.names, problem.targets))

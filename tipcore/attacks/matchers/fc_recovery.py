@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tipcore.attacks.matchers._base import ContrastKnobs, CutoffKnobs, EnergyKnobs, GapKnobs, Matcher, detect
+from tipcore.attacks.matchers._base import ContrastKnobs, CutoffKnobs, EnergyKnobs, GapKnobs, Matcher, channel_maps
 from tipcore.attacks.registry import register_matcher
 from tipcore.knobs import knob
 
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 class FcRecoveryConfig(EnergyKnobs, ContrastKnobs, GapKnobs, CutoffKnobs):
     feature_weight: float = knob(1.0, "Feature weight", "weight of the recovered-feature term against the gradient "
                                  "distance (1: alike at the start)", low=0.0, high=1e6)
+    keep_low: bool = knob(False, "Keep low bins", "keep the flagged channels' clean low bins (as hybrid) instead "
+                          "of dropping them")
 
 
 def fc_names(received: Received) -> tuple[str, str]:
@@ -73,17 +75,12 @@ class FcRecovery(Matcher):
     def fit(self, received: Received) -> Fitted:
         import torch
 
-        from tipcore.attacks.fitted import FeatureTarget, Fitted, TensorMap, channel_scale
+        from tipcore.attacks.fitted import FeatureTarget, Fitted
 
         c = self.config
         weight_name, bias_name = fc_names(received)
         fitted = Fitted()
-        for layer, (scores, flagged) in detect(c, received).items():
-            if flagged:
-                keep = torch.ones(scores.roughness.numel())
-                keep[list(flagged)] = 0.0
-                fitted.maps[f"{layer}.weight"] = TensorMap(scale=channel_scale(keep, received.targets[f"{layer}.weight"]))
-            fitted.flagged[layer] = flagged
+        channel_maps(c, received, fitted, keep_low=c.keep_low)
         if received.batch != 1:
             fitted.notes.append(f"fc input not recovered: B = {received.batch} (the rows mix the examples)")
             return fitted
