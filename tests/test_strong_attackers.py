@@ -53,12 +53,13 @@ CASES = [
     ("tip_fullband", (("ratio", 0.1),), "cifar10-00", "idlg_energy", 30, 8.0),
     ("tip", (("ratio", 0.3),), "cifar10-02", "idlg_hybrid", 50, 5.0),
     ("tip", (("ratio", 0.1),), "cifar10-00", "idlg_fc_recovery", 30, 8.0),
+    ("soteria", (), "cifar10-00", "idlg_fc_recovery", 30, 8.0),  # it matches only the fc layer's sent entries
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("defense, options, image, attack, iterations, margin", CASES,
-                         ids=[c[3] for c in CASES])
+                         ids=[f"{c[3]}-{c[0]}" for c in CASES])
 def test_each_strong_attacker_beats_the_naive_one_on_its_target_defense(defense, options, image, attack,
                                                                          iterations, margin):
     naive = psnr(defense, options, image, "idlg", iterations)
