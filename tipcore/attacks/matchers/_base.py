@@ -74,3 +74,35 @@ def detect(config: Any, received: Received) -> dict[str, tuple[Any, tuple[int, .
         out[layer] = (scores, noised_channels(scores, config.assumed_ratio, config.min_separation,
                                               config.min_contrast, config.min_z))
     return out
+
+
+def channel_maps(config: Any, received: Received, fitted: Fitted, keep_low: bool) -> None:
+    """Fill ``fitted`` with the energy + roughness detector's flags (``detect``) and their maps: the flagged
+    output channels zeroed, or with ``keep_low`` only their bins at and above the assumed cutoff removed,
+    except for the flagged channels whose low bins are outliers too (``channels.lf_outliers``: full-band
+    noise), which are zeroed whole."""
+    import torch
+
+    from tipcore.attacks.channels import lf_outliers
+    from tipcore.attacks.fitted import TensorMap, channel_scale
+
+    dropped_whole = 0
+    for layer, (scores, flagged) in detect(config, received).items():
+        fitted.flagged[layer] = flagged
+        if not flagged:
+            continue
+        target = received.targets[f"{layer}.weight"]
+        zeroed = lf_outliers(scores, flagged, config.min_z) if keep_low else flagged
+        keep = torch.ones(scores.roughness.numel())
+        keep[list(zeroed)] = 0.0
+        scale = channel_scale(keep, target) if zeroed else None
+        if keep_low:
+            dropped_whole += len(zeroed)
+            remove = torch.zeros(scores.roughness.numel())
+            remove[list(flagged)] = 1.0
+            fitted.maps[f"{layer}.weight"] = TensorMap(scale=scale, cutoff=config.assumed_cutoff,
+                                                       remove_high=channel_scale(remove, target))
+        else:
+            fitted.maps[f"{layer}.weight"] = TensorMap(scale=scale)
+    if dropped_whole:
+        fitted.notes.append(f"{dropped_whole} flagged channel(s) dropped whole: their low bins are noised too")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tipcore.attacks.matchers._base import ContrastKnobs, CutoffKnobs, EnergyKnobs, GapKnobs, Matcher, detect
+from tipcore.attacks.matchers._base import ContrastKnobs, CutoffKnobs, EnergyKnobs, GapKnobs, Matcher, channel_maps
 from tipcore.attacks.registry import register_matcher
 
 if TYPE_CHECKING:
@@ -31,15 +31,8 @@ class EnergyConfig(EnergyKnobs, ContrastKnobs, GapKnobs, CutoffKnobs):
                           "rough) and leaves them out")
 class Energy(Matcher):
     def fit(self, received: Received) -> Fitted:
-        import torch
-
-        from tipcore.attacks.fitted import Fitted, TensorMap, channel_scale
+        from tipcore.attacks.fitted import Fitted
 
         fitted = Fitted()
-        for layer, (scores, flagged) in detect(self.config, received).items():
-            if flagged:
-                keep = torch.ones(scores.roughness.numel())
-                keep[list(flagged)] = 0.0
-                fitted.maps[f"{layer}.weight"] = TensorMap(scale=channel_scale(keep, received.targets[f"{layer}.weight"]))
-            fitted.flagged[layer] = flagged
+        channel_maps(self.config, received, fitted, keep_low=False)
         return fitted

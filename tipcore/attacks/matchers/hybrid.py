@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tipcore.attacks.matchers._base import ContrastKnobs, CutoffKnobs, EnergyKnobs, GapKnobs, Matcher, detect
+from tipcore.attacks.matchers._base import ContrastKnobs, CutoffKnobs, EnergyKnobs, GapKnobs, Matcher, channel_maps
 from tipcore.attacks.registry import register_matcher
 
 if TYPE_CHECKING:
@@ -29,28 +29,8 @@ class HybridConfig(EnergyKnobs, ContrastKnobs, GapKnobs, CutoffKnobs):
                           "clean low-frequency bins")
 class Hybrid(Matcher):
     def fit(self, received: Received) -> Fitted:
-        import torch
+        from tipcore.attacks.fitted import Fitted
 
-        from tipcore.attacks.channels import lf_outliers
-        from tipcore.attacks.fitted import Fitted, TensorMap, channel_scale
-
-        c = self.config
         fitted = Fitted()
-        dropped_total = 0
-        for layer, (scores, flagged) in detect(c, received).items():
-            fitted.flagged[layer] = flagged
-            if not flagged:
-                continue
-            target = received.targets[f"{layer}.weight"]
-            noisy_low = lf_outliers(scores, flagged, c.min_z)
-            dropped_total += len(noisy_low)
-            remove = torch.zeros(scores.roughness.numel())
-            remove[list(flagged)] = 1.0
-            keep = torch.ones(scores.roughness.numel())
-            if noisy_low:
-                keep[list(noisy_low)] = 0.0
-            fitted.maps[f"{layer}.weight"] = TensorMap(scale=channel_scale(keep, target) if noisy_low else None,
-                                                       cutoff=c.assumed_cutoff, remove_high=channel_scale(remove, target))
-        if dropped_total:
-            fitted.notes.append(f"{dropped_total} flagged channel(s) dropped whole: their low bins are noised too")
+        channel_maps(self.config, received, fitted, keep_low=True)
         return fitted
