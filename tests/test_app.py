@@ -152,6 +152,37 @@ def test_jobs_share_the_slots_and_abandoned_jobs_stop() -> None:
 # ------------------------------------------------------------------------------------------ pages
 
 
+def test_first_page_waits_only_for_the_engine_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cold start: the punchline (a visitor's first view, drawn from precomputed assets) and Teach wait for
+    torch and the registries only, never for the client round and Grad-CAM; the engine pages do wait."""
+    from app import resources
+
+    waited: list[str] = []
+
+    class CoreOnly:
+        error = None
+        ready = False
+        core_ready = True
+
+        def wait(self, timeout: float | None = None) -> bool:
+            waited.append("full")
+            return True
+
+        def wait_core(self, timeout: float | None = None) -> bool:
+            waited.append("core")
+            return True
+
+    monkeypatch.setattr(resources, "engine_warmup", lambda: CoreOnly())
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT).run()
+    no_exceptions(at)
+    assert at.title[0].value == "Can the server see your photo in a gradient?" and waited == []
+    at.switch_page("views/teach.py").run()
+    no_exceptions(at)
+    assert waited == []
+    at.switch_page("views/live.py").run()
+    assert waited == ["full"]
+
+
 def test_punchline_renders_without_compute() -> None:
     at = new_app()
     no_exceptions(at)
