@@ -58,7 +58,7 @@ def plan_keys(plan: list[tuple[str, Any]], images: np.ndarray | None) -> RunKeys
 
     try:
         return tuple((name, run_key(cfg, images)) for name, cfg in plan)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TypeError, AttributeError) as exc:  # never fatal: unkeyed results match nothing
         log.info("plan cannot be keyed: %s", exc)
         return None
 
@@ -88,7 +88,9 @@ class Job:
     abandon_s: float = ABANDON_S
     worker_pid: int | None = None
     keys: dict[str, str] = field(default_factory=dict)  # defense -> run key of its RunSpec (filled on start)
+    stop_requested_at: float | None = None  # when Stop was asked (monotonic)
     _thread: threading.Thread | None = None
+    _worker: Any = None  # the running tipcore.worker.WorkerRun
 
     # ------------------------------------------------------------------ control
     def start(self, runner: Callable[..., Any] | None = None) -> "Job":
@@ -99,7 +101,19 @@ class Job:
         return self
 
     def stop(self) -> None:
+        """Stop now: the worker is told at once (not at the feeding thread's next poll); its attack returns at
+        the next step with what it reached, and the remaining defenses are skipped."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
         self.stop_event.set()
+        run = self._worker
+        if run is not None:
+            run.stop()
+
+    @property
+    def stopping(self) -> bool:
+        """Stop was asked and the job has not ended yet (the page says so instead of showing progress)."""
+        return self.stop_event.is_set() and not self.done
 
     def touch(self) -> None:
         """The visitor's page is still polling this job."""
@@ -202,10 +216,10 @@ class Job:
     def _run(self, runner: Callable[..., Any] | None) -> None:
         acquired = False
         try:
-            keys = self.keys
-            if not keys:
-                keys.update(dict(plan_keys(self.plan, self.images) or ()))
+            keys = self.keys  # the page passes them (it compares them with the sidebar's); else computed here
             if self.cache is not None:
+                if not keys:
+                    keys.update(dict(plan_keys(self.plan, self.images) or ()))
                 self._from_cache(keys)
             todo = [(name, cfg) for name, cfg in self.plan if name not in self.records]
             if not todo:
@@ -224,24 +238,38 @@ class Job:
                 self._run_in_worker(todo, keys)
             else:
                 self._run_in_thread(todo, runner)
-            self.current = None
-            if self.stop_event.is_set():
-                self.status = "stopped"
-            elif self.errors and not self.records:
-                self.status = "error"
-            else:
-                self.status = "done"
+            self._end()
         except Exception as exc:  # noqa: BLE001 - never let the thread die silently
             log.exception("attack job failed")
             self.errors["job"] = one_line(exc)
             self.status = "error"
         finally:
+            if self.finished is None:
+                self.finished = time.monotonic()
+            # The page shows the results from here on; the worker's exit (torch's teardown takes seconds on a
+            # loaded machine) is waited for after that, and the slot is freed only once it is gone.
+            run = self._worker
+            if run is not None:
+                try:
+                    run.close()
+                finally:
+                    self._worker = None
             leave = getattr(self.slots, "leave", None)
             if acquired:
                 self.slots.release(self)
             elif leave is not None:
                 leave(self)
-            self.finished = time.monotonic()
+
+    def _end(self) -> None:
+        """Set the final status, then ``finished`` (which is what ``done`` reads: status first)."""
+        self.current = None
+        if self.stop_event.is_set():
+            self.status = "stopped"
+        elif self.errors and not self.records:
+            self.status = "error"
+        else:
+            self.status = "done"
+        self.finished = time.monotonic()
 
     def _from_cache(self, keys: dict[str, str]) -> None:
         for name, cfg in self.plan:
@@ -256,37 +284,45 @@ class Job:
                 self.records[name] = outcome
                 self.cached.add(name)
 
-    def _run_in_worker(self, todo: list[tuple[str, Any]], keys: dict[str, str]) -> None:
+    def _run_in_worker(self, todo: list[tuple[str, Any]], keys: dict[str, str]) -> Any:
+        """Feed the job from one worker process until it ends; returns the worker (closed by the caller)."""
         from tipcore import worker
 
-        run = worker.WorkerRun(todo, self.images).start()
+        run = worker.WorkerRun(todo, self.images)
+        self._worker = run
+        run.start()
         self.worker_pid = run.pid
         stop_sent = False
-        try:
-            while True:
-                if not stop_sent and self.should_stop():
-                    run.stop()
-                    stop_sent = True
-                for event in run.events(timeout=0.25):
-                    if isinstance(event, worker.Started):
-                        self.current = event.name
-                    elif isinstance(event, (worker.LiveSnapshot, worker.Stage)):
-                        self.on_event(event.name, event)
-                    elif isinstance(event, worker.Finished):
-                        self.records[event.name] = event.outcome
-                        self._report_speed(event.outcome)
-                        if self.cache is not None and event.name in keys:
-                            self.cache.put(keys[event.name], event.outcome)
-                    elif isinstance(event, worker.Failed):
-                        self.errors[event.name] = event.message
-                if run.ended is not None:
-                    return
-                if run.finished:  # died without saying so (killed, out of memory)
+        if self.stop_event.is_set():  # Stop came while the worker was being created
+            run.stop()
+        while True:
+            if not stop_sent and self.should_stop():  # also an abandoned job (no poll for abandon_s)
+                run.stop()
+                stop_sent = True
+                if self.current is None:
+                    # Still starting (loading torch: seconds on a busy machine) and nothing reached: end it now.
+                    log.info("attack job %s stopped before its worker started: terminating worker %s", self.id,
+                             run.pid)
+                    run.process.terminate()
+            for event in run.events(timeout=0.1 if stop_sent else 0.25):
+                if isinstance(event, worker.Started):
+                    self.current = event.name
+                elif isinstance(event, (worker.LiveSnapshot, worker.Stage)):
+                    self.on_event(event.name, event)
+                elif isinstance(event, worker.Finished):
+                    self.records[event.name] = event.outcome
+                    self._report_speed(event.outcome)
+                    if self.cache is not None and event.name in keys:
+                        self.cache.put(keys[event.name], event.outcome)
+                elif isinstance(event, worker.Failed):
+                    self.errors[event.name] = event.message
+            if run.ended is not None:
+                return run
+            if run.finished:  # died without saying so (killed, out of memory), or terminated by Stop above
+                if not stop_sent:
                     code = run.process.exitcode
                     self.errors["job"] = f"the attack worker ended unexpectedly (exit code {code})"
-                    return
-        finally:
-            run.close()
+                return run
 
     def _report_speed(self, outcome: Any) -> None:
         if self.throughput is None or not outcome.iterations:

@@ -43,8 +43,16 @@ page = st.navigation(PAGES)
 
 # Load the engine in the background from the first request on; a page opened before it is ready (a direct
 # link to a fresh server) says what it waits for instead of drawing a blank main area.
+# Pages drawn from precomputed assets (the punchline, the first view of a visitor; Teach) need only the
+# engine's core (torch and the registries), not the client round and Grad-CAM that load after it.
+ASSET_PAGES = {"", "teach"}
 warmup = resources.engine_warmup()
-if not warmup.ready:
+if page.url_path in ASSET_PAGES:
+    if not warmup.core_ready:
+        with st.spinner("Loading the engine (PyTorch and the models): the first visit after a server start "
+                        "takes a few seconds …", show_time=True):
+            warmup.wait_core()
+elif not warmup.ready:
     with st.spinner("Loading the engine (PyTorch, the models and Grad-CAM): the first visit after a server "
                     "start takes a few seconds …", show_time=True):
         warmup.wait()

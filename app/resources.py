@@ -25,13 +25,22 @@ DEFAULT_MAX_ATTACKS = 2
 
 
 class EngineWarmup:
-    """Imports the engine (torch, models, Grad-CAM) in a background thread, once per server process, so
-    that the first page that needs it does not draw a blank main area while it loads."""
+    """Imports the engine in a background thread, once per server process, so that the first page that
+    needs it does not draw a blank main area while it loads.
 
-    MODULES = ("tipcore.runtime", "tipcore.experiment", "tipcore.explain", "tipcore.result_cache", "tipcore.worker")
+    Two phases: ``CORE`` (torch, the registries of models, defenses and attacks, the gallery and the
+    precomputed showcase: what the pages drawn from precomputed assets need) and then ``MODULES`` (the
+    client round, Grad-CAM, the cache and the worker: seconds more on a busy machine). A page drawn from
+    precomputed assets waits only for the core (``wait_core``), so the first view does not wait for Grad-CAM.
+    """
+
+    CORE = ("tipcore.worker", "tipcore.parsing", "tipcore.runtime", "tipcore.models", "tipcore.defenses", "tipcore.attacks", "tipcore.knobs",
+            "tipcore.data", "tipcore.showcase")
+    MODULES = ("tipcore.experiment", "tipcore.explain", "tipcore.result_cache", "tipcore.worker")
 
     def __init__(self) -> None:
         self.error: str | None = None
+        self._core = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._load, name="tip-engine-warmup", daemon=True)
         self._thread.start()
@@ -40,19 +49,30 @@ class EngineWarmup:
         import importlib
 
         try:
+            for name in self.CORE:
+                importlib.import_module(name)
+            self._core.set()
             for name in self.MODULES:
                 importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - the page that needs the module reports it properly
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
+            self._core.set()
             self._done.set()
 
     @property
     def ready(self) -> bool:
         return self._done.is_set()
 
+    @property
+    def core_ready(self) -> bool:
+        return self._core.is_set()
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
+
+    def wait_core(self, timeout: float | None = None) -> bool:
+        return self._core.wait(timeout)
 
 
 @st.cache_resource(show_spinner=False)

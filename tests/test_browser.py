@@ -310,5 +310,29 @@ def test_tour_without_run_never_shows_another_steps_results(server: str, page: o
         expect(page.get_by_text("Previous results:").first).to_be_visible()
 
 
+def test_page_stop_freezes_the_attack(server: str, page: object) -> None:
+    """Stop while the attack runs: the page says it is stopping, then shows what was reached, marked as
+    stopped at a step short of the budget, and that step count no longer moves."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/live?iterations=5000&attack=ig&defenses=none,tip&dataset=cifar10&image_id=cifar10-04",
+              wait_until="domcontentloaded")
+    run = page.get_by_role("button", name="Run attack")
+    expect(run).to_be_enabled(timeout=(STARTUP_S + UI_S) * 1000)
+    run.click()
+    expect(page.get_by_text(re.compile(r"step \d+/5000")).first).to_be_visible(timeout=ATTACK_S * 1000)
+    page.locator(".st-key-stop_live").get_by_role("button").click()
+    expect(page.get_by_text("Stopped early").first).to_be_visible(timeout=UI_S * 1000)
+    expect(page.get_by_role("heading", name="Results: stopped early, incomplete")).to_be_visible()
+    stopped_at = page.get_by_text(re.compile(r"stopped at step \d+ of 5000")).first
+    expect(stopped_at).to_be_visible()
+    step = int(re.search(r"stopped at step (\d+)", stopped_at.text_content() or "").group(1))
+    assert 0 < step < 5000
+    wait_until_idle(page)
+    page.get_by_role("button", name="Run attack").hover()  # anything; the page stays as it is
+    expect(stopped_at).to_contain_text(f"stopped at step {step} of 5000")
+    expect(page.get_by_text(re.compile(r"step \d+/5000"))).to_have_count(0)  # no live progress left
+
+
 TITLES = {"views/live.py": "Live attack", "views/leaks.py": "What leaks", "views/frontier.py": "Privacy–utility",
           "views/tip.py": "How TIP works"}

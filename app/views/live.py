@@ -158,7 +158,10 @@ def _live_panel_body(job: jobs.Job) -> None:
               help="Stop the attack now and keep what it reached; defenses not started yet are skipped.")
     frac, eta = job.progress()
     slots = resources.attack_slots()
-    if job.status == "waiting":
+    if job.stopping:  # asked to stop: never a progress line that reads as if it went on
+        st.progress(min(max(frac, 0.0), 1.0), text="Stopping: the attack ends at its current step and the page "
+                    "shows what it reached, marked as stopped; defenses not started are skipped.")
+    elif job.status == "waiting":
         ahead = slots.position(job) or 0
         wait = job.wait_estimate()
         when = f"a slot should free in about {fmt_seconds(wait)}" if wait else "your run starts as soon as one finishes"
@@ -186,9 +189,9 @@ def _live_cell(col: object, job: jobs.Job, name: str) -> None:
             st.error(job.errors[name])
         elif snap is not None:
             st.image(upscale(snap.images[0], 5), width="stretch")
-            st.caption(f"step {snap.step} · loss {snap.loss:.3g}")
+            st.caption(f"{'stopping at' if job.stopping else 'step'} {snap.step} · loss {snap.loss:.3g}")
         else:
-            st.caption("queued")
+            st.caption("skipped (stopped)" if job.stopping else "queued")
 
 
 if running:
@@ -280,7 +283,10 @@ def figure_panels(res: jobs.Results) -> list[tuple[str, str, object]]:
     """(title, subtitle, image) for the private image and each reconstruction."""
     first = res.defenses[0]
     panels = [("Private image", f"label: {_label_text(res, first.label_true)}", res.original[0])]
-    panels += [(defense_label(d.defense), f"PSNR {fmt_psnr(d.psnr)} · SSIM {d.ssim:.2f}", d.images[0])
+    panels += [(defense_label(d.defense) + (" (stopped)" if d.stopped else ""),
+                f"PSNR {fmt_psnr(d.psnr)} · SSIM {d.ssim:.2f}"
+                + (f" · stopped at step {d.iterations} of {res.settings.iterations}" if d.stopped else ""),
+                d.images[0])
                for d in res.defenses]
     return panels
 
@@ -340,7 +346,7 @@ def show_results(res: jobs.Results, previous: bool = False) -> None:
     if previous:
         st.markdown("**Results of the previous settings** (not of the sidebar's current ones)")
     else:
-        st.subheader("Results")
+        st.subheader("Results: stopped early, incomplete" if res.stopped else "Results")
     st.caption(settings_line(res))
     if previous:
         pass  # how they were obtained is about the earlier settings: no cache caption here
