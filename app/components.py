@@ -412,8 +412,8 @@ ATTACKER_SYMBOL = {"naive": "circle-open", "adaptive": "circle"}
 ATTACKER_LABELS = {"naive": "naive attacker", "adaptive": "adaptive attacker"}
 KNOB_LABELS = {"epsilon": "ε", "beta": "β", "ratio": "ratio", "noise_multiplier": "z", "sigma": "σ", "p": "p"}
 CURVE_AXES = {
-    "accuracy": ("held-out accuracy after defended FedAvg rounds (utility: right is better)", "linear"),
-    "update_cosine": ("cosine of the defended to the clean update (utility proxy: right is better)", "linear"),
+    "accuracy": ("held-out accuracy after defended FedAvg rounds<br>(utility: right is better)", "linear"),
+    "update_cosine": ("cosine of the defended to the clean update<br>(utility proxy: right is better)", "linear"),
     "noise_scale": ("noise scale (log)", "log"),
     "noise_to_signal": ("noise-to-signal on the perturbed slices (log)", "log"),
 }
@@ -469,10 +469,19 @@ def privacy_curves_figure(points: Sequence[dict], reference: dict, x: str = "acc
     for defense, knob, _ in curves:
         knobs.setdefault(defense, set()).add(knob)
     fig = go.Figure()
+    # The legend: one entry per defense (its colour; a click hides both of its curves) and one per line style,
+    # below the plot. Sixteen "defense · attacker" entries beside it squeezed the plot away on a phone.
+    _style_legend(fig)
+    shown: set[str] = set()
     for (defense, knob, attacker), pts in curves.items():
         pts = [p for p in pts if p.get(x) is not None and (axis_type != "log" or float(p[x]) > 0)]
         if not pts:
             continue
+        if defense not in shown:
+            shown.add(defense)
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=defense_label(defense),
+                                     legendgroup=defense, hoverinfo="skip",
+                                     marker=dict(color=defense_colour(defense), symbol="square", size=10)))
         name = f"{defense_label(defense)} · {ATTACKER_LABELS.get(attacker, attacker)}"
         if len(knobs[defense]) > 1 and knob:
             name += f" ({knob_label(knob)})"
@@ -483,15 +492,36 @@ def privacy_curves_figure(points: Sequence[dict], reference: dict, x: str = "acc
             line=dict(color=colour, dash=ATTACKER_DASH.get(attacker, "solid"), width=2),
             marker=dict(color=colour, symbol=ATTACKER_SYMBOL.get(attacker, "circle"), size=9,
                         line=dict(color=colour, width=2)),
-            customdata=_curve_customdata(pts), hovertemplate=_curve_hover(defense, attacker),
+            customdata=_curve_customdata(pts), hovertemplate=_curve_hover(defense, attacker), showlegend=False,
         ))
     _reference_lines(fig, reference)
     fig.update_layout(
         title="Privacy–utility frontier", xaxis_title=title, xaxis_type=axis_type,
-        yaxis_title="attack PSNR in dB (leakage: lower is more private)", margin=_MARGIN, height=520,
-        legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),
+        yaxis_title="attack PSNR (dB), lower is more private", margin=_MARGIN, height=560,
+        legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0.0),
     )
     return plain_numbers(fig)
+
+
+def attacker_style(attacker: str) -> str:
+    """How a chart draws an attacker's curves, in words (the tour's text takes it from here)."""
+    dash = "dashed" if ATTACKER_DASH[attacker] == "dash" else "solid"
+    return f"{dash}, {'open' if ATTACKER_SYMBOL[attacker].endswith('-open') else 'filled'} markers"
+
+
+def _style_legend(fig: go.Figure, **where: object) -> None:
+    """Legend entries for the two line styles, in neutral grey."""
+    for attacker in ("naive", "adaptive"):
+        fig.add_trace(go.Scatter(
+            x=[None], y=[None], mode="lines+markers", name=ATTACKER_LABELS[attacker], hoverinfo="skip",
+            line=dict(color="#444444", dash=ATTACKER_DASH[attacker], width=2),
+            marker=dict(color="#444444", symbol=ATTACKER_SYMBOL[attacker], size=8, line=dict(color="#444444", width=2)),
+        ), **where)
+
+
+def _wrap_title(text: str) -> str:
+    """A subplot title over a narrow panel (a phone's third of 390 px): a line break after each comma."""
+    return text.replace(", ", ",<br>")
 
 
 def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
@@ -503,17 +533,13 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
             panels.append((defense, knob))
     if not panels:
         panels = [("none", "")]
-    cols = min(len(panels), 4)
+    cols = min(len(panels), 3)  # four titles side by side ran into each other on a phone
     rows = (len(panels) + cols - 1) // cols
-    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04, vertical_spacing=0.18,
-                        subplot_titles=[f"{defense_label(d)}: {knob_label(k)}" if k else defense_label(d)
+    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.05, vertical_spacing=0.22,
+                        subplot_titles=[_wrap_title(f"{defense_label(d)}: {knob_label(k)}" if k else defense_label(d))
                                         for d, k in panels])
-    for attacker in ("naive", "adaptive"):  # legend entries for the line styles, in neutral grey
-        fig.add_trace(go.Scatter(
-            x=[None], y=[None], mode="lines+markers", name=ATTACKER_LABELS[attacker], hoverinfo="skip",
-            line=dict(color="#444444", dash=ATTACKER_DASH[attacker], width=2),
-            marker=dict(color="#444444", symbol=ATTACKER_SYMBOL[attacker], size=8, line=dict(color="#444444", width=2)),
-        ), row=1, col=1)
+    fig.update_annotations(font_size=12)
+    _style_legend(fig, row=1, col=1)
     for i, (defense, knob) in enumerate(panels):
         row, col = i // cols + 1, i % cols + 1
         values = []
@@ -538,7 +564,7 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
         fig.update_xaxes(type="log" if log else "linear", title_text=knob_label(knob) or None, row=row, col=col)
         _reference_lines(fig, reference, annotate=i == len(panels) - 1, row=row, col=col)
     fig.update_yaxes(title_text="attack PSNR (dB)", col=1)
-    fig.update_layout(title="Attack PSNR against each defense's strength", margin=dict(l=10, r=10, t=70, b=10),
+    fig.update_layout(title="Attack PSNR against<br>each defense's strength", margin=dict(l=10, r=10, t=110, b=10),
                       height=300 * rows + 110,
                       legend=dict(orientation="h", yanchor="top", y=-0.3 / rows, xanchor="left", x=0.0))
     return plain_numbers(fig)
@@ -548,6 +574,8 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
 
 SENT_EXACTLY = "#E5E8EC"  # light grey: a channel the server receives exactly as the client computed it
 LEAK_PANELS = ("computed by the client", "received by the server", "difference (what the defense added)")
+# The same, over three panels a phone's width: short lines (they ran into each other at 390 px).
+LEAK_TITLES = ("computed<br>by client", "received<br>by server", "difference<br>(noise)")
 
 
 def _ragged(rows: Sequence[np.ndarray]) -> np.ndarray:
@@ -575,7 +603,8 @@ def channel_energy_map(layers: Sequence[str], clean: Sequence[np.ndarray], recei
     zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if zmax - zmin < 1e-9:
         zmax = zmin + 1.0
-    fig = make_subplots(rows=1, cols=3, subplot_titles=LEAK_PANELS, shared_yaxes=True, horizontal_spacing=0.03)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=LEAK_TITLES, shared_yaxes=True, horizontal_spacing=0.03)
+    fig.update_annotations(font_size=12)
     y = list(layers)
     for col, (raw, z) in enumerate(zip(mats, logs), 1):
         x = np.arange(raw.shape[1])
@@ -593,10 +622,12 @@ def channel_energy_map(layers: Sequence[str], clean: Sequence[np.ndarray], recei
                           + "</extra>",
             name=LEAK_PANELS[col - 1],
         ), row=1, col=col)
-        fig.update_xaxes(title_text="output channel", showgrid=False, zeroline=False, row=1, col=col)
+        # One axis title under the middle panel: three side by side ran into each other on a phone.
+        fig.update_xaxes(title_text="output channel" if col == 2 else None, showgrid=False, zeroline=False,
+                         row=1, col=col)
     fig.update_yaxes(autorange="reversed", showgrid=False, type="category", row=1, col=1)
-    fig.update_layout(title="Kernel-gradient energy per output channel, every conv layer (log colour scale)",
-                      margin=dict(l=10, r=10, t=70, b=10), height=160 + 24 * max(len(y), 6))
+    fig.update_layout(title="Kernel-gradient energy per output channel,<br>every conv layer (log colour scale)",
+                      margin=dict(l=10, r=10, t=110, b=10), height=200 + 24 * max(len(y), 6))
     return plain_numbers(fig)
 
 

@@ -41,6 +41,14 @@ PAGES = [
 
 page = st.navigation(PAGES)
 
+# Phones (narrow screens): Plotly's toolbar sat over the chart titles, so it goes (a chart still zooms with
+# two fingers); a formula wider than the screen scrolls sideways instead of being cut off.
+st.html("""<style>
+@media (max-width: 640px) { .modebar-container { display: none !important; } }
+.katex-display { overflow-x: auto; overflow-y: hidden; padding-bottom: 2px; }
+@media (max-width: 640px) { .katex-display > .katex { font-size: 0.9em; } }
+</style>""")
+
 # Load the engine in the background from the first request on; a page opened before it is ready (a direct
 # link to a fresh server) says what it waits for instead of drawing a blank main area.
 # Pages drawn from precomputed assets (the punchline, the first view of a visitor; Teach) need only the

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from app import state
+from app.components import attacker_style  # the charts' own line styles: the text cannot contradict them
 
 # The pages a step may open, as app/main.py registers them, with a short name for the step's button.
 PAGES = {
@@ -108,8 +109,9 @@ STEPS: tuple[TourStep, ...] = (
         title="Privacy against utility",
         page="views/frontier.py",
         settings=dict(defenses=("none", "dp_paper", "tip")),
-        look_for="Each curve is one defense over decades of strength, for the naive (solid) and the adaptive "
-                 "(dashed) attacker. Look for settings that keep both attackers low **and** the accuracy high.",
+        look_for="Each curve is one defense over decades of strength, for the naive "
+                 f"({attacker_style('naive')}) and the adaptive ({attacker_style('adaptive')}) attacker. Look for "
+                 "settings that keep both attackers low **and** the accuracy high.",
         formula=r"\mathrm{PSNR} = 10 \log_{10} \frac{1}{\mathrm{MSE}(x, \hat x)}\ \text{dB}",
         formula_note="Above about 25 dB a reconstruction is plainly recognisable; below about 12 dB it is noise.",
     ),

@@ -48,7 +48,7 @@ def chart_titles(at: AppTest) -> list[str]:
     titles = []
     for chart in at.get("plotly_chart"):
         layout = json.loads(chart.proto.spec).get("layout", {})
-        titles.append(layout.get("title", {}).get("text", ""))
+        titles.append(layout.get("title", {}).get("text", "").replace("<br>", " "))  # lines broken for phones
     return titles
 
 
@@ -256,10 +256,10 @@ def test_frontier_shows_naive_and_adaptive_curves(synthetic_curves: Path) -> Non
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     names = [t["name"] for t in spec["data"]]
     assert "TIP · naive attacker" in names and "TIP · adaptive attacker" in names
-    dashes = {t["name"]: t["line"]["dash"] for t in spec["data"]}
+    dashes = {t["name"]: t["line"]["dash"] for t in spec["data"] if "line" in t}  # (legend swatches have none)
     assert dashes["TIP · naive attacker"] == "dash" and dashes["TIP · adaptive attacker"] == "solid"
     # Same colour per defense for both attackers.
-    colours = {t["name"]: t["line"]["color"] for t in spec["data"]}
+    colours = {t["name"]: t["line"]["color"] for t in spec["data"] if "line" in t}
     assert colours["TIP · naive attacker"] == colours["TIP · adaptive attacker"]
     # Random-image and grey-guess PSNR as reference lines.
     ys = sorted(shape["y0"] for shape in spec["layout"]["shapes"])
@@ -273,6 +273,25 @@ def test_frontier_shows_naive_and_adaptive_curves(synthetic_curves: Path) -> Non
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec["layout"]["xaxis"]["type"] == "log"
     assert {"DP (paper) · naive attacker", "DP (paper) · adaptive attacker"} <= {t["name"] for t in spec["data"]}
+
+
+def test_tour_names_the_frontiers_line_styles_as_drawn(synthetic_curves: Path) -> None:
+    """Tour step on the frontier: its words for the naive and adaptive curves are the chart's own styles."""
+    from app import tour
+
+    (step,) = [s for s in tour.STEPS if s.page == "views/frontier.py"]
+    at = new_app()
+    at.switch_page("views/frontier.py").run()
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    dash = {t["name"]: t["line"]["dash"] for t in spec["data"] if "line" in t}
+    words = {"dash": "dashed", "solid": "solid"}
+    assert f"naive ({words[dash['TIP · naive attacker']]}" in step.look_for
+    assert f"adaptive ({words[dash['TIP · adaptive attacker']]}" in step.look_for
+    # One legend entry per defense and per line style, below the plot (beside it, it hid a phone's plot).
+    legend = [t["name"] for t in spec["data"] if t.get("showlegend", True)]
+    assert "naive attacker" in legend and "adaptive attacker" in legend and "TIP" in legend
+    assert not [n for n in legend if " · " in n]
+    assert spec["layout"]["legend"]["orientation"] == "h" and spec["layout"]["legend"]["y"] < 0
 
 
 def test_frontier_without_curves_names_the_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ Needs Chromium at /usr/bin/chromium (`apt-get install -y chromium`); Playwright 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -336,3 +337,76 @@ def test_page_stop_freezes_the_attack(server: str, page: object) -> None:
 
 TITLES = {"views/live.py": "Live attack", "views/leaks.py": "What leaks", "views/frontier.py": "Privacy–utility",
           "views/tip.py": "How TIP works"}
+
+
+PHONE = {"width": 390, "height": 844}
+# Each page, with a text that shows it has drawn and how many Plotly charts it draws at the start.
+PHONE_PAGES = {
+    "punchline": ("", "PSNR (dB)", 0),
+    "live": ("live", "Run attack", 0),
+    "how-tip-works": ("how-tip-works", "frequency bins", 1),
+    "what-leaks": ("what-leaks", "Kernel-gradient energy", 1),
+    "frontier": ("frontier", "Reference lines", 2),
+    "teach": ("teach", "Guided tour", 0),
+}
+
+# Text cut off by its box in the main area: an element that clips (overflow hidden or clip) and whose text
+# is wider than it; scrolling boxes (a wide formula, a table) are not cut. Hidden copies (width 0) are skipped.
+OVERFLOW_JS = """() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  return Array.from(main.querySelectorAll('p, span, h1, h2, h3, label, button, td, th, div')).filter(el => {
+    const cs = getComputedStyle(el), r = el.getBoundingClientRect();
+    if (r.width < 2 || !el.textContent.trim() || el.closest('.js-plotly-plot')) return false;
+    const clips = ['hidden', 'clip'].includes(cs.overflowX) || cs.textOverflow === 'ellipsis';
+    const own = Array.from(el.childNodes).some(n => n.nodeType === 3 && n.textContent.trim());
+    return clips && own && el.scrollWidth > el.clientWidth + 1;
+  }).map(el => el.textContent.trim().slice(0, 60));
+}"""
+
+# In every Plotly chart: titles, subplot titles, axis titles and legend entries inside the chart's box and
+# not over one another.
+PLOTLY_TEXT_JS = """() => {
+  const out = [];
+  for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+    const box = plot.getBoundingClientRect();
+    if (box.width < 2) continue;
+    const texts = Array.from(plot.querySelectorAll('.gtitle, .annotation-text, .g-xtitle text, .g-ytitle text, '
+                                                  + '.legendtext'))
+      .filter(t => !t.closest('.annotation') || t.closest('.annotation').getAttribute('data-index') !== null)
+      .map(t => [t.textContent, t.getBoundingClientRect()]).filter(([s, r]) => s.trim() && r.width > 0);
+    for (const [s, r] of texts)
+      if (r.left < box.left - 1 || r.right > box.right + 1) out.push(['outside the chart', s]);
+    const heads = texts.filter(([s, r], i) => true);
+    for (let i = 0; i < heads.length; i++) for (let j = i + 1; j < heads.length; j++) {
+      const [a, ra] = heads[i], [b, rb] = heads[j];
+      const w = Math.min(ra.right, rb.right) - Math.max(ra.left, rb.left);
+      const h = Math.min(ra.bottom, rb.bottom) - Math.max(ra.top, rb.top);
+      if (w > 2 && h > 2) out.push(['overlap', a, b]);
+    }
+  }
+  return out;
+}"""
+
+
+@pytest.mark.xfail(reason="issue 17 item 6, open: on How TIP works and What leaks, long chart titles run past a "
+                          "390 px chart and some subplot/legend texts overlap (this test lists them)", strict=False)
+def test_every_page_is_readable_on_a_phone(server: str, page: object, tmp_path: Path) -> None:
+    """At 390 x 844: no text cut off by its box, no chart text outside its chart or over other chart text,
+    Plotly's toolbar hidden; a screenshot of each page (its main area scrolled through) in tmp_path."""
+    from playwright.sync_api import expect
+
+    page.set_viewport_size(PHONE)
+    problems: dict[str, object] = {}
+    for name, (path, text, charts) in PHONE_PAGES.items():
+        page.goto(f"{server}/{path}", wait_until="domcontentloaded")
+        expect(page.get_by_text(text).first).to_be_visible(timeout=(STARTUP_S + UI_S) * 1000)
+        if charts:
+            expect(page.locator(".js-plotly-plot .main-svg").nth(charts - 1)).to_be_attached(timeout=UI_S * 1000)
+        wait_until_idle(page)
+        page.screenshot(path=str(tmp_path / f"phone-{name}.png"), full_page=False)
+        found = {"cut": page.evaluate(OVERFLOW_JS), "charts": page.evaluate(PLOTLY_TEXT_JS),
+                 "toolbar": page.locator(".modebar-container").evaluate_all(
+                     "els => els.filter(e => e.getBoundingClientRect().height > 0).length")}
+        if found["cut"] or found["charts"] or found["toolbar"]:
+            problems[name] = found
+    assert problems == {}, json.dumps(problems, indent=1, ensure_ascii=False)
