@@ -113,7 +113,7 @@ def image_picker() -> ImageChoice | None:
 
 
 def _upload_picker(sb: Any) -> ImageChoice | None:
-    from tipcore import data
+    from tipcore.federation import data
 
     uploaded = sb.file_uploader(
         "Upload an image", type=UPLOAD_TYPES, key="uploader",
@@ -371,7 +371,7 @@ HAND_MADE = (*TIP_FAMILY, "none", "dp", "dp_paper", "prune", "soteria")  # defen
 
 def generated_defense_pickers(names: Sequence[str]) -> None:
     """Widgets for a chosen defense this page has no hand-made controls for, one per knob its config
-    declares (tipcore.knobs): a new defense shows up with its options and nothing here to edit."""
+    declares (tipcore.common.knobs): a new defense shows up with its options and nothing here to edit."""
     reg = resources.registries()["defenses"]
     for name in names:
         if name in HAND_MADE or name not in reg:
@@ -487,7 +487,8 @@ def round_dict(s: state.Settings) -> dict[str, Any]:
 def defense_options(s: state.Settings, name: str) -> dict[str, Any]:
     """A defense's options from the settings. The clip is not among them: a clip-calibrated defense takes
     the round's own clip (``tipcore.defenses.bind_round``)."""
-    from tipcore import defenses, experiment
+    from tipcore import defenses
+    from tipcore.pipeline import experiment
 
     if name in TIP_FAMILY:
         opts: dict[str, Any] = dict(ratio=float(s.ratio), cutoff=float(s.cutoff), noise=s.noise)
@@ -528,7 +529,7 @@ def tip_options(s: state.Settings) -> dict[str, Any]:
     """TIP's options for the preview, bound to the round's clip; raises ValueError (the engine's message)
     when the round cannot carry them."""
     from tipcore import defenses
-    from tipcore.fl import RoundConfig
+    from tipcore.federation.fl import RoundConfig
 
     opts = defense_options(s, "tip")
     opts.setdefault("epsilon", float(s.epsilon))
@@ -553,10 +554,10 @@ def report_every(iterations: int) -> int:
 
 
 def build_plan(s: state.Settings, image: ImageChoice) -> list[tuple[str, Any]]:
-    """One ExperimentConfig per defense; raises ValueError (with the engine's message) on a bad value."""
-    from tipcore import experiment
-    from tipcore.fl import RoundConfig
-    from tipcore.runspec import pixel_digest
+    """One RunSpec per defense; raises ValueError (with the engine's message) on a bad value."""
+    from tipcore.pipeline import experiment
+    from tipcore.federation.fl import RoundConfig
+    from tipcore.pipeline.runspec import pixel_digest
 
     if not s.defenses:
         raise ValueError("pick at least one defense to compare")

@@ -26,7 +26,7 @@ def _run_on_live(variant: str, adaptive: str) -> None:
 
 
 def _query(s: state.Settings, image: controls.ImageChoice) -> Any:
-    from tipcore.tip_grid import GridQuery
+    from tipcore.explorer.tip_grid import GridQuery
 
     return GridQuery(image_id=image.gallery_id, model=s.model, weights=s.weights, round=controls.round_dict(s),
                      seed=int(s.seed), variant=s.tip_variant, noise=s.noise, epsilon=float(s.epsilon),
@@ -67,7 +67,7 @@ def reconstructions(s: state.Settings, image: controls.ImageChoice) -> None:
             st.warning(f"The precomputed reconstructions cannot be read: {exc}")
             return
         if grid is None:
-            from tipcore.tip_grid import TIP_GRID_COMMAND
+            from tipcore.explorer.tip_grid import TIP_GRID_COMMAND
 
             st.caption(f"Precomputed reconstructions are not built yet: `{TIP_GRID_COMMAND}`.")
             return

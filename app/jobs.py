@@ -2,9 +2,9 @@
 
 The job lives in the visitor's ``st.session_state`` and the page polls it, so widget interactions (which
 interrupt the script) never interrupt the attack. A background thread of the server feeds the job: it
-first asks the shared result cache (``tipcore.result_cache``) for each run, then, for the runs not found,
+first asks the shared result cache (``tipcore.explorer.result_cache``) for each run, then, for the runs not found,
 waits for a slot (``resources.attack_slots``, a global cap on concurrent attacks across visitors, first
-come first served), starts one ``tipcore.worker.WorkerRun`` (a niced child process with one torch
+come first served), starts one ``tipcore.explorer.worker.WorkerRun`` (a niced child process with one torch
 thread, so this server's redraws come first) and copies what it sends back into the job. Stop sets an
 event that the worker's ``should_stop`` hook reads: the running attack returns what it reached and the
 remaining defenses are skipped.
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tipcore.worker import RunOutcome
+from tipcore.explorer.worker import RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 ABANDON_S = 180.0
 
 
-# The client round's stages (tipcore.experiment.prepare_stream), as the progress widget names them.
+# The client round's stages (tipcore.pipeline.experiment.prepare_stream), as the progress widget names them.
 STAGE_TEXT = {"client round": "the client's round", "Grad-CAM": "Grad-CAM on the client's image",
               "defense": "applying the defense"}
 
@@ -43,18 +43,18 @@ def one_line(exc: BaseException) -> str:
 
 def result_cache() -> Any:
     """The machine's shared result cache (``TIP_CACHE_DIR``, ``TIP_CACHE_MB``; 0 MB turns it off)."""
-    from tipcore.result_cache import ResultCache
+    from tipcore.explorer.result_cache import ResultCache
 
     return ResultCache.default()
 
 
-RunKeys = tuple  # ((defense name, tipcore.result_cache.run_key of its RunSpec), ...) in plan order
+RunKeys = tuple  # ((defense name, tipcore.explorer.result_cache.run_key of its RunSpec), ...) in plan order
 
 
 def plan_keys(plan: list[tuple[str, Any]], images: np.ndarray | None) -> RunKeys | None:
-    """The identity of a plan's results: each run's RunSpec key (``tipcore.result_cache.run_key``, the cache's
+    """The identity of a plan's results: each run's RunSpec key (``tipcore.explorer.result_cache.run_key``, the cache's
     key: every setting that decides the result). None when a run cannot be keyed (then nothing matches it)."""
-    from tipcore.result_cache import run_key
+    from tipcore.explorer.result_cache import run_key
 
     try:
         return tuple((name, run_key(cfg, images)) for name, cfg in plan)
@@ -65,11 +65,11 @@ def plan_keys(plan: list[tuple[str, Any]], images: np.ndarray | None) -> RunKeys
 
 @dataclass
 class Job:
-    plan: list[tuple[str, Any]]  # (defense name, ExperimentConfig)
+    plan: list[tuple[str, Any]]  # (defense name, RunSpec)
     images: np.ndarray | None  # uploaded image batch, or None for gallery ids
     slots: Any  # resources.AttackSlots
     iterations: int
-    cache: Any = None  # tipcore.result_cache.ResultCache, or None for no caching
+    cache: Any = None  # tipcore.explorer.result_cache.ResultCache, or None for no caching
     throughput: Any = None  # resources.Throughput: where measured seconds per step are reported
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     status: str = "waiting"  # waiting → running → done | stopped | error
@@ -90,7 +90,7 @@ class Job:
     keys: dict[str, str] = field(default_factory=dict)  # defense -> run key of its RunSpec (filled on start)
     stop_requested_at: float | None = None  # when Stop was asked (monotonic)
     _thread: threading.Thread | None = None
-    _worker: Any = None  # the running tipcore.worker.WorkerRun
+    _worker: Any = None  # the running tipcore.explorer.worker.WorkerRun
 
     # ------------------------------------------------------------------ control
     def start(self, runner: Callable[..., Any] | None = None) -> "Job":
@@ -137,7 +137,7 @@ class Job:
     # ------------------------------------------------------------------ progress
     def on_event(self, name: str, event: Any) -> None:
         """A progress event for one defense's run: an attack snapshot (anything with a ``step``: the worker's
-        ``LiveSnapshot``, or the payload of an engine ``tipcore.progress.Event`` of stage "attack") is what
+        ``LiveSnapshot``, or the payload of an engine ``tipcore.common.progress.Event`` of stage "attack") is what
         the live panel draws; anything else is a client-round stage (``.stage``)."""
         payload = getattr(event, "payload", None)
         if getattr(event, "stage", None) == "attack" and payload is not None:
@@ -286,7 +286,7 @@ class Job:
 
     def _run_in_worker(self, todo: list[tuple[str, Any]], keys: dict[str, str]) -> Any:
         """Feed the job from one worker process until it ends; returns the worker (closed by the caller)."""
-        from tipcore import worker
+        from tipcore.explorer import worker
 
         run = worker.WorkerRun(todo, self.images)
         self._worker = run
@@ -332,7 +332,7 @@ class Job:
             self.throughput.record(cfg.model, cfg.attack, outcome.seconds / outcome.iterations)
 
     def _run_in_thread(self, todo: list[tuple[str, Any]], runner: Callable[..., Any]) -> None:
-        from tipcore.progress import Stopped
+        from tipcore.common.progress import Stopped
 
         for name, cfg in todo:
             if self.should_stop():
@@ -392,7 +392,8 @@ def results_of(job_id: str, plan: list[tuple[str, Any]], outcomes: dict[str, Any
                errors: dict[str, str], stopped: bool, settings: Any, image_caption: str, dataset: str,
                elapsed_s: float | None = None, waited_s: float = 0.0, keys: RunKeys = ()) -> Results | None:
     """Finished runs (worker or cache) as plain results (bytes for downloads computed once)."""
-    from tipcore import experiment, worker
+    from tipcore.pipeline import experiment
+    from tipcore.explorer import worker
 
     names = [name for name, _ in plan]
     done = [outcomes[name] for name in names if name in outcomes]

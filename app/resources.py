@@ -34,9 +34,9 @@ class EngineWarmup:
     precomputed assets waits only for the core (``wait_core``), so the first view does not wait for Grad-CAM.
     """
 
-    CORE = ("tipcore.worker", "tipcore.parsing", "tipcore.runtime", "tipcore.models", "tipcore.defenses", "tipcore.attacks", "tipcore.knobs",
-            "tipcore.data", "tipcore.showcase")
-    MODULES = ("tipcore.experiment", "tipcore.explain", "tipcore.result_cache", "tipcore.worker")
+    CORE = ("tipcore.explorer.worker", "tipcore.common.parsing", "tipcore.common.runtime", "tipcore.federation.models", "tipcore.defenses", "tipcore.attacks", "tipcore.common.knobs",
+            "tipcore.federation.data", "tipcore.explorer.showcase")
+    MODULES = ("tipcore.pipeline.experiment", "tipcore.explorer.previews", "tipcore.explorer.result_cache", "tipcore.explorer.worker")
 
     def __init__(self) -> None:
         self.error: str | None = None
@@ -85,7 +85,7 @@ def engine_warmup() -> EngineWarmup:
 def configure_threads() -> int | None:
     """Torch's thread count, set once per process through tipcore (skipped if tipcore has no runtime)."""
     try:
-        from tipcore.runtime import configure_threads as configure
+        from tipcore.common.runtime import configure_threads as configure
     except ImportError:
         return None
     return configure()
@@ -257,7 +257,7 @@ DATASET_NAMES = {
 
 @st.cache_data(show_spinner=False)
 def gallery() -> tuple[GalleryItem, ...]:
-    from tipcore import data
+    from tipcore.federation import data
 
     return tuple(
         GalleryItem(s.id, s.dataset, s.label, s.class_name, s.num_classes, s.source, s.licence)
@@ -283,7 +283,7 @@ def datasets() -> list[str]:
 @st.cache_data(show_spinner=False, max_entries=256)
 def sample_image(sample_id: str) -> np.ndarray:
     """(32, 32, 3) float32 in [0, 1]."""
-    from tipcore import data
+    from tipcore.federation import data
 
     return data.sample_image(sample_id)
 
@@ -305,7 +305,7 @@ def upscale_sample(sample_id: str, scale: int) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=64)
 def class_name(dataset: str, num_classes: int, label: int) -> str:
     """A readable class name, or the number when the dataset's label space does not fit."""
-    from tipcore import data
+    from tipcore.federation import data
 
     try:
         names = data.class_names(dataset, num_classes)
@@ -329,7 +329,9 @@ def registries() -> dict[str, Any]:
 # cache_data would unpickle a fresh copy on each call. Callers treat it as read-only.
 @st.cache_resource(show_spinner=False)
 def _registries(defense_names: tuple[str, ...], attack_names: tuple[str, ...]) -> dict[str, Any]:
-    from tipcore import attacks, defenses, knobs, models
+    from tipcore import attacks, defenses
+    from tipcore.common import knobs
+    from tipcore.federation import models
 
     return {
         "models": {n: {"description": m.description, "cpu_attack_ms": m.cpu_attack_ms,
@@ -370,8 +372,8 @@ def explainer(model: str, weights: str, image_key: str, label: int, num_classes:
 
     ``image_key`` identifies ``_image`` (a gallery id or the upload's hash), which is not hashed itself.
     """
-    from tipcore.explain import TipExplainer
-    from tipcore.fl import RoundConfig
+    from tipcore.explorer.previews import TipExplainer
+    from tipcore.federation.fl import RoundConfig
 
     round_cfg = RoundConfig(mode=mode, batch_size=1, local_steps=local_steps, lr=lr, clip=clip)
     return TipExplainer(model, _image, label, weights=weights, num_classes=num_classes, round_cfg=round_cfg,
@@ -389,7 +391,7 @@ def tip_preview(explainer_key: tuple, options: tuple, variant: str, _explainer: 
 
 def showcase_module() -> Any:
     try:
-        from tipcore import showcase
+        from tipcore.explorer import showcase
     except ImportError:
         return None
     return showcase
@@ -431,10 +433,10 @@ def leak_view(explainer_key: tuple, options: tuple, variant: str, _explainer: An
 
 @st.cache_resource(show_spinner=False, ttl=300)
 def tip_grid() -> Any:
-    """The "How TIP works" page's precomputed reconstructions (``tipcore.tip_grid``), or None when not built.
+    """The "How TIP works" page's precomputed reconstructions (``tipcore.explorer.tip_grid``), or None when not built.
     Raises ValueError when the grid's files do not fit together (not cached, so a rebuild is picked up)."""
     try:
-        from tipcore import tip_grid as grid
+        from tipcore.explorer import tip_grid as grid
     except ImportError:
         return None
     return grid.load()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import streamlit as st
 
-from tipcore.parsing import describe, parse_typed
+from tipcore.common.parsing import describe, parse_typed
 
 SETTINGS_KEY = "settings"
 WIDGET_PREFIX = "w_"
@@ -92,12 +92,12 @@ class Settings:
 
 
 # Presets fill the sidebar in one click; "custom" leaves every value as it is. The named ones are the
-# engine's (tipcore.presets, also `--preset NAME` on the CLI), translated into this sidebar's settings.
+# engine's (tipcore.pipeline.presets, also `--preset NAME` on the CLI), translated into this sidebar's settings.
 CUSTOM = "custom"
 
 
 def presets() -> dict[str, tuple[str, dict[str, Any]]]:
-    from tipcore import presets as engine
+    from tipcore.pipeline import presets as engine
 
     out = {name: (p.label, _preset_settings(p)) for name, p in engine.PRESETS.items()}
     out[CUSTOM] = ("Custom", {})

@@ -16,8 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import header, timed  # noqa: E402
-from tipcore import data  # noqa: E402
-from tipcore.explain import TipExplainer  # noqa: E402
+from tipcore.federation import data
+from tipcore.explorer.previews import TipExplainer  # noqa: E402
 
 
 def main() -> None:

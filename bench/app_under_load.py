@@ -6,7 +6,7 @@ What the server does when a visitor moves a TIP slider, on LeNet and ConvNet, tw
 the server does: figures, images and all, minus the browser's own drawing). Each is timed
 
 * alone;
-* with ``--attacks`` attacks running in ``tipcore.worker`` processes (niced, one torch thread each: how
+* with ``--attacks`` attacks running in ``tipcore.explorer.worker`` processes (niced, one torch thread each: how
   the app runs them now);
 * with the same attacks in threads of this process (how the app ran them before), unless ``--no-threads``.
 
@@ -33,11 +33,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (app/m
 import torch  # noqa: E402
 
 from bench.common import header  # noqa: E402
-from tipcore import data, experiment, worker  # noqa: E402
-from tipcore.explain import TipExplainer  # noqa: E402
-from tipcore.fl import RoundConfig  # noqa: E402
+from tipcore.federation import data
+from tipcore.pipeline import experiment
+from tipcore.explorer import worker
+from tipcore.explorer.previews import TipExplainer  # noqa: E402
+from tipcore.federation.fl import RoundConfig  # noqa: E402
 
-ATTACK = experiment.ExperimentConfig(model="convnet", round=RoundConfig(clip=5.0), defense="none", attack="ig",
+ATTACK = experiment.RunSpec(model="convnet", round=RoundConfig(clip=5.0), defense="none", attack="ig",
                                      attack_cfg={"iterations": 100_000}, report_every=20)
 FIRST_SNAPSHOT_S = 180.0
 

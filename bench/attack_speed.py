@@ -21,11 +21,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import header, timed  # noqa: E402
-from tipcore import data, fl, metrics, models  # noqa: E402
+from tipcore.federation import data, fl, models
+from tipcore.pipeline import metrics
 from tipcore.attacks import create  # noqa: E402
 from tipcore.attacks.problem import MatchingProblem  # noqa: E402
-from tipcore.progress import drive  # noqa: E402
-from tipcore.seeding import generator  # noqa: E402
+from tipcore.common.progress import drive  # noqa: E402
+from tipcore.common.seeding import generator  # noqa: E402
 
 
 def private_batch(image_id: str = "cifar10-00") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:

@@ -4,7 +4,7 @@
 For each attack (iDLG and its channel-dropping variant on DLG's LeNet, FedSGD clip 5; Inverting Gradients
 on LeNet), it times, in one process: each of the four defenses (none, TIP, the paper's DP at σ = 1e-3,
 pruning 0.7) attacked alone, and the same four as one batched optimisation
-(``tipcore.experiment.stream_comparison``). A single attack's cost varies with the defense (L-BFGS stops
+(``tipcore.pipeline.experiment.stream_comparison``). A single attack's cost varies with the defense (L-BFGS stops
 early where the target cannot be matched), so the batched time is compared with the mean single attack
 and with the slowest one. Aim: batched < 2 single attacks.
 """
@@ -20,15 +20,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import header, timed  # noqa: E402
-from tipcore import experiment  # noqa: E402
-from tipcore.fl import RoundConfig  # noqa: E402
-from tipcore.progress import drive  # noqa: E402
+from tipcore.pipeline import experiment
+from tipcore.federation.fl import RoundConfig  # noqa: E402
+from tipcore.common.progress import drive  # noqa: E402
 
 DEFENSES = (("none", {}), ("tip", {}), ("dp_paper", {"sigma": 1e-3}), ("prune", {"ratio": 0.7}))
 
 
-def configs(attack: str, iterations: int) -> list[experiment.ExperimentConfig]:
-    return [experiment.ExperimentConfig(seed=0, model="lenet", image_ids=("cifar10-00",), round=RoundConfig(clip=5.0),
+def configs(attack: str, iterations: int) -> list[experiment.RunSpec]:
+    return [experiment.RunSpec(seed=0, model="lenet", image_ids=("cifar10-00",), round=RoundConfig(clip=5.0),
                                         defense=d, defense_cfg=o, attack=attack, attack_cfg={"iterations": iterations},
                                         device="cpu") for d, o in DEFENSES]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header  # noqa: E402
-from tipcore.evaluation import DefenseSetting, attack_config, cifar10_ids, reference_psnr  # noqa: E402
-from tipcore.experiment import run  # noqa: E402
-from tipcore.reproduce import IG_MODEL, IG_ROUND  # noqa: E402
+from tipcore.studies.cells import DefenseSetting, attack_config, cifar10_ids, reference_psnr  # noqa: E402
+from tipcore.pipeline.experiment import run  # noqa: E402
+from tipcore.studies.reproduce import IG_MODEL, IG_ROUND  # noqa: E402
 
 
 def main() -> int:

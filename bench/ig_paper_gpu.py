@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header  # noqa: E402
 from tipcore import attacks  # noqa: E402
-from tipcore.evaluation import DefenseSetting, attack_cells, attack_config, cifar10_ids  # noqa: E402
-from tipcore.reproduce import IG_ROUND, kind_of  # noqa: E402
-from tipcore.resumable import ResumableTable  # noqa: E402
+from tipcore.studies.cells import DefenseSetting, attack_cells, attack_config, cifar10_ids  # noqa: E402
+from tipcore.studies.reproduce import IG_ROUND, kind_of  # noqa: E402
+from tipcore.studies.resumable import ResumableTable  # noqa: E402
 
 SETTINGS = {
     "none": DefenseSetting("none"),

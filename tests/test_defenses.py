@@ -11,12 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from tipcore import defenses, fl, models, privacy
+from tipcore import defenses
+from tipcore.federation import fl, models
+from tipcore.defenses import calibration as privacy
 from tipcore.defenses import dp as dp_mod
 from tipcore.defenses import prune as prune_mod
 from tipcore.defenses import soteria as soteria_mod
 from tipcore.defenses.base import DefenseDiagnostics
-from tipcore.seeding import generator
+from tipcore.common.seeding import generator
 
 from conftest import make_round, module_fingerprint, rand_images, tensors_digest
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tipcore import defenses, evaluation, privacy
-from tipcore.evaluation import ATTACK_ROUND, DefenseSetting, UtilityProtocol
-from tipcore.fl import RoundConfig
+from tipcore import defenses
+from tipcore.studies import cells as evaluation
+from tipcore.defenses import calibration as privacy
+from tipcore.studies.cells import ATTACK_ROUND, DefenseSetting, UtilityProtocol
+from tipcore.federation.fl import RoundConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_ROUND = UtilityProtocol(rounds=1, seeds=(0,))  # 10 clients, one FedAvg round: the protocol's own T and B
@@ -39,7 +41,7 @@ def test_relative_noise_is_the_inverse_of_the_knob_value_in_every_round(unit, va
 @pytest.mark.parametrize("defense, knob", [("tip", "beta"), ("dp_paper", "sigma"), ("dp", "noise_multiplier")])
 def test_attack_and_utility_cells_run_at_the_same_relative_noise(defense, knob):
     """What each cell reads back from the defense's own record is the setting's z, on both axes."""
-    from tipcore.experiment import prepare
+    from tipcore.pipeline.experiment import prepare
 
     setting = DefenseSetting(defense, knob, 0.05)
     spec = defenses.DEFENSES[defense]
@@ -53,7 +55,7 @@ def test_attack_and_utility_cells_run_at_the_same_relative_noise(defense, knob):
 
 def test_every_noise_defense_reports_the_value_it_ran_with_under_its_knobs_name():
     """The contract ``DefenseSpec.relative_noise`` rests on, for every registered defense with a noise knob."""
-    from tipcore.experiment import prepare
+    from tipcore.pipeline.experiment import prepare
 
     noisy = [name for name, spec in defenses.DEFENSES.items() if spec.noise_knob() is not None]
     assert {"tip", "tip_random", "tip_fullband", "dp", "dp_paper"} <= set(noisy)
@@ -102,7 +104,7 @@ def test_a_defense_module_is_discovered_without_an_import_line_and_the_registrie
         from dataclasses import dataclass
 
         from tipcore.defenses.base import DefenseDiagnostics, register
-        from tipcore.knobs import check, knob
+        from tipcore.common.knobs import check, knob
 
 
         @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def test_a_defense_module_is_discovered_without_an_import_line_and_the_registrie
             def describe(self):
                 return "A toy."
         '''))
-    code = ("import sys, tipcore.defenses as d, tipcore.knobs; print(','.join(d.DEFENSES)); "
+    code = ("import sys, tipcore.defenses as d, tipcore.common.knobs; print(','.join(d.DEFENSES)); "
             "print(sorted(m for m in ('torch', 'torchvision', 'pytorch_grad_cam') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})

@@ -1,4 +1,4 @@
-"""tipcore.experiment: config validation and round trips, one run end to end, the artifact files, atomic writes."""
+"""tipcore.pipeline.experiment: config validation and round trips, one run end to end, the artifact files, atomic writes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tipcore import data, defenses, experiment
-from tipcore.experiment import ExperimentConfig
-from tipcore.fl import RoundConfig
+from tipcore import defenses
+from tipcore.federation import data
+from tipcore.pipeline import experiment
+from tipcore.pipeline.runspec import RunSpec
+from tipcore.federation.fl import RoundConfig
 
 RESULT_KEYS = {"psnr", "ssim", "mse", "label_true", "label_pred", "iterations", "restarts", "seconds", "model",
                "attack", "defense", "seed", "versions", "device"}
@@ -23,12 +25,12 @@ METRIC_KEYS = ("psnr", "ssim", "mse", "label_accuracy", "per_image_psnr", "label
                "restarts", "diverged", "stopped", "final_loss")
 
 
-def small_config(**changes) -> ExperimentConfig:
+def small_config(**changes) -> RunSpec:
     base = dict(seed=0, model="lenet", image_ids=("cifar10-00",), round=RoundConfig(clip=5.0), defense="tip",
                 defense_cfg={"ratio": 0.3, "noise": "direct", "beta": 0.01}, attack="idlg",
                 attack_cfg={"iterations": 4}, report_every=2, device="cpu")
     base.update(changes)
-    return ExperimentConfig(**base)
+    return RunSpec(**base)
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +59,20 @@ def test_config_validation_names_the_problem(changes, pattern):
 
 
 def test_config_round_trips_through_dict_and_json():
-    cfg = ExperimentConfig(seed=5, model="convnet", image_ids=("cifar10-01", "cifar10-02"), labels=(8, 8),
+    cfg = RunSpec(seed=5, model="convnet", image_ids=("cifar10-01", "cifar10-02"), labels=(8, 8),
                            num_classes=10, round=RoundConfig(mode="fedavg", batch_size=2, local_steps=3, lr=0.01,
                                                              clip=5.0),
                            defense="tip", defense_cfg={"ratio": 0.3, "noise": "direct", "beta": 0.01}, attack="ig",
                            attack_cfg={"iterations": 10, "tv": 0.001}, labels_known=True, report_every=5,
                            device="cpu")
     d = cfg.to_dict()
-    assert ExperimentConfig.from_dict(d) == cfg
-    assert ExperimentConfig.from_dict(json.loads(json.dumps(d))) == cfg
-    assert ExperimentConfig.from_dict(ExperimentConfig().to_dict()) == ExperimentConfig()
+    assert RunSpec.from_dict(d) == cfg
+    assert RunSpec.from_dict(json.loads(json.dumps(d))) == cfg
+    assert RunSpec.from_dict(RunSpec().to_dict()) == RunSpec()
     with pytest.raises(ValueError, match="colour"):
-        ExperimentConfig.from_dict({**d, "colour": "red"})
+        RunSpec.from_dict({**d, "colour": "red"})
     with pytest.raises(ValueError, match="momentum"):
-        ExperimentConfig.from_dict({**d, "round": {**d["round"], "momentum": 0.9}})
+        RunSpec.from_dict({**d, "round": {**d["round"], "momentum": 0.9}})
 
 
 def test_with_budget_only_touches_budgeted_defenses():
@@ -121,7 +123,7 @@ def test_artifact_files_are_complete_and_parse(record):
     assert (result["model"], result["attack"], result["defense"], result["seed"]) == ("lenet", "idlg", "tip", 0)
     assert result["iterations"] == 4 and result["restarts"] == 0 and result["seconds"] >= 0
     assert {"torch", "tipcore", "numpy"} <= set(result["versions"]) and isinstance(result["device"], str)
-    assert ExperimentConfig.from_dict(result["spec"]) == record.config
+    assert RunSpec.from_dict(result["spec"]) == record.config
     diag = json.loads(files["defense.json"])
     assert diag["defense"] == "tip" and [layer["name"] for layer in diag["layers"]] == ["body.0", "body.2", "body.4"]
     rows = list(csv.reader(io.StringIO(files["metrics.csv"].decode())))

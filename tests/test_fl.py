@@ -1,4 +1,4 @@
-"""tipcore.fl: the client's round (FedSGD / FedAvg), the shared message, the server's step."""
+"""tipcore.federation.fl: the client's round (FedSGD / FedAvg), the shared message, the server's step."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from tipcore import fl, models
-from tipcore.seeding import generator
+from tipcore.federation import fl, models
+from tipcore.common.seeding import generator
 
 from conftest import make_round, module_fingerprint, rand_images, tensors_digest
 

@@ -53,7 +53,7 @@ def test_flower_outside_the_supported_range_is_refused_naming_the_range(version)
 
 
 def test_core_install_never_imports_flwr():
-    code = ("import sys, tipcore, tipcore.cli, tipcore.flsim, tipcore.defenses, tipcore.experiment; "
+    code = ("import sys, tipcore, tipcore.cli, tipcore.studies.flsim, tipcore.defenses, tipcore.pipeline.experiment; "
             "sys.exit(1 if 'flwr' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
@@ -194,7 +194,7 @@ def test_the_server_records_only_the_public_protocol_of_a_reply(tmp_path, server
     every = records.load_record(server / records.PUBLIC_DEFENSE_FILE)
     assert set(every) == {"7", "9"} and not _keys(every) & PRIVATE_KEYS
     # What the server wrote is an attackable recorded update (the recorded-round loader reads it).
-    from tipcore import recorded
+    from tipcore.federation import recorded
     rec = recorded.load(server)
     assert rec.update.num_examples == 12 and rec.update.local_steps == SETTINGS.steps(12)
 

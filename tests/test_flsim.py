@@ -1,4 +1,4 @@
-"""tipcore.flsim: one client's round (mini-batches, train-mode BatchNorm, the defense's context) and the
+"""tipcore.studies.flsim: one client's round (mini-batches, train-mode BatchNorm, the defense's context) and the
 server's aggregation of parameters and BatchNorm buffers."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from tipcore import data, defenses, flsim, models
-from tipcore.seeding import generator
+from tipcore import defenses
+from tipcore.federation import data, models
+from tipcore.studies import flsim
+from tipcore.common.seeding import generator
 
 
 class TinyBN(nn.Module):
@@ -71,7 +73,7 @@ def test_dp_refuses_a_schedule_that_does_not_match_the_step_count():
     defense = defenses.create("dp", {"noise_multiplier": 1.0})
     update = flsim.client_round(model, xs, ys, batches, cfg, defense, generator(0, "defense")).update
     assert update.local_steps == 2
-    from tipcore.fl import ClientContext, RoundConfig
+    from tipcore.federation.fl import ClientContext, RoundConfig
     ctx = ClientContext(model, model, xs, ys, RoundConfig(mode="fedavg", batch_size=4, local_steps=3, lr=0.05),
                         generator(0, "defense"), batches=batches)
     with pytest.raises(ValueError, match="2 mini-batches for 3 local steps"):

@@ -12,9 +12,10 @@ from typing import Literal
 
 import pytest
 
-from tipcore import defenses, knobs
+from tipcore import defenses
+from tipcore.common import knobs
 from tipcore.defenses.base import DefenseDiagnostics, register, unregister
-from tipcore.knobs import check, knob
+from tipcore.common.knobs import check, knob
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,7 +135,7 @@ def test_toy_defense_appears_in_cli_help_and_runs_with_its_generated_flag(toy, t
 
 
 def test_toy_defense_appears_in_the_sweep_grid(toy) -> None:
-    from tipcore import sweep
+    from tipcore.studies import sweep
 
     grid = sweep.default_grid()
     assert grid["toy_scale"] == ("shrink", (0.25, 0.75))
@@ -145,9 +146,9 @@ def test_toy_defense_appears_in_the_sweep_grid(toy) -> None:
 def test_integer_and_choice_strength_knobs_sweep_with_their_own_types(typed_toys, tmp_path) -> None:
     import csv
 
-    from tipcore import sweep
-    from tipcore.evaluation import UtilityProtocol
-    from tipcore.progress import drive
+    from tipcore.studies import sweep
+    from tipcore.studies.cells import UtilityProtocol
+    from tipcore.common.progress import drive
 
     grid = sweep.default_grid()
     assert grid["toy_bits"] == ("bits", (2, 4, 8)) and all(type(v) is int for v in grid["toy_bits"][1])

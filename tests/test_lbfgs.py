@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tipcore.attacks.lbfgs import FlatLBFGS
-from tipcore.seeding import generator
+from tipcore.attacks.speed.lbfgs import FlatLBFGS
+from tipcore.common.seeding import generator
 
 DIM = 400
 

@@ -68,9 +68,9 @@ def energy_panels(at: AppTest) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def lenet_explainer():
-    from tipcore import data
-    from tipcore.explain import TipExplainer
-    from tipcore.fl import RoundConfig
+    from tipcore.federation import data
+    from tipcore.explorer.previews import TipExplainer
+    from tipcore.federation.fl import RoundConfig
 
     return TipExplainer("lenet", data.sample_image("cifar10-00"), CAT,
                         round_cfg=RoundConfig(mode="fedsgd", batch_size=1, clip=5.0))

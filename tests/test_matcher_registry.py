@@ -15,7 +15,7 @@ import pytest
 
 from tipcore import attacks
 from tipcore.attacks.registry import register_matcher, unregister_matcher
-from tipcore.knobs import check, knob
+from tipcore.common.knobs import check, knob
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,11 +115,11 @@ def test_toy_matcher_appears_in_attack_help_runs_and_records_its_detection(toy, 
 
 
 def test_toy_matcher_runs_in_the_batched_comparison(toy) -> None:
-    from tipcore import experiment
-    from tipcore.fl import RoundConfig
-    from tipcore.progress import drive
+    from tipcore.pipeline import experiment
+    from tipcore.federation.fl import RoundConfig
+    from tipcore.common.progress import drive
 
-    cfgs = [experiment.ExperimentConfig(seed=0, model="lenet", image_ids=("cifar10-00",), round=RoundConfig(clip=5.0),
+    cfgs = [experiment.RunSpec(seed=0, model="lenet", image_ids=("cifar10-00",), round=RoundConfig(clip=5.0),
                                         defense=d, attack="idlg_toy", attack_cfg={"iterations": 2}, device="cpu")
             for d in ("none", "tip")]
     assert experiment.comparable(cfgs)

@@ -1,4 +1,4 @@
-"""tipcore.metrics: per-image PSNR (data range 1), SSIM, order matching, label accuracy, optional LPIPS."""
+"""tipcore.pipeline.metrics: per-image PSNR (data range 1), SSIM, order matching, label accuracy, optional LPIPS."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tipcore import data, metrics
+from tipcore.federation import data
+from tipcore.pipeline import metrics
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""tipcore.models: the architectures, seeded init, fresh modules, the bundled digits checkpoints."""
+"""tipcore.federation.models: the architectures, seeded init, fresh modules, the bundled digits checkpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tipcore import experiment, models
+from tipcore.pipeline import experiment
+from tipcore.federation import models
 
 from conftest import rand_images, tensors_digest
 
@@ -159,7 +160,7 @@ def test_digits_modules_are_fresh_and_never_alias_the_cache(name):
 def test_a_digits_run_does_not_mutate_the_cached_checkpoint(name):
     _require_checkpoint(name)
     cached = tensors_digest(models.load_checkpoint(name))
-    cfg = experiment.ExperimentConfig(model=name, weights="digits", image_ids=("mnist-03",), defense="tip",
+    cfg = experiment.RunSpec(model=name, weights="digits", image_ids=("mnist-03",), defense="tip",
                                       defense_cfg={"noise": "direct", "beta": 0.1}, attack="idlg",
                                       attack_cfg={"iterations": 2}, device="cpu",
                                       round=experiment.RoundConfig(mode="fedavg", local_steps=2, lr=0.1, clip=5.0))

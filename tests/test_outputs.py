@@ -1,4 +1,4 @@
-"""Output directories (tipcore.outputs): checked before compute, written whole, nothing left on an error."""
+"""Output directories (tipcore.pipeline.outputs): checked before compute, written whole, nothing left on an error."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from tipcore.outputs import OutputError, StagedOutput, job_directory
-from tipcore.resumable import claim_directory
+from tipcore.pipeline.outputs import OutputError, StagedOutput, job_directory
+from tipcore.studies.resumable import claim_directory
 
 
 def test_an_error_during_compute_leaves_nothing_behind_not_even_new_parents(tmp_path):

@@ -1,4 +1,4 @@
-"""The one text parser (tipcore.parsing): typed by a config's field annotations, strict, one-line errors."""
+"""The one text parser (tipcore.common.parsing): typed by a config's field annotations, strict, one-line errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Literal
 
 import pytest
 
-from tipcore.knobs import knob
-from tipcore.parsing import describe, parse_assignments, parse_field, parse_typed
+from tipcore.common.knobs import knob
+from tipcore.common.parsing import describe, parse_assignments, parse_field, parse_typed
 
 
 @dataclass(frozen=True)

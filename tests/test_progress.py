@@ -1,4 +1,4 @@
-"""tipcore.progress: one event type, one stop token and one driver for every long loop.
+"""tipcore.common.progress: one event type, one stop token and one driver for every long loop.
 
 Each loop (client round and defense, attack, training, FL simulation) is stopped by the token and reports
 monotone progress; the CLI's bar renders on a (fake) terminal and prints plain lines elsewhere; the app's
@@ -14,19 +14,22 @@ import types
 import pytest
 import torch
 
-from tipcore import cli, defenses, experiment, flsim, models, training
-from tipcore.experiment import ExperimentConfig
-from tipcore.fl import RoundConfig, client_update
-from tipcore.progress import Event, StopToken, Stopped, TerminalProgress, drive, never_stop, within
-from tipcore.seeding import generator
+from tipcore import cli, defenses
+from tipcore.pipeline import experiment
+from tipcore.studies import flsim
+from tipcore.federation import models, training
+from tipcore.pipeline.runspec import RunSpec
+from tipcore.federation.fl import RoundConfig, client_update
+from tipcore.common.progress import Event, StopToken, Stopped, TerminalProgress, drive, never_stop, within
+from tipcore.common.seeding import generator
 
 
-def small_config(**changes) -> ExperimentConfig:
+def small_config(**changes) -> RunSpec:
     base = dict(seed=0, model="lenet", image_ids=("cifar10-00",), round=RoundConfig(clip=5.0), defense="tip",
                 defense_cfg={"ratio": 0.3, "noise": "direct", "beta": 0.01}, attack="idlg",
                 attack_cfg={"iterations": 6}, report_every=1, device="cpu")
     base.update(changes)
-    return ExperimentConfig(**base)
+    return RunSpec(**base)
 
 
 def assert_monotone(events: list[Event]) -> None:
@@ -173,7 +176,7 @@ def test_fl_simulation_round_events_carry_the_round():
 
 
 def test_showcase_punchline_stopped_writes_nothing(monkeypatch, tmp_path):
-    from tipcore import showcase
+    from tipcore.explorer import showcase
 
     monkeypatch.setattr(showcase, "SHOWCASE_DIR", tmp_path / "showcase")
     seen: list[Event] = []

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tipcore import data
+from tipcore.federation import data
 from tipcore.cli import main
-from tipcore.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, spec_from_result, validate_pixels
+from tipcore.pipeline.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, spec_from_result, validate_pixels
 
 
 @pytest.mark.parametrize("pixels, message", [

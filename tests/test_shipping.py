@@ -105,7 +105,7 @@ def test_grad_cam_and_streamlit_have_the_tested_ranges():
     declared = requirement_specs(PYPROJECT["dependencies"])
     for name in ("grad-cam", "streamlit"):
         assert ">=" in RUNTIME[name] and "<" in RUNTIME[name].replace("<=", "") and declared[name] == RUNTIME[name]
-    # The internal tipcore.saliency relies on, and why grad-cam's range starts at 1.5.5.
+    # The internal tipcore.signals.saliency relies on, and why grad-cam's range starts at 1.5.5.
     assert "detach" in inspect.signature(ActivationsAndGradients).parameters
     assert RUNTIME["grad-cam"].startswith(">=1.5.5")
 

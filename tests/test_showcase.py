@@ -6,7 +6,8 @@ import shlex
 
 import numpy as np
 
-from tipcore import showcase, sweep
+from tipcore.explorer import showcase
+from tipcore.studies import sweep
 from tipcore.cli import build_parser
 
 

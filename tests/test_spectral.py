@@ -1,4 +1,4 @@
-"""tipcore.spectral: centred kernel spectra, TIP's high-frequency mask, high-pass noise (docs/METHOD.md §3.3, §3.4)."""
+"""tipcore.signals.spectral: centred kernel spectra, TIP's high-frequency mask, high-pass noise (docs/METHOD.md §3.3, §3.4)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tipcore import spectral
-from tipcore.seeding import generator
+from tipcore.signals import spectral
+from tipcore.common.seeding import generator
 
 
 def _z(shape, seed=0, dtype=torch.float64):

@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from tipcore import attacks, experiment, update_stats
+from tipcore import attacks
+from tipcore.pipeline import experiment, update_stats
 from tipcore.attacks import matchers as matcher_package
 from tipcore.attacks.fitted import Fitted, Received, fit_matcher
 from tipcore.attacks.problem import MatchingProblem
-from tipcore.fl import RoundConfig, SharedUpdate
+from tipcore.federation.fl import RoundConfig, SharedUpdate
 
 FEDSGD = RoundConfig(clip=5.0)
 STRONG = ("fc_recovery", "hybrid", "energy", "soteria_aware", "prune_aware")
@@ -25,7 +26,7 @@ STRONG = ("fc_recovery", "hybrid", "energy", "soteria_aware", "prune_aware")
 
 @functools.lru_cache(maxsize=None)
 def prepared(defense: str, options: tuple = (), image: str = "cifar10-00") -> experiment.PreparedRound:
-    cfg = experiment.ExperimentConfig(seed=0, model="lenet", image_ids=(image,), round=FEDSGD, defense=defense,
+    cfg = experiment.RunSpec(seed=0, model="lenet", image_ids=(image,), round=FEDSGD, defense=defense,
                                       defense_cfg=dict(options), attack="idlg", device="cpu")
     return experiment.prepare(cfg)
 
@@ -37,7 +38,7 @@ def fitted(p: experiment.PreparedRound, matcher: str, update: SharedUpdate | Non
 
 @functools.lru_cache(maxsize=None)
 def psnr(defense: str, options: tuple, image: str, attack: str, iterations: int) -> experiment.RunRecord:
-    return experiment.run(experiment.ExperimentConfig(
+    return experiment.run(experiment.RunSpec(
         seed=0, model="lenet", image_ids=(image,), round=FEDSGD, defense=defense, defense_cfg=dict(options),
         attack=attack, attack_cfg={"iterations": iterations}, device="cpu"))
 
@@ -218,9 +219,9 @@ def test_strong_variants_exist_for_every_base_with_labels_and_help():
 @pytest.mark.parametrize("matcher", ["fc_recovery", "prune_aware", "soteria_aware"])
 def test_strong_matchers_run_in_the_batched_comparison(matcher):
     """Feature terms, per-entry masks and left-out tensors stack per problem like any other map."""
-    from tipcore.progress import drive
+    from tipcore.common.progress import drive
 
-    cfgs = [experiment.ExperimentConfig(seed=0, model="lenet", image_ids=("cifar10-00",), round=FEDSGD, defense=d,
+    cfgs = [experiment.RunSpec(seed=0, model="lenet", image_ids=("cifar10-00",), round=FEDSGD, defense=d,
                                         defense_cfg=o, attack=f"idlg_{matcher}", attack_cfg={"iterations": 1},
                                         device="cpu")
             for d, o in (("tip", {}), ("prune", {"ratio": 0.7}), ("soteria", {}))]

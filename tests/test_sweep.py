@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from tipcore import evaluation, reproduce, sweep
-from tipcore.evaluation import UtilityProtocol
-from tipcore.progress import drive
-from tipcore.resumable import ResumableTable
+from tipcore.studies import cells as evaluation, reproduce, sweep
+from tipcore.studies.cells import UtilityProtocol
+from tipcore.common.progress import drive
+from tipcore.studies.resumable import ResumableTable
 
 TINY_GRID = {"none": ("", (None,)), "tip": ("beta", (0.2,))}
 TINY_UTILITY = UtilityProtocol(rounds=1, clients=2, seeds=(0,))
@@ -175,7 +175,7 @@ def test_two_jobs_sharing_a_table_see_each_others_finished_cells(tmp_path):
 
 
 def test_a_utility_cell_another_job_finished_is_not_run_again(tmp_path, monkeypatch):
-    from tipcore import evaluation
+    from tipcore.studies import cells as evaluation
 
     protocol = evaluation.UtilityProtocol(rounds=1, seeds=(0,))
     setting = evaluation.DefenseSetting("none", "", None)

@@ -12,10 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from tipcore import defenses, fl, models, saliency, spectral
+from tipcore import defenses
+from tipcore.federation import fl, models
+from tipcore.signals import saliency, spectral
 from tipcore.defenses import tip as tip_mod
 from tipcore.defenses.tip import TipConfig, compute_alphas
-from tipcore.seeding import generator
+from tipcore.common.seeding import generator
 
 from conftest import make_round, module_fingerprint, rand_images
 

@@ -8,7 +8,7 @@ import shlex
 import numpy as np
 import pytest
 
-from tipcore import tip_grid
+from tipcore.explorer import tip_grid
 from tipcore.cli import build_parser
 
 DEMO_ROUND = {"mode": "fedsgd", "batch_size": 1, "local_steps": 1, "lr": 1e-3, "clip": 5.0}

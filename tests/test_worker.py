@@ -1,4 +1,4 @@
-"""Attacks in a worker process (tipcore.worker), the shared result cache (tipcore.result_cache), and the
+"""Attacks in a worker process (tipcore.explorer.worker), the shared result cache (tipcore.explorer.result_cache), and the
 app's job around them: progress from measured throughput, the slot queue, Streamlit's Stop."""
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tipcore import experiment, worker
-from tipcore.fl import RoundConfig
-from tipcore.result_cache import ResultCache, run_key
+from tipcore.pipeline import experiment
+from tipcore.explorer import worker
+from tipcore.federation.fl import RoundConfig
+from tipcore.explorer.result_cache import ResultCache, run_key
 
 TIMING_KEYS = ("seconds", "round_seconds", "defense_seconds", "threads")
 
 
-def tiny(defense: str = "none", **changes) -> experiment.ExperimentConfig:
-    cfg = experiment.ExperimentConfig(round=RoundConfig(clip=5.0), defense=defense, attack="idlg",
+def tiny(defense: str = "none", **changes) -> experiment.RunSpec:
+    cfg = experiment.RunSpec(round=RoundConfig(clip=5.0), defense=defense, attack="idlg",
                                       attack_cfg={"iterations": 3}, report_every=1)
     return replace(cfg, **changes)
 
@@ -114,7 +115,7 @@ def test_run_key_covers_every_setting_and_the_pixels() -> None:
     keys = {run_key(c) for c in changed}
     assert key not in keys and len(keys) == len(changed)
     # An upload is keyed by its pixels (its files name the upload, not a gallery id).
-    from tipcore import data
+    from tipcore.federation import data
 
     pixels = data.sample_image("cifar10-00")[None]
     upload = replace(base, labels=(3,)).for_upload(pixels)

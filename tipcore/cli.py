@@ -3,7 +3,7 @@
 Every failure the user can cause (bad flag value, unknown name, missing or broken image, an output path
 that cannot or must not be written) ends with one line ``error: ...`` on stderr and exit code 2, before
 any compute where the value is known up front; nothing is half-written in ``--out`` and nothing the user
-already has there is deleted without ``--overwrite`` (``tipcore.outputs``).
+already has there is deleted without ``--overwrite`` (``tipcore.pipeline.outputs``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tipcore.outputs import StagedOutput, job_directory
-from tipcore.parsing import describe, parse_assignments, parse_field, parse_typed
+from tipcore.pipeline.outputs import StagedOutput, job_directory
+from tipcore.common.parsing import describe, parse_assignments, parse_field, parse_typed
 
 # Only light modules above: `python -m tipcore --help` must not import torch. Each command's flags (whose
 # choices come from the engine's registries) and modules are loaded when that command is chosen.
@@ -29,7 +29,7 @@ class CLIError(ValueError):
 
 
 def typed(hint: Any, minimum: int | None = None) -> Callable[[str], Any]:
-    """An argparse ``type=`` that parses with ``tipcore.parsing`` (finite numbers, integers stay integers)."""
+    """An argparse ``type=`` that parses with ``tipcore.common.parsing`` (finite numbers, integers stay integers)."""
     expected = describe(hint) + (f" >= {minimum}" if minimum is not None else "")
 
     def convert(text: str) -> Any:
@@ -62,8 +62,8 @@ def parse_options(pairs: Sequence[str] | None, flag: str, config_cls: type) -> d
 # ------------------------------------------------------------------------------------------ arguments
 
 def add_round_args(p: argparse.ArgumentParser) -> None:
-    from tipcore import models
-    from tipcore.fl import MODES
+    from tipcore.federation import models
+    from tipcore.federation.fl import MODES
 
     g = p.add_argument_group("the victim's round")
     g.add_argument("--model", default="lenet", choices=list(models.MODELS), help="architecture the client trains")
@@ -87,7 +87,8 @@ def add_round_args(p: argparse.ArgumentParser) -> None:
 def defense_flags() -> dict[str, list[tuple[str, Any]]]:
     """Every knob the registered defenses declare (their clip excepted: it is the round's --clip), as
     flag dest -> [(defense, Knob)]: the defense flags are generated from these declarations."""
-    from tipcore import defenses, knobs
+    from tipcore import defenses
+    from tipcore.common import knobs
 
     flags: dict[str, list[tuple[str, Any]]] = {}
     for name, spec in defenses.DEFENSES.items():
@@ -98,7 +99,8 @@ def defense_flags() -> dict[str, list[tuple[str, Any]]]:
 
 
 def add_defense_args(p: argparse.ArgumentParser) -> None:
-    from tipcore import defenses, knobs
+    from tipcore import defenses
+    from tipcore.common import knobs
 
     g = p.add_argument_group("defense (each option flag names the defenses it applies to)")
     g.add_argument("--defense", default="none", choices=list(defenses.DEFENSES),
@@ -117,13 +119,14 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
 def defense_options(args: argparse.Namespace) -> dict[str, Any]:
     """The chosen defense's options from --defense-opt and the generated flags, each parsed by the type and
     range its config declares; a flag the defense does not take is an error, not silently ignored."""
-    from tipcore import defenses, knobs
+    from tipcore import defenses
+    from tipcore.common import knobs
 
     spec = defenses.DEFENSES[args.defense]
     declared = knobs.knobs(spec.config_cls)
     opts: dict[str, Any] = {}
     if getattr(args, "preset", None):
-        from tipcore import presets
+        from tipcore.pipeline import presets
 
         chosen = presets.get(args.preset)
         opts.update(chosen.defense_options.get(args.defense, {}))
@@ -153,7 +156,7 @@ DEFAULT_CLIP = 5.0  # the paper's C, taken when a clip-calibrated defense runs a
 
 def round_config(args: argparse.Namespace, batch: int):
     from tipcore import defenses
-    from tipcore.fl import RoundConfig
+    from tipcore.federation.fl import RoundConfig
 
     steps = args.local_steps if args.local_steps is not None else (4 if args.mode == "fedavg" else 1)
     clip = args.clip
@@ -168,7 +171,7 @@ def load_batch(args: argparse.Namespace):
     """(image_ids, images or None, labels or None) from --image / --image-id / --label."""
     import numpy as np
 
-    from tipcore import data
+    from tipcore.federation import data
 
     if args.image and args.image_id:
         raise CLIError("give either --image or --image-id, not both")
@@ -192,11 +195,12 @@ def load_batch(args: argparse.Namespace):
 def experiment_config(args: argparse.Namespace, attack: str = "idlg", attack_cfg: dict | None = None):
     """The run's config and private images, every value checked (labels against the model's classes
     included) before anything is computed or written."""
-    from tipcore.experiment import ExperimentConfig, resolve_images
+    from tipcore.pipeline.experiment import resolve_images
+    from tipcore.pipeline.runspec import RunSpec
 
     ids, images, labels = load_batch(args)
     batch = len(images) if images is not None else len(ids)
-    cfg = ExperimentConfig(
+    cfg = RunSpec(
         seed=args.seed, model=args.model, weights=args.weights, image_ids=ids or ("cifar10-00",), labels=labels,
         round=round_config(args, batch), defense=args.defense, defense_cfg=defense_options(args),
         attack=attack, attack_cfg=attack_cfg or {}, labels_known=getattr(args, "labels_known", False),
@@ -209,15 +213,16 @@ def experiment_config(args: argparse.Namespace, attack: str = "idlg", attack_cfg
 
 
 def staged(args: argparse.Namespace, kind: str) -> StagedOutput:
-    """The output directory, checked and reserved before any compute (``tipcore.outputs``)."""
+    """The output directory, checked and reserved before any compute (``tipcore.pipeline.outputs``)."""
     return StagedOutput(args.out, kind, overwrite=getattr(args, "overwrite", False))
 
 
 # ------------------------------------------------------------------------------------------ commands
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from tipcore import attacks, presets
-    from tipcore.experiment import artifact_files, run
+    from tipcore import attacks
+    from tipcore.pipeline import presets
+    from tipcore.pipeline.experiment import artifact_files, run
 
     config_cls = attacks.ATTACKS[args.attack].config_cls
     attack_cfg = {}
@@ -252,7 +257,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     """Repeat the run a result.json describes (its RunSpec; an upload's pixels from images.npy beside it)."""
     from dataclasses import replace
 
-    from tipcore.experiment import artifact_files, load_run, run
+    from tipcore.pipeline.experiment import artifact_files, load_run, run
 
     spec, images = load_run(args.result)
     if args.device is not None:
@@ -284,11 +289,12 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
     """Attack an update recorded elsewhere (``tipcore update``, a Flower run): no private image to score."""
     import time
 
-    from tipcore import attacks, recorded
+    from tipcore import attacks
+    from tipcore.federation import recorded
     from tipcore.attacks.base import flagged_channels, flags_channels
-    from tipcore.experiment import environment, image_grid, png_bytes, strict_json
-    from tipcore.progress import drive
-    from tipcore.seeding import generator, pick_device
+    from tipcore.pipeline.experiment import environment, image_grid, png_bytes, strict_json
+    from tipcore.common.progress import drive
+    from tipcore.common.seeding import generator, pick_device
 
     given = [f for f in ("image", "image_id", "label") if getattr(args, f)]
     if given:
@@ -322,7 +328,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     import torch
 
-    from tipcore.experiment import prepare, strict_json
+    from tipcore.pipeline.experiment import prepare, strict_json
 
     def tensor_bytes(tensors) -> bytes:
         buf = io.BytesIO()
@@ -346,8 +352,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tipcore import models, training
-    from tipcore.progress import drive
+    from tipcore.federation import models, training
+    from tipcore.common.progress import drive
 
     with progress_display(args) as show:
         trained = drive(training.train(args.model, args.epochs, lr=args.lr, seed=args.seed), show)
@@ -362,9 +368,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fl(args: argparse.Namespace) -> int:
-    from tipcore import defenses, flsim
-    from tipcore.experiment import strict_json
-    from tipcore.progress import drive
+    from tipcore import defenses
+    from tipcore.studies import flsim
+    from tipcore.pipeline.experiment import strict_json
+    from tipcore.common.progress import drive
 
     names = known_names(args.defenses, "--defenses", defenses.DEFENSES, "defense")
     configs = []  # every run's config built (and so validated) before the first run starts
@@ -391,7 +398,8 @@ def cmd_fl(args: argparse.Namespace) -> int:
 
 
 def cmd_utility(args: argparse.Namespace) -> int:
-    from tipcore import defenses, utility
+    from tipcore import defenses
+    from tipcore.studies import utility
 
     names = known_names(args.defenses, "--defenses", defenses.DEFENSES, "defense")
     with staged(args, "utility") as output:
@@ -406,7 +414,7 @@ def cmd_utility(args: argparse.Namespace) -> int:
 
 
 def cmd_showcase(args: argparse.Namespace) -> int:
-    from tipcore import showcase
+    from tipcore.explorer import showcase
 
     if args.what in ("punchline", "all"):
         with progress_display(args) as show:
@@ -415,7 +423,7 @@ def cmd_showcase(args: argparse.Namespace) -> int:
         with progress_display(args) as show:
             showcase.make_frontier(quick=args.quick, on_event=show, utility_dir=args.utility_dir)
     if args.what in ("tip-grid", "all"):
-        from tipcore import tip_grid
+        from tipcore.explorer import tip_grid
 
         with progress_display(args) as show:
             tip_grid.make(on_event=show)
@@ -435,14 +443,14 @@ def _seeds(text: str, flag: str) -> tuple[int, ...]:
 
 def utility_protocol(args: argparse.Namespace):
     """The utility-from-scratch protocol of sweep and reproduce (``evaluation.UtilityProtocol``)."""
-    from tipcore.evaluation import UtilityProtocol
+    from tipcore.studies.cells import UtilityProtocol
 
     return UtilityProtocol(rounds=args.utility_rounds, seeds=_seeds(args.utility_seeds, "--utility-seeds"),
                            model=args.utility_model, lr=args.utility_lr)
 
 
 def add_utility_args(p: argparse.ArgumentParser) -> None:
-    from tipcore.evaluation import UtilityProtocol
+    from tipcore.studies.cells import UtilityProtocol
 
     d = UtilityProtocol()
     g = p.add_argument_group("utility from scratch (FedAvg from random init; every client at the setting's "
@@ -474,14 +482,14 @@ def known_names(text: str, flag: str, registry: Any, kind: str) -> tuple[str, ..
 def progress_display(args: argparse.Namespace):
     """The progress of a long command on stderr: a redrawn bar on a terminal, one line per event otherwise
     (``--quiet``: nothing). A context manager, so the bar's line is ended before the result or an error."""
-    from tipcore.progress import TerminalProgress
+    from tipcore.common.progress import TerminalProgress
 
     return TerminalProgress(sys.stderr, quiet=getattr(args, "quiet", False))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tipcore import sweep
-    from tipcore.progress import drive
+    from tipcore.studies import sweep
+    from tipcore.common.progress import drive
 
     grid = sweep.default_grid()
     if args.defenses:
@@ -505,8 +513,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from tipcore import reproduce
-    from tipcore.progress import drive
+    from tipcore.studies import reproduce
+    from tipcore.common.progress import drive
 
     lenet = _names(args.lenet_attacks, "--lenet-attacks") if args.lenet_attacks else None
     cfg = reproduce.ReproduceConfig(
@@ -543,7 +551,7 @@ def add_out_args(p: argparse.ArgumentParser, default: str | None = None) -> None
 
 
 def add_preset_arg(p: argparse.ArgumentParser) -> None:
-    from tipcore import presets
+    from tipcore.pipeline import presets
 
     p.add_argument("--preset", choices=list(presets.PRESETS), metavar="NAME",
                    help="named settings shared with the app (flags given override them): "
@@ -552,7 +560,7 @@ def add_preset_arg(p: argparse.ArgumentParser) -> None:
 
 def preset_defaults(name: str) -> dict[str, Any]:
     """The flag defaults a preset sets (model, round, attack, threat model)."""
-    from tipcore import presets
+    from tipcore.pipeline import presets
 
     chosen = presets.get(name)
     r = chosen.round
@@ -592,7 +600,7 @@ def update_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_args(p: argparse.ArgumentParser) -> None:
-    from tipcore import models
+    from tipcore.federation import models
 
     p.add_argument("--model", default="lenet", choices=list(models.MODELS))
     p.add_argument("--epochs", type=COUNT, default=None, help="default: lenet 30, convnet 10, resnet18 1")
@@ -602,7 +610,7 @@ def train_args(p: argparse.ArgumentParser) -> None:
 
 
 def fl_args(p: argparse.ArgumentParser) -> None:
-    from tipcore import models
+    from tipcore.federation import models
 
     p.add_argument("--model", default="convnet", choices=list(models.MODELS))
     p.add_argument("--weights", default="random", choices=list(models.WEIGHTS), help="start from random init or the digits checkpoint")
@@ -621,7 +629,7 @@ def fl_args(p: argparse.ArgumentParser) -> None:
 
 
 def utility_args(p: argparse.ArgumentParser) -> None:
-    from tipcore import models
+    from tipcore.federation import models
 
     p.add_argument("--model", default="convnet", choices=list(models.MODELS))
     p.add_argument("--defenses", default="none,dp,dp_paper,prune,soteria,tip,tip_random,tip_fullband")
@@ -739,7 +747,7 @@ def chosen_preset(argv: Sequence[str]) -> str | None:
         value = arg.split("=", 1)[1] if arg.startswith("--preset=") else (
             argv[i + 1] if arg == "--preset" and i + 1 < len(argv) else None)
         if value is not None:
-            from tipcore import presets
+            from tipcore.pipeline import presets
 
             return value if value in presets.PRESETS else None
     return None
@@ -766,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        from tipcore.runtime import configure_threads
+        from tipcore.common.runtime import configure_threads
 
         configure_threads()
         return args.func(args)

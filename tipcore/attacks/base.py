@@ -1,8 +1,8 @@
 """What every attack shares, without torch: the progress stream, the snapshot, the result, the protocol.
 
-An attack is a generator: every ``report_every`` steps it yields a ``tipcore.progress.Event`` whose payload
+An attack is a generator: every ``report_every`` steps it yields a ``tipcore.common.progress.Event`` whose payload
 is a ``Snapshot``, checks ``should_stop()`` before each step, and returns an ``AttackResult``. The CLI and
-the app consume the same stream through ``tipcore.progress.drive``.
+the app consume the same stream through ``tipcore.common.progress.drive``.
 Attacks receive a ``ServerView`` and a ``SharedUpdate`` and nothing else: no private image, no client context.
 The registry (names, labels, knobs) is ``tipcore.attacks.registry``; the attacker's model and target, the
 optimisation loop and the matchers' arithmetic (all torch) are ``problem``, ``engine`` and ``fitted``.
@@ -19,12 +19,12 @@ from tipcore.attacks.registry import (  # noqa: F401  (re-exported: the registry
     ATTACK_PRESETS, ATTACKS, MATCHERS, AttackSpec, MatcherSpec, adaptive_variants, base_attack, create, is_adaptive,
     preset_options, register_attack, register_matcher, unregister_matcher,
 )
-from tipcore.progress import Event, StopHook, drive, never_stop  # noqa: F401  (drive, never_stop re-exported)
+from tipcore.common.progress import Event, StopHook, drive, never_stop  # noqa: F401  (drive, never_stop re-exported)
 
 if TYPE_CHECKING:
     import torch
 
-    from tipcore.fl import ServerView, SharedUpdate
+    from tipcore.federation.fl import ServerView, SharedUpdate
 
 
 @dataclass(frozen=True)

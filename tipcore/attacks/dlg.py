@@ -16,7 +16,7 @@ from typing import Literal
 
 from tipcore.attacks.recipe import AttackConfig, GradientInversion, Recipe, matcher_fields
 from tipcore.attacks.registry import register_attack
-from tipcore.knobs import knob
+from tipcore.common.knobs import knob
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A run optimises one or more **slots** (problems: one received update each) in lockstep. A single attack is
 one slot (``tipcore.attacks.template``); a batched comparison of N defended updates is N slots sharing one
-closure (``tipcore.attacks.batched``). What differs between the two is only the **group** that advances
+closure (``tipcore.attacks.speed.batched``). What differs between the two is only the **group** that advances
 the slots' optimisation variables: one L-BFGS or signed Adam on its own vector, or N of them on the rows of
 one matrix. Everything else (when a run diverged and is restarted from fresh random numbers, when a trial
 ends, which attempt is kept, when a snapshot is due, what a stop returns) lives here.
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from tipcore.attacks.base import BatchSnapshot, Snapshot, snapshot_event
-from tipcore.attacks.lbfgs import FlatLBFGS
+from tipcore.attacks.speed.lbfgs import FlatLBFGS
 from tipcore.attacks.recipe import Distance, Recipe
-from tipcore.progress import Event, StopHook
+from tipcore.common.progress import Event, StopHook
 
 Closure = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

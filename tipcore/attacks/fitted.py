@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from tipcore import spectral
+from tipcore.signals import spectral
 
 
 def highpass(w: torch.Tensor, cutoff: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from tipcore.attacks.fitted import Received
-from tipcore.fl import ServerView, SharedUpdate, clip_by_global_norm
+from tipcore.federation.fl import ServerView, SharedUpdate, clip_by_global_norm
 
 SMALL_MODEL_PARAMS = 1_000_000
 OBJECTIVES: tuple[str, ...] = ("auto", "gradient", "unrolled")

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from tipcore.attacks.registry import NAIVE, check_match, matcher_config
-from tipcore.knobs import check, knob
-from tipcore.progress import StopHook, never_stop
+from tipcore.common.knobs import check, knob
+from tipcore.common.progress import StopHook, never_stop
 
 if TYPE_CHECKING:
     import torch
 
     from tipcore.attacks.base import AttackStream
-    from tipcore.fl import ServerView, SharedUpdate
+    from tipcore.federation.fl import ServerView, SharedUpdate
 
 Distance = Literal["l2", "cosine"]
 # What the attack does about labels: "soft" learns them jointly (DLG) and "auto" reads them off the fc

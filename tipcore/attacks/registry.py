@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from tipcore.config import create_registered
+from tipcore.common.config import create_registered
 
 NAIVE = "all"  # the matcher of the naive attacker: every tensor, as received
 
@@ -29,7 +29,7 @@ class MatcherSpec:
     short: str  # for an attack's label: "iDLG + drop"
     summary: str  # one line for --help: "adaptive: finds the noised conv channels ... and leaves them out"
     flags_channels: bool  # fills AttackResult.flagged; the run records detection precision / recall
-    config_cls: type  # frozen dataclass of knobs (tipcore.knobs)
+    config_cls: type  # frozen dataclass of knobs (tipcore.common.knobs)
     factory: Callable[[Any], Any]  # config -> an object with fit(model, targets) -> tipcore.attacks.fitted.Fitted
 
 

@@ -24,8 +24,8 @@ from tipcore.attacks.engine import (
 from tipcore.attacks.fitted import fit_matcher
 from tipcore.attacks.problem import MatchingProblem, infer_labels, resolve_objective
 from tipcore.attacks.recipe import LabelStrategy, Recipe
-from tipcore.fl import ServerView, SharedUpdate
-from tipcore.progress import StopHook, never_stop
+from tipcore.federation.fl import ServerView, SharedUpdate
+from tipcore.common.progress import StopHook, never_stop
 
 
 def choose_labels(strategy: LabelStrategy, problem: MatchingProblem, view: ServerView,

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, Mapping, P
 
 import numpy as np
 
-from tipcore import knobs
-from tipcore.config import create_registered
+from tipcore.common import knobs
+from tipcore.common.config import create_registered
 
 if TYPE_CHECKING:
-    from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
+    from tipcore.federation.fl import ClientContext, RoundConfig, SharedUpdate
 
 BASELINE = "none"  # the undefended update every comparison starts from
 
@@ -87,7 +87,7 @@ def protect_in_stages(defense: Defense, update: SharedUpdate, ctx: ClientContext
 @dataclass(frozen=True)
 class DefenseSpec:
     """A registered defense. What it takes (budget, clip, a strength to sweep) is read from its config's
-    knobs (``tipcore.knobs``), so registering is all a new defense has to do."""
+    knobs (``tipcore.common.knobs``), so registering is all a new defense has to do."""
 
     name: str
     config_cls: type
@@ -122,9 +122,9 @@ class DefenseSpec:
         return knobs.noise(self.config_cls)
 
     def relative_noise(self, diagnostics: DefenseDiagnostics, round_cfg: RoundConfig) -> float | None:
-        """The unit-free noise strength this defense ran with in this round (``tipcore.privacy.relative_noise``),
+        """The unit-free noise strength this defense ran with in this round (``tipcore.defenses.calibration.relative_noise``),
         read from what it reported; None for a defense that adds no noise (or a round without clipping)."""
-        from tipcore import privacy
+        from tipcore.defenses import calibration as privacy
 
         found = self.noise_knob()
         if found is None or round_cfg.clip is None:

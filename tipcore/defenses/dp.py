@@ -19,15 +19,15 @@ import copy
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
-from tipcore import privacy
+from tipcore.defenses import calibration as privacy
 from tipcore.defenses.base import DefenseDiagnostics, register
-from tipcore.knobs import check, clip_knob, delta_knob, epsilon_knob, knob
+from tipcore.common.knobs import check, clip_knob, delta_knob, epsilon_knob, knob
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from tipcore.fl import ClientContext, SharedUpdate
+    from tipcore.federation.fl import ClientContext, SharedUpdate
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def per_example_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     import torch
     from torch.func import functional_call, grad, vmap
 
-    from tipcore.fl import trainable_names
+    from tipcore.federation.fl import trainable_names
 
     names = trainable_names(model)
     params = {n: p.detach() for n, p in model.named_parameters() if n in names}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from tipcore.defenses.base import DefenseDiagnostics, register
 
 if TYPE_CHECKING:
-    from tipcore.fl import ClientContext, SharedUpdate
+    from tipcore.federation.fl import ClientContext, SharedUpdate
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from tipcore.defenses.base import DefenseDiagnostics, register
-from tipcore.knobs import check, knob
+from tipcore.common.knobs import check, knob
 
 if TYPE_CHECKING:
     import torch
 
-    from tipcore.fl import ClientContext, SharedUpdate
+    from tipcore.federation.fl import ClientContext, SharedUpdate
 
 
 @dataclass(frozen=True)

@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, Literal, Mapping
 
 import numpy as np
 
-from tipcore import privacy
+from tipcore.defenses import calibration as privacy
 from tipcore.defenses.base import DefenseDiagnostics, DefenseStages, LayerDiagnostics, register
-from tipcore.knobs import check, clip_knob, delta_knob, epsilon_knob, knob
+from tipcore.common.knobs import check, clip_knob, delta_knob, epsilon_knob, knob
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from tipcore.fl import ClientContext, RoundConfig, SharedUpdate
+    from tipcore.federation.fl import ClientContext, RoundConfig, SharedUpdate
 
 
 # The ablations are swept over one decade fewer: below a relative noise of 1e-3 every TIP variant is the
-# undefended update for the attacks (the grid is in unit-free relative strengths: tipcore.privacy).
+# undefended update for the attacks (the grid is in unit-free relative strengths: tipcore.defenses.calibration).
 ABLATION_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -97,7 +97,7 @@ def gradcam_samples(y: torch.Tensor) -> list[int]:
 
 
 def compute_alphas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: str = "all") -> TipAlphas:
-    from tipcore.saliency import channel_alpha, resolve_layers
+    from tipcore.signals.saliency import channel_alpha, resolve_layers
 
     chosen = resolve_layers(model, layers)
     infos = tuple(
@@ -128,7 +128,7 @@ def perturb(tensors: Mapping[str, torch.Tensor], alphas: TipAlphas, cfg: TipConf
     """
     import torch
 
-    from tipcore import spectral
+    from tipcore.signals import spectral
 
     out = {n: t.clone() for n, t in tensors.items()}
     cutoff = 0.0 if full_band else cfg.cutoff

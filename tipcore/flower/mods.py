@@ -40,10 +40,10 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from torch import nn
 
-from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, trainable_names
+from tipcore.federation.fl import ClientContext, RoundConfig, SharedUpdate, trainable_names
 from tipcore.flower import policy, records
 from tipcore.flower.settings import RoundSettings, check_defense
-from tipcore.seeding import generator
+from tipcore.common.seeding import generator
 
 RECORD_KEY = "tipcore-defense"  # ConfigRecord in the reply: {"defense": name, "options": JSON}, public only
 PUBLIC_KEYS = ("defense", "options")  # everything RECORD_KEY may hold

@@ -8,7 +8,7 @@ it accepts::
 (``defense-options`` is a JSON object, as in the run config; TOML single quotes keep its double quotes).
 The run's request (the run config's ``defense`` / ``defense-options``, or the ones the ClientApp fixes) is
 then only a request: ``resolve`` merges it over the node's options and accepts it only if every option it
-changes makes the defense at least as strong, read from the options' declarations (``tipcore.knobs``):
+changes makes the defense at least as strong, read from the options' declarations (``tipcore.common.knobs``):
 
 * a privacy budget (role ``budget``: ε, δ) may only go down;
 * a noise scale (a knob with a ``noise_unit``: TIP's β, DP's σ or noise multiplier) may only go up;
@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Mapping
 
-from tipcore import defenses, knobs
+from tipcore import defenses
+from tipcore.common import knobs
 from tipcore.flower.settings import defense_options, parse_options
 
 NODE_DEFENSE_KEY = "defense"  # node config: the defense this node requires

@@ -2,7 +2,7 @@
 
 ``RoundSettings`` is what the server announces in every train message (learning rate, clipping norm, batch
 size, local epochs): the client trains with it and the defense calibrates with it, the same semantics as
-``tipcore.flsim``. ``check_defense`` rejects an unknown defense, bad options, a budgeted defense whose
+``tipcore.studies.flsim``. ``check_defense`` rejects an unknown defense, bad options, a budgeted defense whose
 calibration clip differs from the round's, and TIP on a model without conv layers, each with a one-line
 ValueError, so a launcher can refuse before it starts a process and the ServerApp before its first round.
 No flwr import here.
@@ -19,8 +19,8 @@ from torch import nn
 
 from tipcore import defenses
 from tipcore.defenses.tip import TIP
-from tipcore.fl import MAX_BATCH
-from tipcore.saliency import resolve_layers
+from tipcore.federation.fl import MAX_BATCH
+from tipcore.signals.saliency import resolve_layers
 
 
 @dataclass(frozen=True)

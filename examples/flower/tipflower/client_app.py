@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 
 from tipcore.flower import DefenseMod, RoundSettings, check_mod_order
 from tipcore.flower.mods import LEGACY_INS_ARRAYS, secaggplus_when_asked
-from tipcore.seeding import generator
+from tipcore.common.seeding import generator
 from tipflower import task
 
 

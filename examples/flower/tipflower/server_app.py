@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from tipcore.fl import trainable_names
+from tipcore.federation.fl import trainable_names
 from tipcore.flower import NoAggregatedReply, RecordingFedAvg, RoundSettings, ScaledRoundTimeout, check_defense
 from tipflower import task
 

@@ -1,6 +1,6 @@
 """The learning task both apps share: the digits ConvNet, each node's shard, local training, evaluation.
 
-Semantics mirror ``tipcore.flsim`` (the project's own simulator), so the curves are comparable: K
+Semantics mirror ``tipcore.studies.flsim`` (the project's own simulator), so the curves are comparable: K
 class-balanced IID shards of the 4,000 bundled training digits (shard k goes to the node whose node config
 says ``partition-id=k num-partitions=K``), E local epochs of shuffled mini-batches of B with plain SGD and
 global-norm clipping C, accuracy on the 1,000 held-out digits. Nothing is downloaded.
@@ -14,11 +14,11 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from tipcore import data, models
-from tipcore.fl import local_sgd
-from tipcore.flsim import shards
-from tipcore.seeding import generator
-from tipcore.training import accuracy
+from tipcore.federation import data, models
+from tipcore.federation.fl import local_sgd
+from tipcore.studies.flsim import shards
+from tipcore.common.seeding import generator
+from tipcore.federation.training import accuracy
 
 # Each SuperNode's ClientApp process is one client: one thread keeps K nodes on a small machine from
 # oversubscribing its cores (TIPFLOWER_THREADS overrides it).

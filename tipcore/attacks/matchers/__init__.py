@@ -1,6 +1,6 @@
 """The matchers: one module each, discovered here (no import line elsewhere names them).
 
-A matcher module declares a frozen config dataclass of ``tipcore.knobs.knob`` fields and one class,
+A matcher module declares a frozen config dataclass of ``tipcore.common.knobs.knob`` fields and one class,
 registered with ``tipcore.attacks.registry.register_matcher`` (name, label, summary, whether it flags
 channels), whose ``fit(received) -> tipcore.attacks.fitted.Fitted`` decides from the architecture and the
 received update alone what the attacker matches. Modules import without torch; ``fit`` imports it.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tipcore.knobs import check, knob
+from tipcore.common.knobs import check, knob
 
 if TYPE_CHECKING:
     from tipcore.attacks.fitted import Fitted, Received

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from tipcore.attacks.matchers._base import ContrastKnobs, CutoffKnobs, EnergyKnobs, GapKnobs, Matcher, ZeroKnobs, channel_maps
 from tipcore.attacks.registry import register_matcher
-from tipcore.knobs import knob
+from tipcore.common.knobs import knob
 
 if TYPE_CHECKING:
     import torch

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from tipcore.attacks.matchers._base import CutoffKnobs, GapKnobs, Matcher
 from tipcore.attacks.registry import register_matcher
-from tipcore.knobs import knob
+from tipcore.common.knobs import knob
 
 if TYPE_CHECKING:
     from tipcore.attacks.fitted import Fitted, Received

@@ -17,9 +17,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tipcore import attacks, defenses, models
-from tipcore.config import from_dict
-from tipcore.fl import RoundConfig
+from tipcore import attacks, defenses
+from tipcore.federation import models
+from tipcore.common.config import from_dict
+from tipcore.federation.fl import RoundConfig
 
 SCHEMA_VERSION = 1
 IMAGE_SHAPE = (32, 32, 3)  # what the bundled models take: 32x32 RGB, channels last, in [0, 1]
@@ -36,7 +37,7 @@ def validate_pixels(images: Any) -> np.ndarray:
         arrays = arrays[None]
     if arrays.ndim != 4 or arrays.shape[1:] != IMAGE_SHAPE or arrays.shape[0] < 1:
         raise ValueError(f"images must be (32, 32, 3) or (B, 32, 32, 3) RGB, got shape {tuple(np.shape(images))} "
-                         "(load files with tipcore.data.load_image, which crops and resizes)")
+                         "(load files with tipcore.federation.data.load_image, which crops and resizes)")
     if not np.isfinite(arrays).all():
         raise ValueError("images contain NaN or infinite values")
     lo, hi = float(arrays.min()), float(arrays.max())

@@ -5,7 +5,7 @@ FedSGD sends the gradient of the batch loss; FedAvg runs local SGD steps and sen
 (gradient-aligned, as the TIP authors' attack uses it). The private batch lives only in ``ClientContext``,
 which defenses see and attacks never do: attacks get a ``ServerView`` and the ``SharedUpdate``.
 The round runs the model in eval() mode (BatchNorm on running statistics), as the paper's attack study does,
-so the update never changes BN buffers (the multi-round simulator, ``tipcore.flsim``, trains in train() mode
+so the update never changes BN buffers (the multi-round simulator, ``tipcore.studies.flsim``, trains in train() mode
 and averages the buffers). Labels reach the server only through ``SharedUpdate.labels`` and only when the
 threat model says so (``AttackerCapabilities.labels_known``, read through ``ServerView.known_labels``).
 """
@@ -19,7 +19,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from tipcore import models
+from tipcore.federation import models
 
 Mode = Literal["fedsgd", "fedavg"]
 MODES: tuple[str, ...] = ("fedsgd", "fedavg")

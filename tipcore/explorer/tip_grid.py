@@ -24,15 +24,15 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 import numpy as np
 
-from tipcore.progress import Event, StopHook, Stopped, Stopwatch, drive, never_stop
-from tipcore.resumable import ResumableTable, claim_directory
+from tipcore.common.progress import Event, StopHook, Stopped, Stopwatch, drive, never_stop
+from tipcore.studies.resumable import ResumableTable, claim_directory
 
 TIP_GRID_COMMAND = "python -m tipcore showcase tip-grid"
 GRID_JSON = "tip_grid.json"
 GRID_NPZ = "tip_grid.npz"
 WORK_DIR = Path("runs") / "showcase-tip-grid"
 
-# The class-demo round the grid is made in (tipcore.presets "demo"): what a slider setting must match.
+# The class-demo round the grid is made in (tipcore.pipeline.presets "demo"): what a slider setting must match.
 MODEL, WEIGHTS, CLIP = "lenet", "random", 5.0
 ROUND = {"mode": "fedsgd", "local_steps": 1, "batch_size": 1, "clip": CLIP}
 VARIANT = "tip"
@@ -63,7 +63,8 @@ class TipGridConfig:
     batch: int = 14  # settings per batched optimisation
 
     def __post_init__(self) -> None:
-        from tipcore import attacks, data
+        from tipcore import attacks
+        from tipcore.federation import data
 
         ids = {s.id for s in data.gallery()}
         if not self.images or len(set(self.images)) != len(self.images):
@@ -110,14 +111,14 @@ class TipGridConfig:
 
 
 def _experiment(cfg: TipGridConfig, image: str, setting: Mapping[str, Any], attack: str):
-    from tipcore.experiment import ExperimentConfig
-    from tipcore.fl import RoundConfig
+    from tipcore.pipeline.runspec import RunSpec
+    from tipcore.federation.fl import RoundConfig
 
     options: dict[str, Any] = {}
     if setting["defense"] != "none":
         options = {"ratio": setting["ratio"], "cutoff": setting["cutoff"], "noise": "calibrated",
                    "epsilon": setting["epsilon"], "delta": cfg.delta}
-    return ExperimentConfig(seed=cfg.seed, model=MODEL, weights=WEIGHTS, image_ids=(image,),
+    return RunSpec(seed=cfg.seed, model=MODEL, weights=WEIGHTS, image_ids=(image,),
                             round=RoundConfig(**ROUND), defense=setting["defense"], defense_cfg=options,
                             attack=attack, attack_cfg={"iterations": cfg.iterations}, device="cpu")
 
@@ -139,8 +140,8 @@ def build(cfg: TipGridConfig, work_dir: str | Path = WORK_DIR, out_dir: str | Pa
     """Attack every cell still missing from ``work_dir`` (resuming), then write ``tip_grid.json`` and
     ``tip_grid.npz`` into ``out_dir`` (assets/showcase by default). Stopped: finished cells are kept, nothing
     is written to ``out_dir`` and None is returned."""
-    from tipcore.experiment import stream_comparison
-    from tipcore.showcase import SHOWCASE_DIR, _save_png
+    from tipcore.pipeline.experiment import stream_comparison
+    from tipcore.explorer.showcase import SHOWCASE_DIR, _save_png
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,7 @@ def build(cfg: TipGridConfig, work_dir: str | Path = WORK_DIR, out_dir: str | Pa
 
 def _layers() -> list[dict[str, Any]]:
     """The conv layers TIP targets in the grid's model: what decides which settings are the same defense."""
-    from tipcore import models
+    from tipcore.federation import models
 
     model = models.build(MODEL, weights=WEIGHTS)
     return [{"name": n, "out_channels": int(m.out_channels), "kernel_size": [int(v) for v in m.kernel_size]}
@@ -194,7 +195,7 @@ def _layers() -> list[dict[str, Any]]:
 
 
 def write(cfg: TipGridConfig, table: ResumableTable, work: Path, out: Path) -> Path:
-    from tipcore.showcase import _load_png
+    from tipcore.explorer.showcase import _load_png
 
     cells, pixels, seconds = [], [], 0.0
     for image in cfg.images:
@@ -287,7 +288,7 @@ class TipGrid:
 
     def signature(self, ratio: float, cutoff: float) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
         """What TIP does at (p, r) on this model: k per conv layer and each layer's noised-bin mask."""
-        from tipcore import spectral
+        from tipcore.signals import spectral
         from tipcore.defenses.tip import TipConfig
 
         tip = TipConfig(ratio=float(ratio), cutoff=float(cutoff))
@@ -360,7 +361,7 @@ def _off_grid_reason(q: GridQuery, s: Mapping[str, Any], images: Sequence[str]) 
 def load(directory: str | Path | None = None) -> TipGrid | None:
     """The grid in ``directory`` (assets/showcase by default), or None when it has not been built; raises
     ValueError when its files do not fit together."""
-    from tipcore.showcase import SHOWCASE_DIR
+    from tipcore.explorer.showcase import SHOWCASE_DIR
 
     base = Path(directory) if directory is not None else SHOWCASE_DIR
     meta_path, npz_path = base / GRID_JSON, base / GRID_NPZ

@@ -15,12 +15,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from tipcore import defenses, models, spectral
+from tipcore import defenses
+from tipcore.federation import models
+from tipcore.signals import spectral
 from tipcore.defenses.base import LayerDiagnostics
 from tipcore.defenses.tip import TIP, compute_alphas
-from tipcore.fl import RoundConfig, SharedUpdate, client_update
-from tipcore.saliency import gradcam_map
-from tipcore.seeding import generator
+from tipcore.federation.fl import RoundConfig, SharedUpdate, client_update
+from tipcore.signals.saliency import gradcam_map
+from tipcore.common.seeding import generator
 
 TIP_FAMILY = ("tip", "tip_random", "tip_fullband")
 
@@ -186,6 +188,6 @@ class TipExplainer:
 
 
 def _resolve(model: torch.nn.Module, layers: str) -> list[str]:
-    from tipcore.saliency import resolve_layers
+    from tipcore.signals.saliency import resolve_layers
 
     return [n for n, _ in resolve_layers(model, layers)]

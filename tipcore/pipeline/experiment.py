@@ -21,24 +21,25 @@ from typing import Any, Callable, Generator, Mapping
 import numpy as np
 import torch
 
-from tipcore import __version__, attacks, data, defenses, metrics, models, update_stats
+from tipcore import __version__, attacks, defenses
+from tipcore.federation import data, models
+from tipcore.pipeline import metrics, update_stats
 from tipcore.attacks.base import AttackResult, Snapshot, flagged_channels, flags_channels
-from tipcore.config import from_dict
+from tipcore.common.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
-from tipcore.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
-from tipcore.outputs import StagedOutput
-from tipcore.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, validate_pixels
-from tipcore.progress import Event, StopHook, Stopwatch, check_stop, drive, never_stop
-from tipcore.seeding import generator, pick_device
+from tipcore.federation.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
+from tipcore.pipeline.outputs import StagedOutput
+from tipcore.pipeline.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, validate_pixels
+from tipcore.common.progress import Event, StopHook, Stopwatch, check_stop, drive, never_stop
+from tipcore.common.seeding import generator, pick_device
 
-ExperimentConfig = RunSpec  # the name this module used before the RunSpec; kept for existing callers
 
 
 @dataclass(frozen=True)
 class PreparedRound:
     """Everything up to the attack: what the client computed and what it sent."""
 
-    config: ExperimentConfig
+    config: RunSpec
     images: np.ndarray  # (B, 32, 32, 3) private images in [0, 1]
     labels: tuple[int, ...]
     num_classes: int
@@ -59,7 +60,7 @@ class RunRecord:
     analysis: Mapping[str, Any] = field(default_factory=dict)  # update statistics and noised-channel detection
 
     @property
-    def config(self) -> ExperimentConfig:
+    def config(self) -> RunSpec:
         return self.prepared.config
 
 
@@ -79,7 +80,7 @@ def environment(device: torch.device) -> dict[str, str]:
     return {**versions, "device": name, "threads": str(torch.get_num_threads())}
 
 
-def resolve_images(cfg: ExperimentConfig, images: np.ndarray | None) -> tuple[np.ndarray, tuple[int, ...], int]:
+def resolve_images(cfg: RunSpec, images: np.ndarray | None) -> tuple[np.ndarray, tuple[int, ...], int]:
     """The private batch, its labels and the model's class count."""
     if images is None:
         samples = [data.get_sample(i) for i in cfg.image_ids]
@@ -115,7 +116,7 @@ def resolve_images(cfg: ExperimentConfig, images: np.ndarray | None) -> tuple[np
 PrepareStream = Generator[Event, None, PreparedRound]
 
 
-def prepare_stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
+def prepare_stream(cfg: RunSpec, images: np.ndarray | None = None, *,
                    should_stop: StopHook = never_stop) -> PrepareStream:
     """Run the client's round and its defense; build the server's view. Yields a start and an end event per
     stage ("client round", "Grad-CAM" for the TIP family, "defense") and raises ``Stopped`` when told to stop
@@ -162,13 +163,13 @@ def prepare_stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
     return PreparedRound(cfg, arrays, labels, num_classes, clean, defended, diagnostics, view, t1 - t0, t2 - t1)
 
 
-def prepare(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
+def prepare(cfg: RunSpec, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
             on_event: Callable[[Event], None] | None = None) -> PreparedRound:
     """``prepare_stream`` driven to its end."""
     return drive(prepare_stream(cfg, images, should_stop=should_stop), on_event)
 
 
-def stream(cfg: ExperimentConfig, images: np.ndarray | None = None, *,
+def stream(cfg: RunSpec, images: np.ndarray | None = None, *,
            should_stop: StopHook = never_stop) -> Generator[Event, None, RunRecord]:
     """The whole run as one stream: the client round's stages, then the attack's snapshots (payload)."""
     prepared = yield from prepare_stream(cfg, images, should_stop=should_stop)
@@ -194,7 +195,7 @@ def analyse(prepared: PreparedRound, result: AttackResult) -> dict[str, Any]:
     return out
 
 
-def comparable(cfgs: list[ExperimentConfig]) -> bool:
+def comparable(cfgs: list[RunSpec]) -> bool:
     """Whether runs differ only in their defense, so one batched optimisation can attack them all."""
     if len(cfgs) < 2:
         return False
@@ -206,12 +207,12 @@ def comparable(cfgs: list[ExperimentConfig]) -> bool:
     return all(replace(c, defense="none", defense_cfg={}) == first for c in cfgs[1:])
 
 
-def stream_comparison(cfgs: list[ExperimentConfig], images: np.ndarray | None = None, *,
+def stream_comparison(cfgs: list[RunSpec], images: np.ndarray | None = None, *,
                       should_stop: StopHook = never_stop) -> Generator[Any, None, list[RunRecord]]:
     """Runs that differ only in their defense, attacked as one batched optimisation where the attack allows
-    it (``tipcore.attacks.batched``), else one after another. Each record is what ``stream`` would give,
+    it (``tipcore.attacks.speed.batched``), else one after another. Each record is what ``stream`` would give,
     up to float rounding of the batched kernels."""
-    from tipcore.attacks.batched import BatchedComparison
+    from tipcore.attacks.speed.batched import BatchedComparison
 
     if not comparable(cfgs):
         records = []
@@ -232,7 +233,7 @@ def stream_comparison(cfgs: list[ExperimentConfig], images: np.ndarray | None = 
             for p, r in zip(prepared, results)]
 
 
-def run(cfg: ExperimentConfig, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
+def run(cfg: RunSpec, images: np.ndarray | None = None, *, should_stop: StopHook = never_stop,
         on_event: Callable[[Event], None] | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None) -> RunRecord:
     """``stream`` driven to its end. ``on_snapshot`` is a shortcut that sees only the attack's snapshots."""
@@ -350,7 +351,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def load_run(result_path: str | os.PathLike) -> tuple[RunSpec, np.ndarray | None]:
     """The RunSpec of a result.json and, for an upload, its pixels (checked against the recorded sha256)."""
-    from tipcore.runspec import spec_from_result
+    from tipcore.pipeline.runspec import spec_from_result
 
     path = Path(result_path)
     if path.is_dir():
@@ -380,7 +381,7 @@ def load_run(result_path: str | os.PathLike) -> tuple[RunSpec, np.ndarray | None
 
 def write_artifacts(out: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
     """Write into a fresh sibling directory, then rename it over ``out``: never half-written, and nothing
-    left behind on an error (``tipcore.outputs``; the CLI stages its output before computing instead)."""
+    left behind on an error (``tipcore.pipeline.outputs``; the CLI stages its output before computing instead)."""
     return StagedOutput(out).commit(files)
 
 
@@ -392,5 +393,5 @@ def with_budget(defense: str, options: Mapping[str, Any], epsilon: float, delta:
     return options
 
 
-def variant(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+def variant(cfg: RunSpec, **changes: Any) -> RunSpec:
     return replace(cfg, **changes)

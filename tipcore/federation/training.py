@@ -15,9 +15,9 @@ from typing import Generator
 import torch
 from torch import nn
 
-from tipcore import data, models
-from tipcore.progress import Event, StopHook, Stopwatch, never_stop
-from tipcore.seeding import generator
+from tipcore.federation import data, models
+from tipcore.common.progress import Event, StopHook, Stopwatch, never_stop
+from tipcore.common.seeding import generator
 
 DEFAULT_EPOCHS = {"lenet": 30, "convnet": 10, "resnet18": 1}
 

@@ -43,7 +43,7 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 _SAMPLES_DIR = ASSETS_DIR / "samples"
 _DIGITS_FILE = ASSETS_DIR / "digits" / "mnist5k.npz"
 _REGENERATE = "run `python scripts/make_gallery.py`"

@@ -11,7 +11,7 @@ decades) x images x seeds x attackers, and the same settings' utility from scrat
 - ``curves.json``: the points the explorer's frontier page draws (naive and best adaptive attacker);
 - ``curves.html``: an interactive plotly page (self-contained, no CDN) of PSNR against the relative noise and
   against utility, one colour per defense, naive dashed and adaptive solid, with reference lines.
-A noise defense's strength is the unit-free relative noise z (``tipcore.privacy.relative_noise``), so TIP's
+A noise defense's strength is the unit-free relative noise z (``tipcore.defenses.calibration.relative_noise``), so TIP's
 and DP's curves share one x-axis. Finished cells are kept in the CSVs as they complete, so rerunning the
 same command resumes.
 """
@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, Generator, Mapping
 
 from tipcore import attacks
-from tipcore.evaluation import (
+from tipcore.studies.cells import (
     ATTACK_ROUND, DefenseSetting, UtilityProtocol, UtilityStore, adaptive_attacks, attack_cells, attack_config,
     best_per_image, chunks, cifar10_ids, mean_std, reference_psnr,
 )
-from tipcore.experiment import strict_json
-from tipcore.progress import Event, StopHook, Stopped, Stopwatch, never_stop
-from tipcore.resumable import ResumableTable, claim_directory, number
+from tipcore.pipeline.experiment import strict_json
+from tipcore.common.progress import Event, StopHook, Stopped, Stopwatch, never_stop
+from tipcore.studies.resumable import ResumableTable, claim_directory, number
 
 DECADES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -81,7 +81,7 @@ class SweepConfig:
                 raise ValueError(f"defense '{name}' has no strengths in the grid")
         for setting in self.settings():  # every setting's options are checked now, before any compute
             from tipcore import defenses
-            from tipcore.config import from_dict
+            from tipcore.common.config import from_dict
 
             for round_cfg in (ATTACK_ROUND, self.utility.round_config()):
                 options = defenses.bind_round(setting.defense, setting.options(round_cfg), round_cfg)

@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import torch
 
-from tipcore import models
-from tipcore.fl import MAX_BATCH, MODES, ServerView, SharedUpdate
+from tipcore.federation import models
+from tipcore.federation.fl import MAX_BATCH, MODES, ServerView, SharedUpdate
 
 GLOBAL_FILE = "global_weights.pt"
 DEFENDED_FILE = "update_defended.pt"

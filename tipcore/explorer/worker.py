@@ -3,7 +3,7 @@
 The explorer's Streamlit server redraws pages for every visitor; an attack in the same process competes
 with those redraws for the GIL and both cores. ``WorkerRun`` starts one child process (``spawn``: a fresh
 interpreter, no forked torch thread pools) that lowers its own OS priority (``os.nice``), limits torch to
-``threads`` intra-op threads, runs each ``ExperimentConfig`` of a plan through ``experiment.stream`` and
+``threads`` intra-op threads, runs each ``RunSpec`` of a plan through ``experiment.stream`` and
 sends small messages back through a queue:
 
 * ``Started(name)`` when a run begins, ``Stage`` for each step of the client's round (round, Grad-CAM,
@@ -51,7 +51,7 @@ class Started:
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage of the client's round (``tipcore.progress.Event`` without its payload)."""
+    """A stage of the client's round (``tipcore.common.progress.Event`` without its payload)."""
 
     name: str
     stage: str
@@ -128,7 +128,7 @@ def plain(value: Any) -> Any:
 
 def outcome_of(record: Any) -> RunOutcome:
     """A ``RunRecord`` as a ``RunOutcome`` (in the process that holds the record's tensors)."""
-    from tipcore import experiment
+    from tipcore.pipeline import experiment
 
     order = list(record.scores.order)
     hist = record.result.history
@@ -179,9 +179,9 @@ def _child_main(plan: list[tuple[str, dict]], images: np.ndarray | None, out: An
     import torch
 
     torch.set_num_threads(threads)
-    from tipcore import experiment
+    from tipcore.pipeline import experiment
     from tipcore.attacks.base import Snapshot
-    from tipcore.progress import Stopped
+    from tipcore.common.progress import Stopped
 
     def should_stop() -> bool:
         # The parent gone (killed, crashed) counts as a stop: no orphaned attacks.
@@ -192,7 +192,7 @@ def _child_main(plan: list[tuple[str, dict]], images: np.ndarray | None, out: An
             break
         out.put(Started(name))
         try:
-            cfg = experiment.ExperimentConfig.from_dict(cfg_dict)
+            cfg = experiment.RunSpec.from_dict(cfg_dict)
 
             def on_event(event: Any, name: str = name) -> None:
                 snap = event.payload
@@ -236,7 +236,7 @@ _LIVE_LOCK = threading.Lock()
 
 
 class WorkerRun:
-    """One plan run in one child process. ``plan``: (name, ExperimentConfig) pairs."""
+    """One plan run in one child process. ``plan``: (name, RunSpec) pairs."""
 
     def __init__(self, plan: list[tuple[str, Any]], images: np.ndarray | None = None, *,
                  nice: int = DEFAULT_NICE, threads: int = DEFAULT_THREADS) -> None:

@@ -29,14 +29,14 @@ from typing import Any, Generator, Mapping
 import numpy as np
 
 from tipcore import attacks
-from tipcore.evaluation import (
+from tipcore.studies.cells import (
     ATTACK_MODEL, ATTACK_ROUND, DefenseSetting, UtilityProtocol, UtilityStore, adaptive_attacks, attack_cells,
     attack_config, best_per_image, chunks, cifar10_ids, converged_round, mean_std, reference_psnr, strength_at_budget,
 )
-from tipcore.fl import RoundConfig
-from tipcore.progress import Event, StopHook, Stopped, Stopwatch, never_stop
-from tipcore.resumable import ResumableTable, claim_directory, number
-from tipcore.sweep import DECADES, STUDY_OPTIONS
+from tipcore.federation.fl import RoundConfig
+from tipcore.common.progress import Event, StopHook, Stopped, Stopwatch, never_stop
+from tipcore.studies.resumable import ResumableTable, claim_directory, number
+from tipcore.studies.sweep import DECADES, STUDY_OPTIONS
 
 CELL_COLUMNS = ("setting", "defense", "model", "image", "attack", "attacker", "psnr", "ssim", "label_accuracy",
                 "noise_rel", "noise_to_signal", "update_cosine", "flag_precision", "flag_recall", "restarts", "seconds")
@@ -131,7 +131,7 @@ class ReproduceConfig:
             attacks.create(a, self.ig_options())
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
-        from tipcore.seeding import pick_device
+        from tipcore.common.seeding import pick_device
 
         pick_device(self.device)
 
@@ -323,7 +323,7 @@ def total_minutes(cells: ResumableTable) -> float:
 def device_name(device: str) -> str:
     import torch
 
-    from tipcore.seeding import pick_device
+    from tipcore.common.seeding import pick_device
 
     dev = pick_device(device)
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"the CPU ({platform.machine()})"

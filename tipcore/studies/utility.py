@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from tipcore import data, defenses, models
-from tipcore.experiment import with_budget
-from tipcore.fl import RoundConfig, apply_update, client_update
-from tipcore.saliency import gradcam_map, heatmap_similarity
-from tipcore.seeding import generator
-from tipcore.training import accuracy
-from tipcore.update_stats import update_cosine
+from tipcore import defenses
+from tipcore.federation import data, models
+from tipcore.pipeline.experiment import with_budget
+from tipcore.federation.fl import RoundConfig, apply_update, client_update
+from tipcore.signals.saliency import gradcam_map, heatmap_similarity
+from tipcore.common.seeding import generator
+from tipcore.federation.training import accuracy
+from tipcore.pipeline.update_stats import update_cosine
 
 
 @dataclass(frozen=True)

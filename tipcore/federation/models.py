@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "assets" / "checkpoints"
+CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
 
 
 class LeNet(nn.Module):
@@ -164,7 +164,7 @@ def build(name: str, *, num_classes: int = 10, weights: str = "random", seed: in
     with torch.random.fork_rng(devices=[]):
         model = MODELS[name].factory(num_classes)
     if weights == "random":
-        from tipcore.seeding import generator
+        from tipcore.common.seeding import generator
 
         model.init_weights(generator(seed, f"model-init:{name}"))
     else:

@@ -2,7 +2,7 @@
 the app's URL parameters.
 
 The expected type comes from a dataclass field's annotation (``int``, ``float``, ``bool``, ``str``,
-``Literal[...]``, ``X | None``, ``tuple[...]``), narrowed by the field's ``tipcore.knobs.Knob`` where it
+``Literal[...]``, ``X | None``, ``tuple[...]``), narrowed by the field's ``tipcore.common.knobs.Knob`` where it
 declares one (its ``low`` / ``high`` bounds), so a config class is the one declaration of what its options
 accept. The rules:
 
@@ -59,7 +59,7 @@ def parse_typed(hint: Any, text: str, *, name: str = "value", metadata: Mapping[
     if not isinstance(text, str):
         raise ValueError(f"{name} expects text to parse, got {type(text).__name__}")
     value = _parse(hint, text.strip(), name)
-    bounds = (metadata or {}).get("knob")  # a tipcore.knobs.Knob (read by its fields: no import needed here)
+    bounds = (metadata or {}).get("knob")  # a tipcore.common.knobs.Knob (read by its fields: no import needed here)
     if bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high = bounds.low, bounds.high
         too_low = low is not None and (value <= low if bounds.low_open else value < low)

@@ -2,7 +2,7 @@
 
 A ``DefenseSetting`` is defined once and used unchanged on both axes of a comparison. Its strength is
 unit-free for every noise-adding defense: the relative noise z, the per-element noise standard deviation
-of the update divided by the clipped update's norm bound (``tipcore.privacy.relative_noise``). Each cell
+of the update divided by the clipped update's norm bound (``tipcore.defenses.calibration.relative_noise``). Each cell
 converts z into the defense's own knob for its own round, so the attacked update (FedSGD on one image) and
 every client update of the utility run (FedAvg from random init) get exactly the same relative noise, and
 both record the z they ran with (``noise_rel``) next to the measured noise-to-signal ratio.
@@ -24,10 +24,14 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from tipcore import data, defenses, knobs, metrics, privacy
-from tipcore.fl import RoundConfig
-from tipcore.progress import StopHook, drive, never_stop
-from tipcore.seeding import generator
+from tipcore import defenses
+from tipcore.federation import data
+from tipcore.common import knobs
+from tipcore.pipeline import metrics
+from tipcore.defenses import calibration as privacy
+from tipcore.federation.fl import RoundConfig
+from tipcore.common.progress import StopHook, drive, never_stop
+from tipcore.common.seeding import generator
 
 # The class-demo protocol the attacks run in: DLG's LeNet at random init, FedSGD on one image, C = 5.
 ATTACK_MODEL = "lenet"
@@ -101,7 +105,7 @@ def attack_config(image_id: str, setting: DefenseSetting, attack: str, *, iterat
                   model: str = ATTACK_MODEL, round_cfg: RoundConfig | None = None,
                   attack_options: Mapping[str, Any] | None = None, defense_options: Mapping[str, Any] | None = None):
     """The RunSpec of one attack cell; ``defense_options`` (e.g. a budget) come before the setting's own."""
-    from tipcore.runspec import RunSpec
+    from tipcore.pipeline.runspec import RunSpec
 
     round_cfg = round_cfg or ATTACK_ROUND
     return RunSpec(
@@ -114,7 +118,7 @@ def attack_config(image_id: str, setting: DefenseSetting, attack: str, *, iterat
 def attack_cells(cfgs: list, should_stop: StopHook = never_stop) -> list[dict[str, Any]]:
     """Run attacks that differ only in their defense (batched where the attack allows it) and flatten what
     the curves and the report need into one row each; ``seconds`` is the group's time split evenly."""
-    from tipcore.experiment import stream_comparison
+    from tipcore.pipeline.experiment import stream_comparison
 
     t0 = time.perf_counter()
     records = drive(stream_comparison(list(cfgs), should_stop=should_stop))
@@ -143,8 +147,8 @@ def strength_at_budget(defense: str, extra: Mapping[str, Any] | None = None, *, 
     """The relative noise z that ``defense`` calibrates from (ε, δ) in the attack cell (for TIP: β = σ / n_cam
     / L with this model's L and one Grad-CAM sample): the point at which its privacy is measured, so that
     its utility can be measured at exactly that noise too. None for a defense without a noise knob."""
-    from tipcore.experiment import prepare
-    from tipcore.runspec import RunSpec
+    from tipcore.pipeline.experiment import prepare
+    from tipcore.pipeline.runspec import RunSpec
 
     spec = defenses.DEFENSES[defense]
     if spec.noise_knob() is None:
@@ -178,7 +182,7 @@ class UtilityProtocol:
     seeds: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
-        from tipcore import flsim
+        from tipcore.studies import flsim
 
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"utility seeds must be distinct and at least one, got {list(self.seeds)}")
@@ -208,7 +212,7 @@ class UtilityProtocol:
 def utility_cell(setting: DefenseSetting, protocol: UtilityProtocol, seed: int, *,
                  should_stop: StopHook = never_stop) -> dict[str, Any] | None:
     """One utility run of ``setting`` (at the same relative noise as its attack cells); None when stopped."""
-    from tipcore import flsim
+    from tipcore.studies import flsim
 
     options = setting.options(protocol.round_config())
     cfg = flsim.FLConfig(**protocol.fl_fields(), defense=setting.defense, defense_cfg=options, seed=seed)
@@ -233,7 +237,7 @@ class UtilityStore:
     def __init__(self, directory, protocol: UtilityProtocol) -> None:
         from pathlib import Path
 
-        from tipcore.resumable import ResumableTable, claim_directory
+        from tipcore.studies.resumable import ResumableTable, claim_directory
 
         self.directory, self.protocol = Path(directory), protocol
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,7 @@ class FlatLBFGS:
         """The same outer step as a coroutine: each ``yield`` asks for (loss, gradient) at ``self.z``.
 
         Several optimisers can so be advanced in lockstep while one batched closure evaluates all of
-        their points at once (``tipcore.attacks.batched``), each keeping its own exact arithmetic.
+        their points at once (``tipcore.attacks.speed.batched``), each keeping its own exact arithmetic.
         """
         loss_t, g = yield
         evals = 1

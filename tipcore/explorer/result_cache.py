@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from tipcore.worker import RunOutcome
+from tipcore.explorer.worker import RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def default_max_bytes() -> int:
 def images_digest(cfg: Any, images: np.ndarray | None) -> dict[str, Any]:
     """SHA-256 of the private images' float32 pixels (gallery ids resolved to their pixels), with the
     labels and class count the run will use."""
-    from tipcore import experiment
+    from tipcore.pipeline import experiment
 
     arrays, labels, num_classes = experiment.resolve_images(cfg, images)
     arrays = np.ascontiguousarray(arrays, dtype=np.float32)
@@ -69,12 +69,12 @@ def images_digest(cfg: Any, images: np.ndarray | None) -> dict[str, Any]:
 def run_key(cfg: Any, images: np.ndarray | None = None) -> str:
     """The cache key of one run: every setting that decides its result, and nothing else.
 
-    ``cfg`` is a ``RunSpec`` (``ExperimentConfig``). Its image fields (gallery ids or the upload's sha256)
+    ``cfg`` is a ``RunSpec`` (``RunSpec``). Its image fields (gallery ids or the upload's sha256)
     stay in the key because the stored files name them (result.json, images.npy); the pixels' digest is
     added so that a changed gallery asset is a miss, not a stale hit.
     """
     from tipcore import __version__
-    from tipcore.seeding import pick_device
+    from tipcore.common.seeding import pick_device
 
     settings = cfg.to_dict()
     settings["device"] = pick_device(cfg.device).type

@@ -24,13 +24,15 @@ from typing import Any, Generator, Iterable, Mapping
 import torch
 from torch import nn
 
-from tipcore import data, defenses, models, update_stats
-from tipcore.config import from_dict
+from tipcore import defenses
+from tipcore.federation import data, models
+from tipcore.pipeline import update_stats
+from tipcore.common.config import from_dict
 from tipcore.defenses.base import Defense, DefenseDiagnostics
-from tipcore.fl import ClientContext, RoundConfig, SharedUpdate, local_sgd, trainable_names
-from tipcore.progress import Event, StopHook, Stopwatch, never_stop
-from tipcore.seeding import generator
-from tipcore.training import accuracy
+from tipcore.federation.fl import ClientContext, RoundConfig, SharedUpdate, local_sgd, trainable_names
+from tipcore.common.progress import Event, StopHook, Stopwatch, never_stop
+from tipcore.common.seeding import generator
+from tipcore.federation.training import accuracy
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class RoundResult:
     accuracy: float
     elapsed_s: float
     # What the round's clients sent, measured by the simulator (it holds the clean and the defended update):
-    # the defense's unit-free noise strength (tipcore.privacy.relative_noise; None without noise) and the
+    # the defense's unit-free noise strength (tipcore.defenses.calibration.relative_noise; None without noise) and the
     # noise-to-signal ratio on the perturbed slices, both averaged over the round's clients.
     noise_rel: float | None = None
     noise_to_signal: float | None = None

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import numpy as np
 
-from tipcore import data
-from tipcore.progress import Event, StopHook, Stopped, Stopwatch, drive, never_stop, within
+from tipcore.federation import data
+from tipcore.common.progress import Event, StopHook, Stopped, Stopwatch, drive, never_stop, within
 
 if TYPE_CHECKING:
-    from tipcore.experiment import ExperimentConfig
+    from tipcore.pipeline.runspec import RunSpec
 
-SHOWCASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "showcase"
+SHOWCASE_DIR = Path(__file__).resolve().parents[2] / "assets" / "showcase"
 
 PUNCHLINE_IMAGE = "cifar10-00"
 # (defense, attack, title): the naive iDLG against each defense, then TIP against the adaptive iDLG.
@@ -44,13 +44,14 @@ PRIVACY_CURVES_COMMAND = FRONTIER_COMMAND
 
 
 def _attack_config(image_id: str, defense: str, options: dict[str, Any], iterations: int, seed: int = 0,
-                   epsilon: float = 5.0, attack: str = "idlg") -> ExperimentConfig:
+                   epsilon: float = 5.0, attack: str = "idlg") -> RunSpec:
     """The class-demo setting: LeNet, FedSGD on one image with clipping C = 5, iDLG (or a variant of it)."""
-    from tipcore.experiment import ExperimentConfig, with_budget
-    from tipcore.fl import RoundConfig
+    from tipcore.pipeline.experiment import with_budget
+    from tipcore.pipeline.runspec import RunSpec
+    from tipcore.federation.fl import RoundConfig
 
     opts = with_budget(defense, options, epsilon, 1e-5)
-    return ExperimentConfig(seed=seed, model="lenet", image_ids=(image_id,), round=RoundConfig(clip=5.0),
+    return RunSpec(seed=seed, model="lenet", image_ids=(image_id,), round=RoundConfig(clip=5.0),
                             defense=defense, defense_cfg=opts, attack=attack, attack_cfg={"iterations": iterations})
 
 
@@ -124,7 +125,7 @@ def _plain(value: Any) -> Any:
 def _channel_views(record: Any) -> list[dict[str, Any]]:
     """Per conv layer of the defended update: the roughness score per output channel (computed from the
     update alone, as the attacker does), TIP's true selection and the attacker's flags."""
-    from tipcore import update_stats
+    from tipcore.pipeline import update_stats
     from tipcore.attacks.channels import layer_scores
     from tipcore.attacks.registry import matcher_config
 
@@ -148,7 +149,7 @@ def punchline(iterations: int = 300, *, should_stop: StopHook = never_stop) -> G
     """Attack the punchline image once per entry; each entry's run is relayed as ``punchline i/n · stage``
     events, and a "punchline" event per finished entry carries its scores. Stopped: nothing is written."""
     from tipcore.attacks.base import flags_channels
-    from tipcore.experiment import stream
+    from tipcore.pipeline.experiment import stream
 
     entries, channels = [], []
     watch = Stopwatch()
@@ -268,13 +269,13 @@ def frontier(quick: bool = False, *, should_stop: StopHook = never_stop,
     """The frontier page's curves: the sweep's default grid (``--quick``: two strengths per defense, one image,
     a short budget), run in runs/showcase-sweep (resumable), its curves.json copied into assets/showcase.
     Stopped: the sweep keeps its finished cells, nothing is copied, None is returned."""
-    from tipcore import sweep
-    from tipcore.experiment import strict_json
+    from tipcore.studies import sweep
+    from tipcore.pipeline.experiment import strict_json
 
     cfg = sweep.SweepConfig()
     if quick:
         grid = {d: (knob, values[::max(1, len(values) - 1)][:2]) for d, (knob, values) in cfg.grid.items()}
-        from tipcore.evaluation import UtilityProtocol
+        from tipcore.studies.cells import UtilityProtocol
 
         cfg = sweep.SweepConfig(grid=grid, images=1, iterations=20, utility=UtilityProtocol(rounds=2, seeds=(0,)))
     run = sweep.run(cfg, SHOWCASE_SWEEP_DIR / ("quick" if quick else "default"), should_stop=should_stop,

@@ -12,7 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tipcore.fl import RoundConfig
+    from tipcore.federation.fl import RoundConfig
 
 
 def check_budget(epsilon: float, delta: float) -> None:

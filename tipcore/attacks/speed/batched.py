@@ -3,7 +3,7 @@
 Each problem keeps its own target, matcher, labels, start, optimiser state, restarts and result, exactly
 as if run alone (each gets its own generator with the same seed); only the expensive part is shared: one
 batched closure computes every problem's dummy gradient at once on a K-fold replicated model (grouped
-convolutions, ``tipcore.attacks.replicate``), and one vector-Jacobian product gives every image's gradient.
+convolutions, ``tipcore.attacks.speed.replicate``), and one vector-Jacobian product gives every image's gradient.
 The loop (restarts, guard, snapshots, stop) is the single attack's (``tipcore.attacks.engine``) on N slots:
 L-BFGS problems advance in lockstep through ``FlatLBFGS.step_requests``; Adam problems share one
 elementwise Adam (so the moments of each image's block are its own). Problems that finish early are
@@ -28,10 +28,10 @@ from tipcore.attacks.engine import (
 )
 from tipcore.attacks.fitted import stack_maps
 from tipcore.attacks.recipe import GradientInversion, Recipe
-from tipcore.attacks.replicate import Replicated
+from tipcore.attacks.speed.replicate import Replicated
 from tipcore.attacks.template import Attacked
-from tipcore.fl import ServerView, SharedUpdate, clip_by_global_norm
-from tipcore.progress import Event, StopHook, never_stop
+from tipcore.federation.fl import ServerView, SharedUpdate, clip_by_global_norm
+from tipcore.common.progress import Event, StopHook, never_stop
 
 
 class BatchedComparison:
@@ -133,7 +133,7 @@ def _batched_gradients(problems: list[Attacked], with_features: bool = False
                        ) -> Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor | None]]:
     """x [N, B, C, H, W] -> (per parameter a tensor [N, *shape]: problem k's (clipped) dummy gradient at its
     own model point (the same θ_g in FedSGD; θ_g − U_k in FedAvg's one-step stand-in) with its own labels,
-    from one K-fold replicated model (``tipcore.attacks.replicate``); with ``with_features`` also every
+    from one K-fold replicated model (``tipcore.attacks.speed.replicate``); with ``with_features`` also every
     copy's fc input [N, B, D] at that point, else None). With the unrolled objective, every copy starts at
     θ_g and takes the client's T clipped SGD steps on its own dummy batch, in the graph, and the mean step
     gradient (θ_g − θ_T) / (T · lr) is returned, as ``MatchingProblem`` does alone."""

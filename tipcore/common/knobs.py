@@ -7,7 +7,7 @@ unit and role. Everything that offers or checks options is generated from that o
 - the CLI's option flags and their help (``tipcore.cli``),
 - the app's widgets for a defense it has no hand-made controls for (``app.controls``),
 - budget and clip injection (role ``budget`` / ``clip``: ``tipcore.defenses.bind_round``, ``uses_budget``),
-- the sweep's default grid (role ``strength`` with a ``grid``: ``tipcore.sweep.default_grid``), for integer,
+- the sweep's default grid (role ``strength`` with a ``grid``: ``tipcore.studies.sweep.default_grid``), for integer,
   float and choice knobs alike,
 - the noise-scale axis of every comparison (``noise_unit``: what the knob's value means as noise, so a study
   can give the attacked update and every client of a utility run exactly the same relative noise).
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 ROLES = ("", "budget", "clip", "strength")
-# What a noise knob's value means (``tipcore.privacy.relative_noise`` turns it into a unit-free strength):
+# What a noise knob's value means (``tipcore.defenses.calibration.relative_noise`` turns it into a unit-free strength):
 # "update": the per-element standard deviation of noise added once to the update, in the update's own units
 #   (gradient units in FedSGD, parameter units in FedAvg), as TIP's β and the paper's DP σ;
 # "multiplier": a DP-SGD noise multiplier z (std z·C on each local step's sum of per-example clipped gradients).

@@ -10,7 +10,7 @@ and since the copies share no parameter, each copy's gradient is exactly its own
 
 Supported: models built from Conv2d, BatchNorm2d (eval mode), Linear (the classifier, after a flatten),
 and parameter-free modules and functions that act per channel (activations, pooling, residual sums), as
-every model of ``tipcore.models`` is.
+every model of ``tipcore.federation.models`` is.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from tipcore.attacks.ig import IG_PAPER_PRESET
-from tipcore.fl import RoundConfig
+from tipcore.federation.fl import RoundConfig
 
 
 @dataclass(frozen=True)

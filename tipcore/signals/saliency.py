@@ -20,7 +20,7 @@ import torch
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from torch import nn
 
-from tipcore.models import conv_layers
+from tipcore.federation.models import conv_layers
 
 
 def resolve_layers(model: nn.Module, layers: str = "all") -> list[tuple[str, nn.Conv2d]]:

@@ -1,0 +1,1 @@
+"""Signal processing TIP needs: Grad-CAM channel saliency and kernel spectra."""
