@@ -444,8 +444,14 @@ def test_adaptive_attackers_are_offered_and_links_name_them() -> None:
     at.switch_page("views/live.py").run()
     no_exceptions(at)
     assert at.selectbox(key="w_attack").options == ["DLG", "iDLG", "Inverting Gradients"]
-    assert at.selectbox(key="w_adaptive").options == [
-        "no: naive attacker", "drops the noised channels", "matches low frequencies only", "noise-aware weighting"]
+    # Every registered matcher is offered under its own label, whatever is registered (not a pinned list).
+    from tipcore import attacks
+
+    offered = at.selectbox(key="w_adaptive").options
+    registered = [spec.label for name, spec in attacks.MATCHERS.items() if name != attacks.registry.NAIVE]
+    assert offered[0] == "no: naive attacker" and sorted(offered[1:]) == sorted(registered)
+    assert {"drops the noised channels", "matches low frequencies only", "noise-aware weighting",
+            "drops channels of outlying energy"} <= set(offered)
     at.selectbox(key="w_adaptive").set_value("lowpass").run()
     no_exceptions(at)
     assert at.query_params["adaptive"] in (["lowpass"], "lowpass")

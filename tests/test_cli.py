@@ -306,7 +306,7 @@ def test_budgeted_defense_takes_the_round_clip_and_the_adaptive_attack_reports_d
     assert result["spec"]["round"]["clip"] == 5.0  # the default C for a calibrated defense
     assert result["update"]["detection"]["precision"] == 1.0 and result["update"]["noise_to_signal"] > 10
     printed = capsys.readouterr().out
-    assert "idlg_drop left out 3 conv channels" in printed and "precision 1.00, recall 1.00" in printed
+    assert "idlg_drop flagged 3 conv channels as noised" in printed and "precision 1.00, recall 1.00" in printed
 
 
 def test_attack_reads_an_update_recorded_elsewhere(tmp_path, capsys):

@@ -248,7 +248,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if found:
         pr = "—" if found["precision"] is None else f"{found['precision']:.2f}"
         rc = "—" if found["recall"] is None else f"{found['recall']:.2f}"
-        print(f"{args.attack} left out {found['flagged']} conv channels it found noised from the update alone "
+        print(f"{args.attack} flagged {found['flagged']} conv channels as noised from the update alone "
               f"(the defense noised {found['noised']}): precision {pr}, recall {rc}")
     return 0
 
@@ -319,7 +319,7 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
                              "reconstruction.png": png_bytes(image_grid([result.images]))})
     flagged = sum(len(v) for v in result.flagged.values())
     print(f"{args.attack} on {args.update_dir}: labels {list(result.labels)}, {result.iterations} steps"
-          + (f", left out {flagged} channels it found noised" if flags_channels(result) else "") + f"  -> {out}")
+          + (f", flagged {flagged} channels as noised" if flags_channels(result) else "") + f"  -> {out}")
     return 0
 
 
