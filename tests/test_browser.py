@@ -388,6 +388,9 @@ PLOTLY_TEXT_JS = """() => {
 }"""
 
 
+# Known to fail until issue 17 item 6 is done, and it costs about 3.5 minutes of the suite: run it on demand
+# (TIP_PHONE_CHECK=1) while working on the phone layout; it becomes a plain test once it passes.
+@pytest.mark.skipif(os.environ.get("TIP_PHONE_CHECK") != "1", reason="issue 17 item 6 open; TIP_PHONE_CHECK=1 runs it")
 @pytest.mark.xfail(reason="issue 17 item 6, open: on How TIP works and What leaks, long chart titles run past a "
                           "390 px chart and some subplot/legend texts overlap (this test lists them)", strict=False)
 def test_every_page_is_readable_on_a_phone(server: str, page: object, tmp_path: Path) -> None:

@@ -442,7 +442,7 @@ def _seeds(text: str, flag: str) -> tuple[int, ...]:
 
 
 def utility_protocol(args: argparse.Namespace):
-    """The utility-from-scratch protocol of sweep and reproduce (``evaluation.UtilityProtocol``)."""
+    """The utility-from-scratch protocol of sweep and reproduce (``studies.cells.UtilityProtocol``)."""
     from tipcore.studies.cells import UtilityProtocol
 
     return UtilityProtocol(rounds=args.utility_rounds, seeds=_seeds(args.utility_seeds, "--utility-seeds"),

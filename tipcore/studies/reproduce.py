@@ -3,11 +3,11 @@ at the same noise, on the gallery's CIFAR-10 images (``python -m tipcore reprodu
 
 - Settings: each noise defense at the relative noise z its (ε = 5, δ = 1e-5) calibration gives where its
   privacy is measured (the LeNet attack cell; for TIP β = σ / n_cam / L with LeNet's L = 3 and one Grad-CAM
-  sample), pruning and Soteria at fixed ratios. The same z is used on both axes (``evaluation.DefenseSetting``).
+  sample), pruning and Soteria at fixed ratios. The same z is used on both axes (``studies.cells.DefenseSetting``).
 - Privacy: DLG's LeNet (random init), FedSGD on one image with clip C = 5: the naive iDLG and every registered
   adaptive attacker built on it (``{naive}_{matcher}``), per image the strongest adaptive one counting.
 - Utility: FedAvg from random init on the digits, same model, every client at the same z
-  (``evaluation.UtilityProtocol``; mean over seeds); convergence of the undefended run is measured and stated.
+  (``studies.cells.UtilityProtocol``; mean over seeds); convergence of the undefended run is measured and stated.
 - TIP against DP at matched utility: the paper's DP at the z (decades) whose utility from scratch is closest to
   TIP's (p = 0.1), attacked on the same images; paired Wilcoxon signed-rank tests over images on PSNR, for the
   naive attacker and the best adaptive one, with "no significant difference" when p >= 0.05.

@@ -7,7 +7,7 @@ decades) x images x seeds x attackers, and the same settings' utility from scrat
   that flag channels their precision / recall against the defense's record;
 - ``utility/utility.csv`` (or ``--utility-dir``, which the report can share): one row per (setting, seed):
   held-out accuracy after FedAvg from random init in which every client applies the same setting, at the same
-  relative noise (``evaluation.UtilityProtocol``), with the per-round curve;
+  relative noise (``studies.cells.UtilityProtocol``), with the per-round curve;
 - ``curves.json``: the points the explorer's frontier page draws (naive and best adaptive attacker);
 - ``curves.html``: an interactive plotly page (self-contained, no CDN) of PSNR against the relative noise and
   against utility, one colour per defense, naive dashed and adaptive solid, with reference lines.
