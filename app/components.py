@@ -12,53 +12,17 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+# Re-exported for the views: pictures (app.images) and display names (app.labels) live in their own modules,
+# so that app.resources can use the first and this module needs no engine lookup of its own.
+from app.images import png, to_uint8, upscale  # noqa: F401
+from app.labels import (  # noqa: F401
+    ATTACK_LABELS, MODEL_LABELS, adaptive_labels, attack_label, defense_label, defense_labels, split_attack,
+)
+
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 SELECTED = "#D55E00"  # vermillion: channels TIP noises
 UNSELECTED = "#9AA5B1"  # grey-blue: the rest
 DIVERGING = "RdBu_r"  # blue (negative) – white – red (positive); readable with red-green deficiencies
-
-ATTACK_LABELS = {"dlg": "DLG", "idlg": "iDLG", "ig": "Inverting Gradients"}
-MODEL_LABELS = {"lenet": "LeNet (DLG)", "convnet": "ConvNet", "resnet18": "ResNet-18"}
-
-
-def defense_labels() -> dict[str, str]:
-    """Display names from the engine's registry (each defense declares its own)."""
-    from app import resources
-
-    return {n: d["label"] for n, d in resources.registries()["defenses"].items()}
-
-
-def defense_label(name: str) -> str:
-    return defense_labels().get(name, name)
-
-
-def adaptive_labels() -> dict[str, str]:
-    """What the attacker does about the defense, per registered matcher ("none": the naive attacker)."""
-    from app import resources
-
-    matchers = resources.registries()["matchers"]
-    return {"none": matchers["all"]["label"], **{n: m["label"] for n, m in matchers.items() if n != "all"}}
-
-
-def split_attack(name: str) -> tuple[str, str]:
-    """(base attack, adaptive mode) of an engine attack name: ``idlg_drop`` -> ("idlg", "drop")."""
-    from app import resources
-
-    spec = resources.registries()["attacks"].get(name)
-    if spec is None or spec["matcher"] == "all":
-        return name, "none"
-    return spec["base"], spec["matcher"]
-
-
-def attack_label(name: str) -> str:
-    """A readable name for an engine attack, naive or adaptive: "iDLG + drop (knows the defense)"."""
-    from app import resources
-
-    spec = resources.registries()["attacks"].get(name)
-    if spec is None:
-        return ATTACK_LABELS.get(name, name)
-    return spec["label"] if spec["matcher"] == "all" else f"{spec['label']} (knows the defense)"
-
 
 def defense_colour(name: str) -> str:
     names = list(defense_labels())
@@ -67,27 +31,6 @@ def defense_colour(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ images
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-
-
-def upscale(image: np.ndarray, scale: int = 4) -> np.ndarray:
-    """Nearest-neighbour upscaling (pixels stay pixels) of an (H, W, 3) [0, 1] image, as uint8."""
-    img = to_uint8(image)
-    return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
-
-
-def png(image_uint8: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 (H, W, 3) picture."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image_uint8).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def rows_of(items: Sequence[object], per_row: int = 4) -> list[list[object]]:

@@ -138,7 +138,8 @@ def test_jobs_share_the_slots_and_abandoned_jobs_stop() -> None:
     second = jobs.Job(plan=[("none", "b1")], images=None, slots=slots, iterations=10,
                       abandon_s=1.5).start(_waiting_runner(calls))
     deadline = time.monotonic() + 10
-    while not (first.status == "running" and slots.waiting == 1):
+    # Wait until the first job's runner has really started on a1 (its status turns "running" just before).
+    while not (first.status == "running" and slots.waiting == 1 and calls == ["a1"]):
         assert time.monotonic() < deadline, (first.status, second.status)
         time.sleep(0.01)
     assert second.status == "waiting" and slots.active == 1 and slots.position(second) == 0

@@ -1,0 +1,46 @@
+"""Display names of the engine's registered defenses, attacks and matchers, read from its registries
+(through ``app.resources``, which caches them per server): the one place the app turns a name into words."""
+
+from __future__ import annotations
+
+ATTACK_LABELS = {"dlg": "DLG", "idlg": "iDLG", "ig": "Inverting Gradients"}
+MODEL_LABELS = {"lenet": "LeNet (DLG)", "convnet": "ConvNet", "resnet18": "ResNet-18"}
+
+
+def defense_labels() -> dict[str, str]:
+    """Display names from the engine's registry (each defense declares its own)."""
+    from app import resources
+
+    return {n: d["label"] for n, d in resources.registries()["defenses"].items()}
+
+
+def defense_label(name: str) -> str:
+    return defense_labels().get(name, name)
+
+
+def adaptive_labels() -> dict[str, str]:
+    """What the attacker does about the defense, per registered matcher ("none": the naive attacker)."""
+    from app import resources
+
+    matchers = resources.registries()["matchers"]
+    return {"none": matchers["all"]["label"], **{n: m["label"] for n, m in matchers.items() if n != "all"}}
+
+
+def split_attack(name: str) -> tuple[str, str]:
+    """(base attack, adaptive mode) of an engine attack name: ``idlg_drop`` -> ("idlg", "drop")."""
+    from app import resources
+
+    spec = resources.registries()["attacks"].get(name)
+    if spec is None or spec["matcher"] == "all":
+        return name, "none"
+    return spec["base"], spec["matcher"]
+
+
+def attack_label(name: str) -> str:
+    """A readable name for an engine attack, naive or adaptive: "iDLG + drop (knows the defense)"."""
+    from app import resources
+
+    spec = resources.registries()["attacks"].get(name)
+    if spec is None:
+        return ATTACK_LABELS.get(name, name)
+    return spec["label"] if spec["matcher"] == "all" else f"{spec['label']} (knows the defense)"
