@@ -81,6 +81,13 @@ def test_sweep_resumes_without_recomputing(tmp_path, monkeypatch):
     assert "Plotly.newPlot" in html and "<script src=" not in html.replace(" ", "")
 
 
+def test_reproduce_command_names_the_directories_it_was_run_with():
+    cfg = reproduce.ReproduceConfig(images=3)
+    assert cfg.command().endswith("--images 3 --out DIR")
+    assert cfg.command("docs/reproduction", "docs/utility").endswith(
+        "--images 3 --utility-dir docs/utility --out docs/reproduction")
+
+
 def test_reproduce_config_checks_every_attacks_options_before_any_compute():
     with pytest.raises(ValueError, match="lr"):
         reproduce.ReproduceConfig(ig_lr=-1.0)
@@ -135,7 +142,7 @@ def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path, monkeypat
     report = (tmp_path / "REPORT.md").read_text()
     assert "`dp_paper z=0.001` is closest" in report
     for needle in ("| tip p=0.1 |", "idlg_drop", "Wilcoxon", "matched utility", "Not run for this report (device: the CPU",
-                   "python -m tipcore reproduce --images 2", "round 2 (per seed) of 3"):
+                   "python -m tipcore reproduce --images 2", "round 2 (per seed) of 3", f"--out {tmp_path}`"):
         assert needle in report, needle
     utility = list(csv.DictReader((tmp_path / "utility" / "utility.csv").open()))
     assert len(utility) == len(settings) + len(reproduce.MATCHED_DP)

@@ -151,7 +151,9 @@ class ReproduceConfig:
         attack; the report reads the attackers it is asked for), so more attackers can join a finished run."""
         return {k: v for k, v in self.manifest().items() if k not in ("lenet_attacks", "ig_attacks")}
 
-    def command(self) -> str:
+    def command(self, out: str | Path | None = None, utility_dir: str | Path | None = None) -> str:
+        """The command line that makes this report: ``out`` and ``utility_dir`` as given to ``run`` (DIR where
+        unknown), so that the report's "Made by" line reruns exactly what wrote it."""
         default = ReproduceConfig()
         flags = []
         for k, v in self.__dict__.items():
@@ -162,7 +164,18 @@ class ReproduceConfig:
                         flags.append(f"--utility-{uk.replace('_', '-')} {text}")
             elif v != getattr(default, k):
                 flags.append(f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, tuple) else v}")
-        return " ".join([REPRODUCE_COMMAND, *flags, "--out DIR"])
+        if utility_dir is not None:
+            flags.append(f"--utility-dir {utility_dir}")
+        return " ".join([REPRODUCE_COMMAND, *flags, f"--out {shown_path(out) if out is not None else 'DIR'}"])
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it (as a user would type it)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def kind_of(attack: str) -> str:
@@ -277,7 +290,8 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
             return out
     yield progress(state["done"], "writing REPORT.md")
     reference = reference_psnr(images, cfg.seed)
-    text = report(cfg, cells, utility, lenet_settings, ig_settings, matched_label, matched, reference)
+    text = report(cfg, cells, utility, lenet_settings, ig_settings, matched_label, matched, reference,
+                  command=cfg.command(out, utility_dir))
     (out / "REPORT.md").write_text(text + "\n")
     return out
 
@@ -443,18 +457,20 @@ def detection_table(cells: ResumableTable, settings: Mapping[str, DefenseSetting
 
 def report(cfg: ReproduceConfig, cells: ResumableTable, utility: Utility,
            lenet_settings: Mapping[str, DefenseSetting], ig_settings: Mapping[str, DefenseSetting],
-           matched_label: str, matched: DefenseSetting, reference: Mapping[str, float]) -> str:
+           matched_label: str, matched: DefenseSetting, reference: Mapping[str, float], *,
+           command: str | None = None) -> str:
     import torch
 
     u = cfg.utility
     none_curves = [[float(v) for v in r["curve"].split()] for r in utility.select(setting="none") if r["curve"]]
     converged = [converged_round(c) for c in none_curves]
     lines = ["# Reproduction report: TIP and the baselines, privacy and utility at the same noise", ""]
-    lines += [f"Made by `{cfg.command()}` (this file, `cells.csv` beside it and the utility directory's "
+    lines += [f"Made by `{command or cfg.command()}` (this file, `cells.csv` beside it and the utility directory's "
               "`utility.csv`; rerunning resumes).",
-              "", f"- Machine: {platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores, "
+              "", f"- Report written on: {platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores, "
               f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-              f"device {cfg.device}; Python {platform.python_version()}, torch {torch.__version__}.",
+              f"device {cfg.device}; Python {platform.python_version()}, torch {torch.__version__} (the cells may have "
+              "been computed by earlier or parallel processes; each cell's compute time is its `seconds` column).",
               f"- Seed {cfg.seed} for the attack cells (model init, defense noise and attack start derive from it); "
               f"utility seeds {', '.join(map(str, u.seeds))}.",
               f"- Images: the first {cfg.images} gallery CIFAR-10 images (LeNet)"
