@@ -289,6 +289,68 @@ def test_top_level_help_lists_the_commands_without_importing_the_engine():
         assert sub in proc.stdout
 
 
+HELP_PROBE = """
+import os, runpy, sys
+from tipcore import cli
+
+def heavy():
+    names = ('torch', 'torchvision', 'pytorch_grad_cam', 'torchmetrics', 'sklearn', 'cv2')
+    return [m for m in names if m in sys.modules]
+
+sys.argv = ['tipcore', 'attack', '--help']  # python -m tipcore attack --help, literally
+try:
+    runpy.run_module('tipcore', run_name='__main__')
+except SystemExit as e:
+    print('ATTACK', e.code, heavy(), os.environ.get('OMP_WAIT_POLICY'))
+for argv in ([*sys.argv[1:], '--preset', 'paper'], *([c, '--help'] for c in cli.COMMANDS)):
+    assert cli.main(['attack', '--preset', 'paper', '--help'] if argv[0] == 'attack' else argv) == 0, argv
+print('EVERY', heavy())
+"""
+
+
+def test_every_help_loads_neither_torch_nor_grad_cam():
+    """`python -m tipcore attack --help` and every other command's help are built from torch-free
+    declarations (the registries, knobs, presets, the models' and the round's specs)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert "ATTACK 0 [] ACTIVE" in proc.stdout, proc.stdout + proc.stderr
+    assert "EVERY []" in proc.stdout, proc.stdout + proc.stderr
+    assert "--defense {none," in proc.stdout and "--model {lenet,convnet,resnet18}" in proc.stdout
+
+
+POLICY_PROBE = """
+import importlib.abc, os, sys
+
+class WhenTorchLoads(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == 'torch' and 'torch' not in sys.modules:
+            print('POLICY WHEN TORCH LOADS', os.environ.get('OMP_WAIT_POLICY'), flush=True)
+        return None
+
+sys.meta_path.insert(0, WhenTorchLoads())
+from tipcore.cli import main  # what the console script runs: sys.exit(main())
+sys.argv = ['tipcore', *sys.argv[1:]]
+code = main()
+print('LOADED', code, [m for m in ('torchvision', 'pytorch_grad_cam', 'torchmetrics', 'sklearn') if m in sys.modules])
+"""
+
+
+def test_the_console_script_sets_the_openmp_policy_before_torch_loads_and_a_tip_run_skips_the_libraries(tmp_path):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the policy must be in the environment by then.
+    And a CLI attack through TIP computes Grad-CAM's α and SSIM itself: neither pytorch-grad-cam, nor
+    torchmetrics, nor the torchvision both pull in is imported (seconds of start-up on 2 cores)."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'tipcore = "tipcore.cli:main"' in pyproject
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", POLICY_PROBE, "attack", "--defense", "tip", "--iters", "1", "--quiet",
+                           "--out", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert "POLICY WHEN TORCH LOADS ACTIVE" in proc.stdout, proc.stdout + proc.stderr
+    assert "LOADED 0 []" in proc.stdout, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["defense"] == "tip"
+
+
 @pytest.mark.slow
 def test_fl_command_runs_small(tmp_path):
     assert main(["fl", "--defenses", "none,tip", "--rounds", "1", "--clients", "4", "--out", str(tmp_path / "fl")]) == 0

@@ -71,6 +71,23 @@ def test_ssim_is_one_for_identical_images_and_falls_with_noise():
     assert metrics.ssim_per_image(_images(3), _images(3)).shape == (3,)
 
 
+def test_ssim_equals_torchmetrics_bit_for_bit():
+    """The port is the library's SSIM (the reference): the same values to the last bit, on natural images,
+    noise, a batch, values outside [0, 1] (clipped first) and a constant image."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as reference
+
+    rng = np.random.default_rng(7)
+    x = np.stack([data.sample_image("cifar10-00"), data.sample_image("cifar10-01"), _images(1, seed=2)[0]])
+    pairs = [(x, np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)), (x, _images(3, seed=9)),
+             (x[:1], x[:1]), (x, rng.normal(0.5, 0.8, x.shape)), (np.full_like(x, 0.5), x)]
+    for a, b in pairs:
+        ta = torch.from_numpy(metrics._check(a)).permute(0, 3, 1, 2)
+        tb = torch.from_numpy(metrics._check(b)).permute(0, 3, 1, 2)
+        expected = reference(ta, tb, gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0,
+                             reduction="none").reshape(-1).numpy()
+        assert np.array_equal(metrics.ssim_per_image(a, b), expected)
+
+
 def test_match_order_recovers_a_permutation():
     x = _images(5, seed=5)
     perm = np.array([3, 0, 4, 1, 2])

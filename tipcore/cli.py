@@ -62,12 +62,11 @@ def parse_options(pairs: Sequence[str] | None, flag: str, config_cls: type) -> d
 # ------------------------------------------------------------------------------------------ arguments
 
 def add_round_args(p: argparse.ArgumentParser) -> None:
-    from tipcore.federation import models
-    from tipcore.federation.fl import MODES
+    from tipcore.federation.specs import MODELS, MODES, WEIGHTS  # torch-free (models.py and fl.py re-export them)
 
     g = p.add_argument_group("the victim's round")
-    g.add_argument("--model", default="lenet", choices=list(models.MODELS), help="architecture the client trains")
-    g.add_argument("--weights", default="random", choices=list(models.WEIGHTS),
+    g.add_argument("--model", default="lenet", choices=list(MODELS), help="architecture the client trains")
+    g.add_argument("--weights", default="random", choices=list(WEIGHTS),
                    help="random: seeded init; digits: the bundled checkpoint trained on MNIST digits")
     g.add_argument("--image", action="append", metavar="PATH",
                    help="private image file (any format PIL reads; centre-cropped, resized to 32x32); repeat for a batch")
@@ -450,9 +449,12 @@ def utility_protocol(args: argparse.Namespace):
 
 
 def add_utility_args(p: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
     from tipcore.studies.cells import UtilityProtocol
 
-    d = UtilityProtocol()
+    # The declared defaults, read without building a protocol (whose check imports the FedAvg simulation).
+    d = argparse.Namespace(**{f.name: f.default for f in fields(UtilityProtocol)})
     g = p.add_argument_group("utility from scratch (FedAvg from random init; every client at the setting's "
                              "relative noise z, as the attacked update)")
     g.add_argument("--utility-rounds", type=INTEGER, default=d.rounds, help="FedAvg rounds behind the utility column")
@@ -600,9 +602,9 @@ def update_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_args(p: argparse.ArgumentParser) -> None:
-    from tipcore.federation import models
+    from tipcore.federation.specs import MODELS  # torch-free
 
-    p.add_argument("--model", default="lenet", choices=list(models.MODELS))
+    p.add_argument("--model", default="lenet", choices=list(MODELS))
     p.add_argument("--epochs", type=COUNT, default=None, help="default: lenet 30, convnet 10, resnet18 1")
     p.add_argument("--lr", type=NUMBER, default=1e-3, help="Adam learning rate")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
@@ -610,10 +612,10 @@ def train_args(p: argparse.ArgumentParser) -> None:
 
 
 def fl_args(p: argparse.ArgumentParser) -> None:
-    from tipcore.federation import models
+    from tipcore.federation.specs import MODELS, WEIGHTS  # torch-free
 
-    p.add_argument("--model", default="convnet", choices=list(models.MODELS))
-    p.add_argument("--weights", default="random", choices=list(models.WEIGHTS), help="start from random init or the digits checkpoint")
+    p.add_argument("--model", default="convnet", choices=list(MODELS))
+    p.add_argument("--weights", default="random", choices=list(WEIGHTS), help="start from random init or the digits checkpoint")
     p.add_argument("--defenses", default="none,dp_paper,tip", help="comma-separated defenses, run one after another")
     p.add_argument("--clients", type=INTEGER, default=10)
     p.add_argument("--rounds", type=INTEGER, default=10)
@@ -629,9 +631,9 @@ def fl_args(p: argparse.ArgumentParser) -> None:
 
 
 def utility_args(p: argparse.ArgumentParser) -> None:
-    from tipcore.federation import models
+    from tipcore.federation.specs import MODELS  # torch-free
 
-    p.add_argument("--model", default="convnet", choices=list(models.MODELS))
+    p.add_argument("--model", default="convnet", choices=list(MODELS))
     p.add_argument("--defenses", default="none,dp,dp_paper,prune,soteria,tip,tip_random,tip_fullband")
     p.add_argument("--batch", type=COUNT, default=32, help="private digits in the client's batch")
     p.add_argument("--local-steps", type=COUNT, default=4)
@@ -761,10 +763,28 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def import_torch_uncollected() -> None:
+    """Import torch with Python's cycle collector paused, then freeze what exists (for a process of its own).
+
+    The collector walks the objects torch's import creates (hundreds of thousands) again and again while it
+    runs, about a quarter of the import on 2 cores, and again at every full collection of the run and at the
+    interpreter's exit (about 0.6 s there). Frozen objects are never walked; they are torch's and the
+    engine's modules, which live as long as the process anyway."""
+    import gc
+
+    gc.disable()
+    try:
+        import torch  # noqa: F401
+    finally:
+        gc.enable()
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (0, 2 for anything the user can fix, 130 when interrupted)
     instead of exiting, so tests can drive many commands in one process."""
-    if argv is None:  # a process of its own (python -m tipcore, the console script), before torch loads
+    own_process = argv is None  # python -m tipcore or the console script (pyproject [project.scripts])
+    if own_process:  # before torch loads: no module above imports it (tests/test_cli.py checks the help)
         os.environ.setdefault("OMP_WAIT_POLICY", BATCH_OPENMP_POLICY)
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -774,6 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        if own_process:
+            import_torch_uncollected()
         from tipcore.common.runtime import configure_threads
 
         configure_threads()
@@ -784,3 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if own_process:  # the process ends next: its exit need not walk what the command built either
+            import gc
+
+            gc.freeze()

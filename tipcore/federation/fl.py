@@ -14,47 +14,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from tipcore.federation import models
-
-Mode = Literal["fedsgd", "fedavg"]
-MODES: tuple[str, ...] = ("fedsgd", "fedavg")
-MAX_BATCH = 64
-
-
-@dataclass(frozen=True)
-class RoundConfig:
-    """How the victim computes its update. FedAvg: ``local_steps`` full-batch SGD steps at ``lr``;
-    ``clip`` is the global L2 norm each step's gradient is clipped to (None: no clipping)."""
-
-    mode: Mode = "fedsgd"
-    batch_size: int = 1
-    local_steps: int = 1
-    lr: float = 1e-3
-    clip: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
-        if not 1 <= self.batch_size <= MAX_BATCH:
-            raise ValueError(f"batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
-        if not 1 <= self.local_steps <= 1000:
-            raise ValueError(f"local_steps must be in [1, 1000], got {self.local_steps}")
-        if self.mode == "fedsgd" and self.local_steps != 1:
-            raise ValueError(f"local_steps must be 1 in fedsgd mode, got {self.local_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be > 0 (or None for no clipping), got {self.clip}")
-
-    @property
-    def steps(self) -> int:
-        """T, the number of SGD steps behind the update (1 in FedSGD)."""
-        return self.local_steps if self.mode == "fedavg" else 1
+# The round's config and its limits are declared torch-free in specs.py (the CLI and presets read them).
+from tipcore.federation.specs import MAX_BATCH, MODES, Mode, RoundConfig  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ cached weights are kept as a read-only state_dict and never handed out as a live
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
+
+# The registry is declared torch-free in specs.py (the CLI's help and the presets read it); re-exported here.
+from tipcore.federation.specs import MODELS, WEIGHTS, ModelSpec  # noqa: F401
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
 
@@ -126,23 +127,6 @@ def _default_init(model: nn.Module, gen: torch.Generator) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    factory: Callable[[int], nn.Module]
-    description: str
-    cpu_attack_ms: float  # rough cost of one inversion step on 2 CPU cores, for the app's time estimates
-    input_shape: tuple[int, int, int] = (3, 32, 32)  # (C, H, W) the architecture expects: public, like the layers
-
-
-MODELS: dict[str, ModelSpec] = {
-    "lenet": ModelSpec("lenet", LeNet, "DLG paper's LeNet (3 sigmoid convs, 12 channels, 5x5)", 5.0),
-    "convnet": ModelSpec("convnet", ConvNet, "small ReLU ConvNet (4 convs, 3x3, about 75k parameters)", 8.0),
-    "resnet18": ModelSpec("resnet18", ResNet18, "CIFAR ResNet-18 (20 conv layers, 11.2M parameters)", 200.0),
-}
-WEIGHTS = ("random", "digits")
 
 
 def checkpoint_path(name: str) -> Path:

@@ -64,18 +64,37 @@ class RunRecord:
         return self.prepared.config
 
 
+def torchvision_version() -> str:
+    """``torchvision.__version__`` (local tag included, e.g. +cu130) read from its version.py without importing
+    torchvision, which would load torch._dynamo (about 1 s a run) for one string; the engine uses no
+    torchvision itself. The distribution's version when that file cannot be read."""
+    import ast
+    import importlib.util
+    from importlib.metadata import version
+
+    try:
+        spec = importlib.util.find_spec("torchvision")
+        source = Path(spec.origin).with_name("version.py").read_text()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__version__" for t in node.targets):
+                return str(ast.literal_eval(node.value))
+    except Exception:  # noqa: BLE001 - an unusual install: fall back to the distribution's metadata
+        pass
+    try:
+        return version("torchvision")
+    except Exception:  # noqa: BLE001 - a missing distribution only means "unknown"
+        return "unknown"
+
+
 def environment(device: torch.device) -> dict[str, str]:
-    import torchvision
-
     versions = {"tipcore": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "numpy": np.__version__}
-    for pkg, mod in (("grad-cam", "pytorch_grad_cam"), ("torchmetrics", "torchmetrics")):
-        try:
-            from importlib.metadata import version
+                "torchvision": torchvision_version(), "numpy": np.__version__}
+    try:  # the heatmaps' library (TIP's α is computed by the engine itself, to the same values)
+        from importlib.metadata import version
 
-            versions[pkg] = version(pkg)
-        except Exception:  # noqa: BLE001 - a missing distribution only means "unknown"
-            versions[pkg] = "unknown"
+        versions["grad-cam"] = version("grad-cam")
+    except Exception:  # noqa: BLE001 - a missing distribution only means "unknown"
+        versions["grad-cam"] = "unknown"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     return {**versions, "device": name, "threads": str(torch.get_num_threads())}
 

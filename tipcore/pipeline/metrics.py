@@ -1,8 +1,9 @@
 """Reconstruction quality, per image on [0, 1] images with data range 1, then averaged.
 
 PSNR and MSE are per image (never pooled over the batch, which would let one good image hide a bad one).
-SSIM uses torchmetrics with a Gaussian window of 11 and sigma 1.5. LPIPS needs backbone weights that
-would have to be downloaded, so it is computed only when they already exist locally.
+SSIM is torchmetrics' (Gaussian window of 11, sigma 1.5), ported so that a run does not import the library.
+LPIPS needs backbone weights that would have to be downloaded, so it is computed only when they already
+exist locally.
 """
 
 from __future__ import annotations
@@ -53,13 +54,38 @@ def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-30)), np.inf)
 
 
-def ssim_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+SSIM_SIGMA, SSIM_K1, SSIM_K2 = 1.5, 0.01, 0.03
 
-    ta = torch.from_numpy(_check(a)).permute(0, 3, 1, 2)
-    tb = torch.from_numpy(_check(b)).permute(0, 3, 1, 2)
-    values = ssim(ta, tb, gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0, reduction="none")
-    return values.reshape(-1).numpy()
+
+def ssim_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM of each image pair: torchmetrics' ``structural_similarity_index_measure`` with
+    ``gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0``, ported operation for operation
+    (reflect padding, one grouped convolution of the five moments, the map averaged over every pixel).
+    Importing torchmetrics loads torchvision, torch._dynamo, scipy.signal and sympy, several seconds for
+    every run that scores one image; tests/test_metrics.py checks the port against the library bit for bit."""
+    from torch.nn import functional as F  # noqa: N812
+
+    preds = torch.from_numpy(_check(a)).permute(0, 3, 1, 2)
+    target = torch.from_numpy(_check(b)).permute(0, 3, 1, 2)
+    c1, c2 = pow(SSIM_K1 * 1.0, 2), pow(SSIM_K2 * 1.0, 2)  # data range 1
+    size = int(3.5 * SSIM_SIGMA + 0.5) * 2 + 1  # 11: the Gaussian window torchmetrics derives from sigma
+    pad = (size - 1) // 2
+    preds = F.pad(preds, (pad, pad, pad, pad), mode="reflect")
+    target = F.pad(target, (pad, pad, pad, pad), mode="reflect")
+    dist = torch.arange(start=(1 - size) / 2, end=(1 + size) / 2, step=1, dtype=preds.dtype)
+    gauss = torch.exp(-torch.pow(dist / SSIM_SIGMA, 2) / 2)
+    gauss = (gauss / gauss.sum()).unsqueeze(dim=0)
+    channel = preds.size(1)
+    kernel = torch.matmul(gauss.t(), gauss).expand(channel, 1, size, size)
+    moments = torch.cat((preds, target, preds * preds, target * target, preds * target))
+    mu_p, mu_t, e_pp, e_tt, e_pt = F.conv2d(moments, kernel, groups=channel).split(preds.shape[0])
+    mu_p_sq, mu_t_sq, mu_pt = mu_p.pow(2), mu_t.pow(2), mu_p * mu_t
+    var_p = torch.clamp(e_pp - mu_p_sq, min=0.0)
+    var_t = torch.clamp(e_tt - mu_t_sq, min=0.0)
+    upper = 2 * (e_pt - mu_pt) + c2
+    lower = (var_p + var_t) + c2
+    full = ((2 * mu_pt + c1) * upper) / ((mu_p_sq + mu_t_sq + c1) * lower)
+    return full.reshape(full.shape[0], -1).mean(-1).numpy()
 
 
 def match_order(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from tipcore.attacks.ig import IG_PAPER_PRESET
-from tipcore.federation.fl import RoundConfig
+from tipcore.federation.specs import RoundConfig  # torch-free: --preset and its help load no torch
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,14 @@
 
 α_l[k] = mean over (i, j) of ∂z_y / ∂A_l[k, i, j]: signed, no ReLU, not multiplied by A, for the output
 A_l of every chosen conv layer (before BN and ReLU). It equals pytorch-grad-cam's ``GradCAM.get_cam_weights``
-with ``ClassifierOutputTarget(y)``. The activations come from pytorch-grad-cam's
-``ActivationsAndGradients`` hooks; the gradients are then taken with ``torch.autograd.grad`` on those
-activations, which pairs each gradient with its layer exactly (backward order through residual branches
-is not the reverse of forward order). Always in eval mode: the caller's weights, its BatchNorm
-statistics and its ``.grad`` fields are never touched, and the hooks are released in ``finally``.
+with ``ClassifierOutputTarget(y)`` (tests/test_tip.py checks it against the library, which stays the
+reference and draws the heatmaps). The activations come from a forward hook of our own per layer, not from
+the library's ``ActivationsAndGradients``: importing pytorch-grad-cam pulls in torchvision, torch._dynamo
+and scikit-learn (about 3.7 s on 2 cores), which every TIP run would pay for one hook. The gradients are
+then taken with ``torch.autograd.grad`` on those activations, which pairs each gradient with its layer
+exactly (backward order through residual branches is not the reverse of forward order). Always in eval
+mode: the caller's weights, its BatchNorm statistics and its ``.grad`` fields are never touched, and the
+hooks are removed in ``finally``. Only ``gradcam_map`` (the picture) imports the library.
 (``channel_alpha`` runs the caller's module in eval mode and restores its mode, rather than deep-copying
 it: a copy of ResNet-18 cost more than the Grad-CAM pass itself.)
 """
@@ -17,7 +20,6 @@ import copy
 
 import numpy as np
 import torch
-from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from torch import nn
 
 from tipcore.federation.models import conv_layers
@@ -51,17 +53,20 @@ def channel_alpha(model: nn.Module, x: torch.Tensor, label: int, layer_names: li
     was_training = model.training
     model.eval()
     modules = dict(model.named_modules())
-    # One hook object per layer, so each activation is known to belong to its layer whatever the call order.
-    hooks = [ActivationsAndGradients(model, [modules[n]], None, detach=False) for n in layer_names]
+    # One output list per layer, so each activation is known to belong to its layer whatever the call order;
+    # the first call's output counts, as in the library's hooks (a conv layer runs once per forward here).
+    outputs: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
+    handles = [modules[n].register_forward_hook(lambda _module, _inputs, out, kept=outputs[n]: kept.append(out))
+               for n in layer_names]
     try:
         with torch.enable_grad():  # callers may sit inside torch.no_grad()
             logits = model(x.detach())
-            activations = [h.activations[0] for h in hooks]
+            activations = [outputs[n][0] for n in layer_names]
             # autograd.grad with respect to the activations only: no parameter's .grad is written.
             grads = torch.autograd.grad(logits[0, int(label)], activations)
     finally:
-        for h in hooks:
-            h.release()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
     return {n: g[0].mean(dim=(1, 2)).detach() for n, g in zip(layer_names, grads)}
 

@@ -27,11 +27,12 @@ import numpy as np
 from tipcore import defenses
 from tipcore.federation import data
 from tipcore.common import knobs
-from tipcore.pipeline import metrics
 from tipcore.defenses import calibration as privacy
-from tipcore.federation.fl import RoundConfig
+from tipcore.federation.specs import RoundConfig
 from tipcore.common.progress import StopHook, drive, never_stop
-from tipcore.common.seeding import generator
+
+# Torch-free at import (metrics and seeding load it inside the cells that compute): sweep --help and
+# reproduce --help read UtilityProtocol's defaults from here.
 
 # The class-demo protocol the attacks run in: DLG's LeNet at random init, FedSGD on one image, C = 5.
 ATTACK_MODEL = "lenet"
@@ -305,6 +306,9 @@ def adaptive_attacks(naive: str) -> tuple[str, ...]:
 def reference_psnr(image_ids: tuple[str, ...], seed: int = 0) -> dict[str, float]:
     """Mean PSNR of a uniform random-pixel image and of a constant grey (0.5) guess against the originals:
     a 'reconstruction' scoring near these has recovered nothing."""
+    from tipcore.common.seeding import generator
+    from tipcore.pipeline import metrics
+
     originals = np.stack([data.sample_image(i) for i in image_ids])
     gen = np.random.default_rng(int(generator(seed, "reference").initial_seed()) % (2**32))
     random = gen.random(originals.shape, dtype=np.float32)
