@@ -17,7 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
+from tipcore.common import bundle
+
+CHECKPOINT_DIR = bundle.ASSETS_DIR / "checkpoints"
 
 
 class LeNet(nn.Module):
