@@ -21,8 +21,12 @@ COPY --chown=user requirements-cpu.txt requirements.txt pyproject.toml ./
 RUN pip install --no-cache-dir -r requirements-cpu.txt \
     && pip install --no-cache-dir -r requirements.txt
 
-# Code and every asset (checkpoints, gallery, precomputed results) baked in: nothing downloads at run time.
-COPY --chown=user . .
+# Only what runs: the engine, the app and every asset (checkpoints, gallery, precomputed results), so nothing
+# downloads at run time; README.md and LICENSE because the package metadata reads them. No tests, docs or bench.
+COPY --chown=user README.md LICENSE ./
+COPY --chown=user assets ./assets
+COPY --chown=user tipcore ./tipcore
+COPY --chown=user app ./app
 RUN pip install --no-cache-dir --no-deps -e .
 USER 1000
 

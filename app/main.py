@@ -18,10 +18,11 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app import jobs, resources  # noqa: E402  (light: no engine, no torch)
+from tipcore.common import bundle  # noqa: E402  (where assets/ is: checkout or installed wheel)
 
 # The icon is a bundled file: Streamlit points an emoji page_icon at a CDN (fails offline). "auto" keeps the
 # sidebar open on a desktop and collapsed on a phone, where it would cover most of the page.
-FAVICON = ROOT / "assets" / "icon" / "favicon.png"
+FAVICON = bundle.ASSETS_DIR / "icon" / "favicon.png"
 st.set_page_config(
     page_title="TIP explorer: gradient inversion in federated learning",
     page_icon=str(FAVICON),

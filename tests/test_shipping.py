@@ -111,6 +111,18 @@ def test_the_image_installs_the_runtime_only():
     assert "requirements-test.txt" not in DOCKERFILE and "pytest" not in DOCKERFILE
 
 
+def test_the_image_copies_what_runs_and_not_tests_docs_or_bench():
+    sources = set()
+    for line in re.findall(r"^COPY (.+)$", DOCKERFILE, flags=re.M):
+        words = [w for w in shlex.split(line) if not w.startswith("--")]
+        sources |= {os.path.normpath(w) for w in words[:-1]}  # the last word is the destination
+    assert {"tipcore", "app", "assets", "requirements.txt", "pyproject.toml"} <= sources  # the scan works
+    assert not {".", "tests", "docs", "bench", "scripts", "examples", ".ci"} & sources, sorted(sources)
+    # Everything else copied is a file the install reads (requirements, package metadata, licence).
+    assert {s for s in sources if not (REPO / s).is_dir()} <= {
+        "requirements.txt", "requirements-cpu.txt", "pyproject.toml", "README.md", "LICENSE"}
+
+
 def test_dockerfile_installs_the_same_requirements_and_starts_the_same_app():
     run_cmd = [b.strip() for b in bash_blocks() if "streamlit run" in b][0]
     assert "requirements.txt" in run_cmd and "app/main.py" in run_cmd

@@ -705,6 +705,50 @@ def shard_of(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+# The OpenMP policy the user set, read before main() sets the batch default: the explorer's server is not a
+# batch job, so unless the user chose a policy app/main.py sets its own (PASSIVE).
+_GIVEN_OMP_POLICY = os.environ.get("OMP_WAIT_POLICY")
+
+
+def cmd_explorer(args: argparse.Namespace) -> int:
+    """``streamlit run`` of this installation's app/main.py (the checkout's, or the wheel's copy)."""
+    import importlib.util
+
+    from tipcore.common import bundle
+
+    if not bundle.APP_MAIN.is_file():
+        raise CLIError(f"the explorer app is missing: {bundle.APP_MAIN} (reinstall: pip install .)")
+    if importlib.util.find_spec("streamlit") is None:
+        raise CLIError("streamlit is not installed (pip install -r requirements.txt)")
+    # -P (Python 3.11+): the working folder stays off sys.path, so a tipcore/ or app/ folder in it cannot
+    # stand in for the installed one.
+    isolated = ["-P"] if sys.version_info >= (3, 11) else []
+    command = [sys.executable, *isolated, "-m", "streamlit", "run", str(bundle.APP_MAIN), *args.streamlit_args]
+    env = dict(os.environ)
+    if _GIVEN_OMP_POLICY is None:
+        env.pop("OMP_WAIT_POLICY", None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name != "posix":  # no exec there: the server runs as a child
+        import subprocess
+
+        try:
+            return subprocess.call(command, env=env)
+        except KeyboardInterrupt:
+            return 130
+    # streamlit takes over this process (no torch loaded yet): Ctrl-C and SIGTERM reach the server itself.
+    os.execve(sys.executable, command, env)
+    return 0  # not reached: execve does not return
+
+
+def explorer_args(p: argparse.ArgumentParser) -> None:
+    # No flags of its own: main() passes every other argument on to `streamlit run`, in order.
+    p.usage = "python -m tipcore explorer [-h] [STREAMLIT_OPTION ...]"
+    p.epilog = ("Every other argument goes to `streamlit run` after the app, e.g. --server.port 8502 "
+                "--server.headless true (see streamlit run --help).")
+    p.set_defaults(func=cmd_explorer, streamlit_args=[])
+
+
 # name -> (one-line help, the function that adds its flags). The flags, and the engine modules their
 # choices come from, are built only for the command that runs, so the top-level help needs no torch.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
@@ -719,6 +763,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "sweep": ("privacy curves: attack PSNR vs defense strength and utility, naive and adaptive attacker "
               "(CSV + interactive HTML; resumes)", sweep_args),
     "reproduce": ("the 20-image reproduction report (REPORT.md + per-image CSV; resumes)", reproduce_args),
+    "explorer": ("start the explorer app (streamlit run of the installed app/main.py; options go to streamlit)",
+                 explorer_args),
 }
 EVERY_COMMAND = "*"
 # Every command is a batch job that owns its machine: OpenMP threads spin between parallel regions, the
@@ -790,15 +836,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None, preset=chosen_preset(argv))
     try:
-        args = parser.parse_args(argv)
+        args, passed_on = parser.parse_known_args(argv)
+        if args.command == "explorer":  # what the explorer does not know is streamlit's
+            args.streamlit_args = passed_on
+        elif passed_on:
+            parser.error(f"unrecognized arguments: {' '.join(passed_on)}")
     except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        if own_process:
-            import_torch_uncollected()
-        from tipcore.common.runtime import configure_threads
+        if args.command != "explorer":  # the server sets its own threads; no torch before it starts
+            if own_process:
+                import_torch_uncollected()
+            from tipcore.common.runtime import configure_threads
 
-        configure_threads()
+            configure_threads()
         return args.func(args)
     except (ValueError, OSError) as exc:  # CLIError, the configs' and data's checks, unwritable paths
         print(f"error: {one_line(exc)}", file=sys.stderr)

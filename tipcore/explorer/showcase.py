@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 import numpy as np
 
 from tipcore.federation import data
+from tipcore.common import bundle
 from tipcore.common.progress import Event, StopHook, Stopped, Stopwatch, drive, never_stop, within
 
 if TYPE_CHECKING:
     from tipcore.pipeline.runspec import RunSpec
 
-SHOWCASE_DIR = Path(__file__).resolve().parents[2] / "assets" / "showcase"
+SHOWCASE_DIR = bundle.ASSETS_DIR / "showcase"
 
 PUNCHLINE_IMAGE = "cifar10-00"
 # (defense, attack, title): the naive iDLG against each defense, then TIP against the adaptive iDLG.

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tipcore.common import bundle
+
 if TYPE_CHECKING:  # torch is imported where tensors are made, so the app's first screen loads fast
     import torch
 
@@ -43,7 +45,7 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+ASSETS_DIR = bundle.ASSETS_DIR  # the checkout's assets/ or the installed copy (tipcore.common.bundle)
 _SAMPLES_DIR = ASSETS_DIR / "samples"
 _DIGITS_FILE = ASSETS_DIR / "digits" / "mnist5k.npz"
 _REGENERATE = "run `python scripts/make_gallery.py`"

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tipcore.common import bundle
 # The registry is declared torch-free in specs.py (the CLI's help and the presets read it); re-exported here.
 from tipcore.federation.specs import MODELS, WEIGHTS, ModelSpec  # noqa: F401
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
+CHECKPOINT_DIR = bundle.ASSETS_DIR / "checkpoints"
 
 
 class LeNet(nn.Module):
