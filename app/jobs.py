@@ -42,10 +42,21 @@ def one_line(exc: BaseException) -> str:
 
 
 def result_cache() -> Any:
-    """The machine's shared result cache (``TIP_CACHE_DIR``, ``TIP_CACHE_MB``; 0 MB turns it off)."""
+    """The machine's shared result cache (``TIP_CACHE_DIR``, ``TIP_CACHE_MB``; 0 MB turns it off), or None
+    (no caching) when ``TIP_CACHE_MB`` is not a size: the server says so in one log line, and runs go on."""
     from tipcore.explorer.result_cache import ResultCache
 
-    return ResultCache.default()
+    try:
+        return ResultCache.default()
+    except ValueError as exc:
+        global _CACHE_WARNED
+        if not _CACHE_WARNED:
+            log.error("%s: running without the result cache", one_line(exc))
+            _CACHE_WARNED = True
+        return None
+
+
+_CACHE_WARNED = False  # the bad setting is logged once per server, not once per run
 
 
 RunKeys = tuple  # ((defense name, tipcore.explorer.result_cache.run_key of its RunSpec), ...) in plan order
@@ -421,7 +432,7 @@ def collect(job: Job, settings: Any, image_caption: str, dataset: str) -> Result
 def cached_results(plan: list[tuple[str, Any]], images: np.ndarray | None, cache: Any, settings: Any,
                    image_caption: str, dataset: str) -> Results | None:
     """Results for ``plan`` straight from the cache when every run of it is there (a shared link), else None."""
-    keys = plan_keys(plan, images)
+    keys = plan_keys(plan, images) if cache is not None else None  # None: the server runs without a cache
     if not keys:
         return None
     found = {}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -72,9 +76,55 @@ def tree(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
+def _result(spec: dict) -> dict:
+    return {"schema_version": 1, "spec": spec}
+
+
+def _spec(**changes) -> dict:
+    """A valid RunSpec as a result.json holds it (one attack step, should a bad case slip through), changed."""
+    from tipcore.pipeline.runspec import RunSpec
+
+    spec = RunSpec(attack_cfg={"iterations": 1}).to_dict()
+    for key, value in changes.items():
+        if key.startswith("round_"):
+            spec["round"][key[len("round_"):]] = value
+        else:
+            spec[key] = value
+    return spec
+
+
+# result.json files that were handed edited, damaged or made up: name -> the file's text (or JSON data).
+BAD_RESULTS = {
+    "spec-int": _result(5),
+    "spec-list": _result([1, 2]),
+    "round-string": _result(_spec(round="fast")),
+    "lr-string": _result(_spec(round_lr="abc")),
+    "lr-absurd": _result(_spec(round_mode="fedavg", round_local_steps=4, round_lr=1e300)),
+    "clip-infinity": json.dumps(_result(_spec(round_clip=5.0))).replace("5.0", "Infinity"),
+    "clip-overflow": json.dumps(_result(_spec(round_clip=5.0))).replace("5.0", "1e400"),
+    "report-every-string": _result(_spec(report_every="10")),
+    "image-ids-int": _result(_spec(image_ids=5)),
+    "image-ids-text": _result(_spec(image_ids="cifar10-00")),
+    "labels-known-text": _result(_spec(labels_known="yes")),
+    "device-int": _result(_spec(device=0)),
+    "model-list": _result(_spec(model=["lenet"])),
+    "attack-cfg-text": _result(_spec(attack_cfg={"iterations": "1"})),
+    "num-classes-0": _result(_spec(num_classes=0)),
+    "num-classes-huge": _result(_spec(num_classes=10**9)),
+    "deeply-nested": '{"schema_version": 1, "spec": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "schema-text": {"schema_version": "1", "spec": _spec()},
+}
+
+
+def _write_json(path: Path, content) -> None:
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory) -> Path:
-    """Files a new user might hand the CLI by mistake."""
+    """Files a new user might hand the CLI by mistake, or that someone edited."""
+    from tipcore.pipeline.runspec import pixel_digest
+
     root = tmp_path_factory.mktemp("bad-files")
     (root / "empty.png").write_bytes(b"")
     (root / "truncated.png").write_bytes((REPO / "assets" / "samples" / "photo_chelsea.png").read_bytes()[:100])
@@ -83,7 +133,81 @@ def bad_files(tmp_path_factory) -> Path:
     Image.new("RGB", (1, 1)).save(root / "tiny.png")
     Image.new("RGB", (40, 40)).save(root / "ok.png")
     (root / "update-empty").mkdir()
+    os.mkfifo(root / "fifo.png")  # its open would wait for a writer: forever (see special_files_guard)
+    for name, content in BAD_RESULTS.items():
+        (root / "results" / name).mkdir(parents=True)
+        _write_json(root / "results" / name / "result.json", content)
+    (root / "results" / "huge").mkdir()
+    (root / "results" / "huge" / "result.json").write_text(json.dumps({**_result(_spec()), "pad": "x" * 17_000_000}))
+    (root / "results" / "fifo").mkdir()
+    os.mkfifo(root / "results" / "fifo" / "result.json")
+    # An upload's result, tampered with: its pixels a FIFO, a class count no model can have, the digest a number.
+    pixels = np.zeros((1, 32, 32, 3), np.float32)
+    upload = _spec(image_ids=[], labels=[1], upload_sha256=pixel_digest(pixels))
+    for name, spec, npy in [("upload-npy-fifo", upload, None), ("upload-classes", {**upload, "num_classes": 10**7}, pixels),
+                            ("upload-digest-int", {**upload, "upload_sha256": 5}, pixels)]:
+        (root / "results" / name).mkdir()
+        _write_json(root / "results" / name / "result.json", _result(spec))
+        if npy is None:
+            os.mkfifo(root / "results" / name / "images.npy")
+        else:
+            np.save(root / "results" / name / "images.npy", npy)
+    # Recorded updates with a damaged defense.json (the tensors are a real update's).
+    real = root / "update-real"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["update", "--out", str(real)]) == 0
+    record = json.loads((real / "defense.json").read_text())
+    for name, content in {
+        "record-list": [record],
+        "examples-list": {**record, "num_examples": [1]},
+        "examples-text": {**record, "num_examples": "1"},
+        "classes-0": {**record, "num_classes": 0},
+        "classes-list": {**record, "num_classes": [10]},
+        "lr-text": {**record, "lr": "fast"},
+        "lr-absurd": {**record, "mode": "fedavg", "local_steps": 4, "lr": 1e300},
+        "lr-infinity": json.dumps({**record, "lr": 0.5}).replace("0.5", "Infinity"),
+        "clip-text": {**record, "clip": "5"},
+        "model-list": {**record, "model": ["lenet"]},
+        "deeply-nested": "[" * 100_000 + "]" * 100_000,
+    }.items():
+        shutil.copytree(real, root / "updates" / name)
+        _write_json(root / "updates" / name / "defense.json", content)
     return root
+
+
+@contextlib.contextmanager
+def special_files_guard(root: Path):
+    """Keeps a case that wrongly reads a FIFO or a device from hanging or eating the machine's memory: a
+    thread opens every FIFO under ``root`` for writing as soon as a reader waits on it (then closes it, so
+    the reader sees an empty file), and the address space may grow by 4 GB at most (an endless read of
+    /dev/zero then ends in MemoryError). The fixed code never waits on a FIFO nor reads a device."""
+    import resource
+    import threading
+
+    fifos = [p for p in root.rglob("*") if stat.S_ISFIFO(p.lstat().st_mode)]
+    done = threading.Event()
+
+    def unblock() -> None:
+        while not done.wait(0.05):
+            for fifo in fifos:
+                try:  # ENXIO while no reader has the FIFO open
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        in_use = int(f.read().split()[0]) * resource.getpagesize()
+    cap = in_use + 4 * 2**30
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _keep_notes(out: Path) -> None:
@@ -180,6 +304,50 @@ BAD_INPUTS = [
     (["attack", "--update-dir", "{files}/nope"], "is not a directory", None),
     (["attack", "--update-dir", "{files}/update-empty"], "lacks global_weights.pt, update_defended.pt, defense.json", None),
     (["attack", "--update-dir", "{files}/update-empty", "--image-id", "cifar10-00"], "drop --image-id", None),
+    # ... or whose defense.json has values of the wrong type or out of range (the flags' typed parser reads it)
+    (["attack", "--update-dir", "{files}/updates/record-list"], "not an object", None),
+    (["attack", "--update-dir", "{files}/updates/examples-list"], "defense.json.num_examples must be an integer, got a list", None),
+    (["attack", "--update-dir", "{files}/updates/examples-text"], "defense.json.num_examples must be an integer, got '1'", None),
+    (["attack", "--update-dir", "{files}/updates/classes-0"], "declares 0 classes", None),
+    (["attack", "--update-dir", "{files}/updates/classes-list"], "defense.json.num_classes must be an integer", None),
+    (["attack", "--update-dir", "{files}/updates/lr-text"], "defense.json.lr must be a finite number", None),
+    (["attack", "--update-dir", "{files}/updates/lr-absurd"], "lr must be > 0 and <= 100", None),
+    (["attack", "--update-dir", "{files}/updates/lr-infinity"], "holds Infinity", None),
+    (["attack", "--update-dir", "{files}/updates/clip-text"], "defense.json.clip must be a finite number", None),
+    (["attack", "--update-dir", "{files}/updates/model-list"], "defense.json.model must be text", None),
+    (["attack", "--update-dir", "{files}/updates/deeply-nested"], "nests deeper than", None),
+    # a result.json to rerun that was edited or damaged: the same typed parser, the path of the bad value named
+    (["rerun", "{files}/results/spec-int"], "spec must be an object", None),
+    (["rerun", "{files}/results/spec-list"], "spec must be an object", None),
+    (["rerun", "{files}/results/round-string"], "spec.round must be an object", None),
+    (["rerun", "{files}/results/lr-string"], "spec.round.lr must be a finite number, got 'abc'", None),
+    (["rerun", "{files}/results/lr-absurd"], "lr must be > 0 and <= 100", None),
+    (["rerun", "{files}/results/clip-infinity"], "holds Infinity", None),
+    (["rerun", "{files}/results/clip-overflow"], "holds a number that is not finite (inf)", None),
+    (["rerun", "{files}/results/report-every-string"], "spec.report_every must be an integer, got '10'", None),
+    (["rerun", "{files}/results/image-ids-int"], "spec.image_ids must be a list of text, got 5", None),
+    (["rerun", "{files}/results/image-ids-text"], "spec.image_ids must be a list of text", None),
+    (["rerun", "{files}/results/labels-known-text"], "spec.labels_known must be true or false", None),
+    (["rerun", "{files}/results/device-int"], "spec.device must be text", None),
+    (["rerun", "{files}/results/model-list"], "spec.model must be text", None),
+    (["rerun", "{files}/results/attack-cfg-text"], "attack_cfg.iterations must be an integer, got '1'", None),
+    (["rerun", "{files}/results/num-classes-0"], "num_classes must be in [2, 1000]", None),
+    (["rerun", "{files}/results/num-classes-huge"], "num_classes must be in [2, 1000]", None),
+    (["rerun", "{files}/results/deeply-nested"], "nests deeper than", None),
+    (["rerun", "{files}/results/schema-text"], "schema version '1'", None),
+    (["rerun", "{files}/results/huge"], "too large", None),
+    (["rerun", "{files}/results/fifo"], "is not a regular file but a FIFO", None),
+    (["rerun", "{files}/results/upload-npy-fifo"], "is not a regular file but a FIFO", None),
+    (["rerun", "{files}/results/upload-classes"], "num_classes must be in [2, 1000]", None),
+    (["rerun", "{files}/results/upload-digest-int"], "spec.upload_sha256 must be text", None),
+    # only regular files are read, and only so much of them
+    (["attack", "--image", "/dev/zero"], "is not a regular file but a character device", None),
+    (["attack", "--image", "{files}/fifo.png"], "is not a regular file but a FIFO", None),
+    # absurd values refused before compute (`update` shows its progress: a round that ran is a second line)
+    (["attack", "--mode", "fedavg", "--lr", "1e300"], "lr must be > 0 and <= 100", None),
+    (["update", "--mode", "fedavg", "--lr", "1e300"], "lr must be > 0 and <= 100", None),
+    (["update", "--defense", "tip", "--layers", "nosuchlayer"], "'nosuchlayer' is not a conv layer of LeNet", None),
+    (["sweep", "--seeds", "0,0"], "--seeds must not repeat a seed", None),
 ]
 
 
@@ -189,6 +357,12 @@ def test_bad_input_matrix_gives_one_line_errors_and_writes_nothing(tmp_path, cap
     assert len(BAD_INPUTS) >= 40
     monkeypatch.chdir(tmp_path)
     failures = []
+    with special_files_guard(bad_files):
+        _run_bad_inputs(tmp_path, capsys, bad_files, failures)
+    assert not failures, "\n".join(failures)
+
+
+def _run_bad_inputs(tmp_path: Path, capsys, bad_files: Path, failures: list[str]) -> None:
     for number, (argv, fragment, setup) in enumerate(BAD_INPUTS):
         work = tmp_path / f"case{number}"
         work.mkdir()
@@ -201,7 +375,12 @@ def test_bad_input_matrix_gives_one_line_errors_and_writes_nothing(tmp_path, cap
         if argv[0] != "showcase" and "--out" not in argv:
             argv += ["--out", str(out)]
         before = tree(tmp_path)
-        code, _, err = run_main(argv, capsys)
+        try:
+            code, _, err = run_main(argv, capsys)
+        except Exception as exc:  # noqa: BLE001 - a traceback is this case's failure, the others still run
+            failures.append(f"{' '.join(argv)}: raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            capsys.readouterr()
+            continue
         lines = [line for line in err.splitlines() if line.strip()]
         problems = []
         if code != 2:
@@ -214,7 +393,6 @@ def test_bad_input_matrix_gives_one_line_errors_and_writes_nothing(tmp_path, cap
             problems.append("files changed: " + ", ".join(sorted(set(tree(tmp_path)) ^ set(before))))
         if problems:
             failures.append(f"{' '.join(argv)}: {'; '.join(problems)}")
-    assert not failures, "\n".join(failures)
 
 
 def test_a_huge_image_is_refused_in_one_line(tmp_path, capsys):
@@ -411,3 +589,60 @@ def test_a_command_started_as_a_process_spins_openmp_and_in_process_calls_leave_
 def test_a_bad_reproduce_shard_is_one_line(text, capsys):
     assert main(["reproduce", "--shard", text, "--out", "runs/never"]) == 2
     assert "shard" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ signals
+
+def _command(argv: list[str], *python_flags: str) -> subprocess.Popen:
+    """``python -m tipcore ...`` as a process of its own (signals are a process's business), stderr piped."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, *python_flags, "-m", "tipcore", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("signum, code, line", [(signal.SIGTERM, 143, "error: terminated"),
+                                                (signal.SIGINT, 130, "error: interrupted")])
+def test_a_signal_mid_attack_ends_the_run_cleanly(tmp_path, signum, code, line):
+    """SIGTERM (a service manager, `kill`) or Ctrl-C while the attack runs: one line, the conventional exit
+    code, and nothing beside --out (no hidden .run.tmp-* directory). The signal is sent once the attack's
+    first step is reported, so it lands in the optimisation, whatever the machine's speed."""
+    out = tmp_path / "runs" / "run"
+    proc = _command(["attack", "--iters", "5000", "--report-every", "1", "--out", str(out)])
+    try:
+        seen = []
+        for text in proc.stderr:  # progress lines (stderr is not a terminal): "attack 1/5000 step ..."
+            seen.append(text)
+            if text.startswith("attack "):
+                break
+        assert seen and seen[-1].startswith("attack "), "".join(seen)
+        proc.send_signal(signum)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=300) == code, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [t for t in rest.splitlines() if t.strip() and not t.startswith("attack ")]
+    assert lines == [line], rest
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_ctrl_c_while_the_cli_starts_up_is_one_line(tmp_path):
+    """Ctrl-C while the engine is still being imported (the command's flags name its registries) is the same
+    one line as later. ``-X importtime`` reports each import as it completes: the interrupt is sent once
+    torch's first module has loaded, inside the import that takes most of the start-up."""
+    proc = _command(["attack", "--iters", "5000", "--out", str(tmp_path / "run")], "-X", "importtime")
+    try:
+        seen = []
+        for text in proc.stderr:
+            seen.append(text)
+            if text.startswith("import time:") and "torch" in text:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=300) == 130, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [t for t in rest.splitlines() if t.strip() and not t.startswith("import time:")]
+    assert lines == ["error: interrupted"], rest
+    assert list(tmp_path.iterdir()) == []

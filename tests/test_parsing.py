@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
 from tipcore.common.knobs import knob
-from tipcore.common.parsing import describe, parse_assignments, parse_field, parse_typed
+from tipcore.common.parsing import describe, parse_assignments, parse_data, parse_field, parse_record, parse_typed
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,55 @@ def test_describe():
     assert describe(int | None) == "an integer or none"
     assert describe(tuple[str, ...]) == "a comma-separated list of text"
     assert parse_typed(float, "3") == 3.0
+
+
+@dataclass(frozen=True)
+class Round:
+    lr: float = 1e-3
+    steps: int = 1
+
+
+@dataclass(frozen=True)
+class Spec:
+    round: Round = Round()
+    ids: tuple[str, ...] = ("a",)
+    labels: tuple[int, ...] | None = None
+    options: dict[str, Any] | None = None
+    cutoff: float = knob(0.5, "Cutoff", "a bounded knob", low=0.0, high=1.0)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_data_is_read_by_the_same_rules_with_its_path_named():
+    """JSON data (a result.json's RunSpec, a defense.json): the field's own JSON type, ranges, finiteness,
+    lists as tuples, nested configs as their dataclass; the error names the value's path."""
+    got = parse_record(Spec, {"round": {"lr": 0.5, "steps": 2}, "ids": ["x", "y"], "labels": [1], "cutoff": 1},
+                       name="spec")
+    assert got == {"round": Round(0.5, 2), "ids": ("x", "y"), "labels": (1,), "cutoff": 1}
+    assert parse_data(float, 3) == 3 and parse_data(int | None, None) is None
+    assert parse_data(float, float("nan"), finite=False) != parse_data(float, float("nan"), finite=False)
+    for values, message in [
+        (5, "spec must be an object of Spec options, got 5"),
+        ({"round": "fast"}, "spec.round must be an object of Round options, got 'fast'"),
+        ({"round": {"lr": "abc"}}, "spec.round.lr must be a finite number, got 'abc'"),
+        ({"round": {"lr": float("inf")}}, "spec.round.lr must be a finite number, got inf"),
+        ({"round": {"steps": 1.0}}, "spec.round.steps must be an integer, got 1.0"),
+        ({"round": {"steps": True}}, "spec.round.steps must be an integer, got true"),
+        ({"round": {"warp": 9}}, "spec.round: unknown option(s) warp for Round"),
+        ({"ids": 5}, "spec.ids must be a list of text, got 5"),
+        ({"ids": "abc"}, "spec.ids must be a list of text, got 'abc'"),
+        ({"labels": [True]}, "spec.labels[0] must be an integer, got true"),
+        ({"cutoff": 2}, "spec.cutoff must be in [0, 1], got 2"),
+        ({"options": {"x": _nested(40)}}, "nests deeper than 32"),
+        ({"options": {"x": float("nan")}}, "spec.options.x holds a number that is not finite"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            parse_record(Spec, values, name="spec")
+        assert message in str(err.value) and "\n" not in str(err.value), (values, str(err.value))
+    with pytest.raises(ValueError, match="nests deeper than"):  # walked without recursion: no depth is too deep
+        parse_data(Any, _nested(100_000), name="record")

@@ -3,6 +3,7 @@ app's job around them: progress from measured throughput, the slot queue, Stream
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -182,6 +183,115 @@ def test_cache_is_safe_under_concurrent_writers(worker_events: list, tmp_path: P
     assert not errors
     assert shared.size() <= shared.max_bytes
     assert not list(shared.root.glob(".tmp-*"))  # no temporary file left behind
+
+
+def small_outcome() -> worker.RunOutcome:
+    """A finished run as the cache stores it, made up (no attack needed to test the storage)."""
+    image = np.zeros((1, 32, 32, 3), np.float32)
+    return worker.RunOutcome(
+        defense="none", attack="idlg", original=image, images=image, num_classes=10, psnr=12.5, ssim=0.5,
+        label_true=(3,), label_pred=(3,), label_accuracy=1.0, iterations=2, restarts=0, seconds=1.0, stopped=False,
+        diverged=False, history_steps=(1, 2), history_images=(image[0], image[0]), history_losses=(0.5, float("nan")),
+        summary={"beta": 0.1}, notes="", analysis={"match": "all", "detection": {"precision": None}},
+        files={"result.json": b"{}", "original.png": b"png"})
+
+
+def _with_header(entry: Path, **changes) -> bytes:
+    """The entry's bytes with some header values replaced (as a tampered or foreign file would hold)."""
+    import io
+
+    with np.load(entry) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    header = json.loads(arrays["header"].tobytes())
+    header.update(changes)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def address_space_growth_limit(extra: int):
+    """An endless read (a link to /dev/urandom read whole) then fails with MemoryError instead of filling the
+    machine's memory: only what the fixed cache never does needs the limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        cap = int(f.read().split()[0]) * resource.getpagesize() + extra
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_a_cache_entry_is_validated_on_read_and_a_bad_one_is_a_miss(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path, max_bytes=10**7)
+    good = "a" * 64
+    assert cache.put(good, small_outcome())
+    back = cache.get(good)
+    assert back is not None and back.label_pred == (3,) and np.isnan(back.history_losses[1])
+    entry = tmp_path / f"{good}.npz"
+    # Values of the wrong type: a miss (and the entry goes), never an outcome the page would trip over.
+    for i, change in enumerate([{"psnr": "high"}, {"stopped": "no"}, {"history_steps": ["x"]}, {"num_classes": [10]},
+                                {"label_pred": 3}, {"summary": [1]}, {"extra": 1}]):
+        key = f"{i + 1:064x}"
+        (tmp_path / f"{key}.npz").write_bytes(_with_header(entry, **change))
+        assert cache.get(key) is None, change
+        assert not (tmp_path / f"{key}.npz").exists(), change
+    # Not a regular file, or over the cap: a miss, without reading it (a link is removed, not its target).
+    os.symlink("/dev/urandom", tmp_path / f"{'b' * 64}.npz")
+    os.symlink(entry, tmp_path / f"{'c' * 64}.npz")  # even a link to a good entry is not one of ours
+    os.mkfifo(tmp_path / f"{'d' * 64}.npz")
+    (tmp_path / f"{'e' * 64}.npz").mkdir()
+    with open(tmp_path / f"{'f' * 64}.npz", "wb") as f:
+        f.truncate(cache.max_bytes + 1)  # sparse: no disk used
+    with address_space_growth_limit(2 * 2**30):
+        for key in ("b", "c", "d", "e", "f"):
+            assert cache.get(key * 64) is None, key
+    assert os.path.exists("/dev/urandom") and entry.is_file() and (tmp_path / f"{'e' * 64}.npz").is_dir()
+    assert cache.get(good) is not None
+
+
+def test_the_cap_counts_temporary_files_and_eviction_removes_a_dead_writers(tmp_path: Path) -> None:
+    outcome = small_outcome()
+    probe = ResultCache(tmp_path / "probe", max_bytes=10**7)
+    probe.put("0" * 64, outcome)
+    entry = probe.size()
+    cache = ResultCache(tmp_path / "cache", max_bytes=3 * entry)
+    cache.root.mkdir()
+    dead = [cache.root / f".tmp-dead{i}.npz" for i in range(4)]  # what a killed writer leaves: 4 entries' worth
+    for path in dead:
+        path.write_bytes(b"x" * entry)
+        old = time.time() - 2 * 3600
+        os.utime(path, (old, old))
+    busy = cache.root / ".tmp-busy.npz"  # a writer at work now: counted, not removed
+    busy.write_bytes(b"x" * entry)
+    assert cache.size() == 5 * entry  # what is on disk, temporary files included
+    for i in range(3):
+        assert cache.put(f"{i + 1:064x}", outcome)
+    assert not any(path.exists() for path in dead) and busy.exists()
+    assert cache.size() <= cache.max_bytes
+    assert len(cache.entries()) == 2  # the busy writer's file took the third entry's room
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "garbage", "-5", "1e400", "1e30"])
+def test_a_bad_cache_size_in_the_environment_is_a_one_line_error(monkeypatch, caplog, value: str) -> None:
+    monkeypatch.setenv("TIP_CACHE_MB", value)
+    with pytest.raises(ValueError) as raised:
+        ResultCache.default()
+    assert "TIP_CACHE_MB" in str(raised.value) and repr(value) in str(raised.value)
+    assert "\n" not in str(raised.value)
+    from app import jobs
+
+    monkeypatch.setattr(jobs, "_CACHE_WARNED", False)
+    assert jobs.result_cache() is None  # the server runs on, without a cache, and says so in its log once
+    assert jobs.result_cache() is None
+    said = [r.getMessage() for r in caplog.records if "TIP_CACHE_MB" in r.getMessage()]
+    assert len(said) == 1 and "without the result cache" in said[0]
+    monkeypatch.setenv("TIP_CACHE_MB", "0.5")
+    assert ResultCache.default().max_bytes == 2**19
 
 
 # ---------------------------------------------------------------------------------------------- app job

@@ -1,7 +1,16 @@
+import signal
 import sys
 
-# The OpenMP wait policy is set per job by cli.main before torch loads (ACTIVE for these batch commands; the
-# explorer sets PASSIVE for itself); importing the CLI loads no torch.
-from tipcore.cli import main
+try:
+    # The OpenMP wait policy is set per job by cli.main before torch loads (ACTIVE for these batch commands;
+    # the explorer sets PASSIVE for itself); importing the CLI loads no torch.
+    from tipcore.cli import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:  # Ctrl-C before main took over (importing the CLI): one line, as main says it
+    print("error: interrupted", file=sys.stderr)
+    code = 130
+# The answer is given: a Ctrl-C while the interpreter shuts down (torch's teardown takes a moment) would
+# only add a traceback to it.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.exit(code)

@@ -826,24 +826,44 @@ def import_torch_uncollected() -> None:
     gc.freeze()
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (a BaseException, so no
+    ``except Exception`` swallows it): the staged ``--out`` is removed on the way out, as on any error."""
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM: what a shell reports for a process SIGTERM ended
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not cut the clean-up short
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (0, 2 for anything the user can fix, 130 when interrupted)
-    instead of exiting, so tests can drive many commands in one process."""
+    """Run one command; returns the exit code (0, 2 for anything the user can fix, 130 when interrupted,
+    143 when terminated) instead of exiting, so tests can drive many commands in one process."""
     own_process = argv is None  # python -m tipcore or the console script (pyproject [project.scripts])
     if own_process:  # before torch loads: no module above imports it (tests/test_cli.py checks the help)
+        import signal
+
         os.environ.setdefault("OMP_WAIT_POLICY", BATCH_OPENMP_POLICY)
+        # SIGTERM's default kills the process where it stands, leaving the staged .OUT.tmp-* directory.
+        signal.signal(signal.SIGTERM, _terminate)
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(chosen if chosen in COMMANDS else None, preset=chosen_preset(argv))
-    try:
-        args, passed_on = parser.parse_known_args(argv)
-        if args.command == "explorer":  # what the explorer does not know is streamlit's
-            args.streamlit_args = passed_on
-        elif passed_on:
-            parser.error(f"unrecognized arguments: {' '.join(passed_on)}")
-    except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
+    try:  # Ctrl-C while the parser imports the engine (the registries name the choices) is one line too
+        chosen = next((a for a in argv if not a.startswith("-")), None)
+        parser = build_parser(chosen if chosen in COMMANDS else None, preset=chosen_preset(argv))
+        try:
+            args, passed_on = parser.parse_known_args(argv)
+            if args.command == "explorer":  # what the explorer does not know is streamlit's
+                args.streamlit_args = passed_on
+            elif passed_on:
+                parser.error(f"unrecognized arguments: {' '.join(passed_on)}")
+        except SystemExit as exc:  # --help (0) or a bad flag, its one line already printed
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
         if args.command != "explorer":  # the server sets its own threads; no torch before it starts
             if own_process:
                 import_torch_uncollected()
@@ -856,7 +876,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     finally:
         if own_process:  # the process ends next: its exit need not walk what the command built either
             import gc

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, is_dataclass
 from typing import Any, Mapping, TypeVar
+
+from tipcore.common.parsing import parse_record
 
 T = TypeVar("T")
 
 
-def from_dict(config_cls: type[T], values: Mapping[str, Any] | None) -> T:
-    """Build ``config_cls`` from ``values``, rejecting unknown keys with a message that names them."""
-    values = dict(values or {})
-    known = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for {config_cls.__name__}; known: {', '.join(sorted(known))}"
-        )
-    return config_cls(**values)
+def from_dict(config_cls: type[T], values: Mapping[str, Any] | None, *, name: str = "") -> T:
+    """Build ``config_cls`` from ``values``, each checked by the typed parser against its field's type and knob
+    (``tipcore.common.parsing.parse_record``: what a result.json or the app hands in gets the CLI's rules);
+    unknown keys are refused with a message that names them. ``name``: where the values come from, for
+    the error (e.g. ``spec.round``)."""
+    return config_cls(**parse_record(config_cls, {} if values is None else values, name=name))
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import importlib
 import pkgutil
 
 from tipcore.defenses.base import (  # noqa: F401
-    BASELINE, DEFENSES, DefenseDiagnostics, LayerDiagnostics, bind_round, create, describe, protect_in_stages,
-    takes_clip,
+    BASELINE, DEFENSES, DefenseDiagnostics, LayerDiagnostics, bind_round, check_model, create, describe,
+    protect_in_stages, takes_clip,
 )
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):

@@ -84,6 +84,15 @@ def protect_in_stages(defense: Defense, update: SharedUpdate, ctx: ClientContext
     return defense.protect(update, ctx)
 
 
+def check_model(defense: Defense, model: Any) -> None:
+    """Refuse, before the client's round, options that do not fit the model (TIP's layer names): a defense
+    with a ``check_model(model)`` method raises a one-line ValueError there, so a typo is answered before
+    the round and Grad-CAM run, not after them."""
+    check = getattr(defense, "check_model", None)
+    if check is not None:
+        check(model)
+
+
 @dataclass(frozen=True)
 class DefenseSpec:
     """A registered defense. What it takes (budget, clip, a strength to sweep) is read from its config's

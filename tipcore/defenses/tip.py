@@ -173,6 +173,12 @@ class TIP:
     def __init__(self, config: TipConfig | None = None) -> None:
         self.config = config or TipConfig()
 
+    def check_model(self, model: nn.Module) -> None:
+        """The layer names must be conv layers of ``model`` (``defenses.check_model``: before the round)."""
+        from tipcore.signals.saliency import resolve_layers
+
+        resolve_layers(model, self.config.layers)
+
     def protect(self, update: SharedUpdate, ctx: ClientContext) -> tuple[SharedUpdate, DefenseDiagnostics]:
         alphas = compute_alphas(ctx.model, ctx.x, ctx.y, self.config.layers)
         return self.apply(update, ctx.round, alphas, ctx.generator)

@@ -21,19 +21,29 @@ import io
 import json
 import logging
 import os
+import stat
 import tempfile
+import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from tipcore.common.files import read_regular
+from tipcore.common.parsing import parse_record, parse_typed
 from tipcore.explorer.worker import RunOutcome
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MB = 256
+MAX_MB = 2**30  # a petabyte: TIP_CACHE_MB beyond it is a typo, not a cap
 FORMAT = 1  # bump when RunOutcome's stored fields change: old entries are then simply missed
+TMP_PREFIX = ".tmp-"  # a writer's file until it is renamed into place
+# A temporary file older than this belongs to a writer that was killed (a write takes well under a second):
+# eviction removes it. Younger ones count against the cap but are left to the writer still busy with them.
+STALE_TMP_S = 600.0
 
 
 def default_dir() -> Path:
@@ -46,12 +56,18 @@ def default_dir() -> Path:
 
 
 def default_max_bytes() -> int:
-    raw = os.environ.get("TIP_CACHE_MB", "")
+    """``$TIP_CACHE_MB`` in bytes (unset or empty: 256 MB; 0 turns the cache off). Anything but a finite
+    number >= 0 is a one-line ValueError, by the parser that reads the CLI's flags."""
+    raw = os.environ.get("TIP_CACHE_MB", "").strip()
+    if not raw:
+        return DEFAULT_MAX_MB * 1024 * 1024
     try:
-        mb = float(raw)
-    except ValueError:
-        mb = DEFAULT_MAX_MB
-    return int(max(mb, 0) * 1024 * 1024) if raw else DEFAULT_MAX_MB * 1024 * 1024
+        mb = parse_typed(float, raw, name="TIP_CACHE_MB")
+    except ValueError as exc:
+        raise ValueError(f"{exc} (the result cache's size in MB; 0 turns it off)") from None
+    if mb < 0 or mb > MAX_MB:
+        raise ValueError(f"TIP_CACHE_MB must be in [0, {MAX_MB}] (MB; 0 turns the cache off), got {raw!r}")
+    return int(mb * 1024 * 1024)
 
 
 def images_digest(cfg: Any, images: np.ndarray | None) -> dict[str, Any]:
@@ -108,17 +124,39 @@ def _encode(outcome: RunOutcome) -> bytes:
 
 
 def _decode(raw: bytes) -> RunOutcome:
+    """An entry's bytes as a RunOutcome, every part checked: a ValueError for anything ``_encode`` would not
+    have written (a cache directory is shared, so its files are input like any other)."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:  # np.savez stores, never compresses: no zip bomb
+        if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
+            raise ValueError("compressed members (this cache stores its arrays uncompressed)")
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
         header = json.loads(npz["header"].tobytes().decode())
-        files = {name: npz[f"file_{i}"].tobytes() for i, name in enumerate(header.pop("files"))}
-        history = npz["history_images"]
-        return RunOutcome(
-            original=npz["original"], images=npz["images"], history_images=tuple(history),
-            files=files, **{**header, "label_true": tuple(header["label_true"]),
-                            "label_pred": tuple(header["label_pred"]),
-                            "history_steps": tuple(header["history_steps"]),
-                            "history_losses": tuple(header["history_losses"])},
-        )
+        if not isinstance(header, dict) or set(header) != {*_SCALAR_FIELDS, "files"}:
+            raise ValueError("a header without RunOutcome's fields")
+        names = header.pop("files")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("files is not a list of names")
+        # The header's values by RunOutcome's own field types (losses and scores may be NaN or inf).
+        scalars = parse_record(RunOutcome, header, name="header", finite=False)
+        files = {name: _bytes(npz, f"file_{i}") for i, name in enumerate(names)}
+        original, images, history = (_pixels(npz, k) for k in ("original", "images", "history_images"))
+        if original.shape != images.shape or len(history) != len(scalars["history_steps"]):
+            raise ValueError("arrays of mismatched shapes")
+        return RunOutcome(original=original, images=images, history_images=tuple(history), files=files, **scalars)
+
+
+def _pixels(npz: Any, key: str) -> np.ndarray:
+    array = npz[key]
+    if array.dtype.kind != "f" or array.ndim != 4:
+        raise ValueError(f"{key} is not a stack of float images")
+    return array
+
+
+def _bytes(npz: Any, key: str) -> bytes:
+    array = npz[key]
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise ValueError(f"{key} is not a byte string")
+    return array.tobytes()
 
 
 @dataclass
@@ -143,17 +181,26 @@ class ResultCache:
         return self.root / f"{key}.npz"
 
     def get(self, key: str) -> RunOutcome | None:
+        """The stored run, or None: missing, and also anything that is not an entry this cache wrote (a
+        link, a FIFO or a device, a file over the cap, a damaged file or one with values of the wrong type),
+        which is removed where it can be (a link, not what it points to)."""
         path = self._path(key)
+        if self.max_bytes == 0:
+            return None
         try:
-            raw = path.read_bytes()
+            info = path.lstat()
         except OSError:  # missing, or evicted by another session a moment ago
             return None
         try:
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("not a regular file")
+            raw = read_regular(path, self.max_bytes, what="entry", follow_links=False)  # bounded: never MemoryError
             outcome = _decode(raw)
-        except Exception as exc:  # noqa: BLE001 - a damaged entry is a miss, and is removed
-            log.warning("result cache entry %s unreadable (%s): removing it", path.name, exc)
-            with contextlib.suppress(OSError):
-                path.unlink()
+        except Exception as exc:  # noqa: BLE001 - a bad entry is a miss, and is removed
+            log.warning("result cache entry %s unusable (%s): removing it", path.name, " ".join(str(exc).split()))
+            if not stat.S_ISDIR(info.st_mode):
+                with contextlib.suppress(OSError):
+                    path.unlink()
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # most recently used
@@ -169,7 +216,7 @@ class ResultCache:
             return False
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.root)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".npz", dir=self.root)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(raw)
@@ -195,24 +242,41 @@ class ResultCache:
 
     def entries(self) -> list[tuple[float, int, Path]]:
         """(mtime, size, path) of each entry, oldest first."""
+        return sorted(item for item in self._files() if not item[2].name.startswith("."))
+
+    def temporary(self) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of each writer's temporary file (a killed writer leaves its own behind)."""
+        return sorted(item for item in self._files() if item[2].name.startswith(TMP_PREFIX))
+
+    def _files(self) -> list[tuple[float, int, Path]]:
         out = []
-        for path in self.root.glob("*.npz"):
-            if path.name.startswith("."):
-                continue
+        for path in self.root.glob("*.npz"):  # pathlib's glob matches dot files too: the temporary ones
             try:
-                st = path.stat()
+                st = path.lstat()
             except OSError:
                 continue
-            out.append((st.st_mtime, st.st_size, path))
-        return sorted(out)
+            if stat.S_ISREG(st.st_mode):
+                out.append((st.st_mtime, st.st_size, path))
+        return out
 
     def size(self) -> int:
-        return sum(size for _, size, _ in self.entries())
+        """Bytes on disk: the entries and the writers' temporary files, which the cap counts too."""
+        return sum(size for _, size, _ in self._files())
 
     def evict(self) -> None:
+        """Remove temporary files of writers long gone, then the oldest entries until the directory (entries
+        and the temporary files still being written) is under the cap."""
         with self._lock():
+            now = time.time()
+            total = 0
+            for mtime, size, path in self.temporary():
+                if now - mtime > STALE_TMP_S:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                        continue
+                total += size
             entries = self.entries()
-            total = sum(size for _, size, _ in entries)
+            total += sum(size for _, size, _ in entries)
             for _, size, path in entries:
                 if total <= self.max_bytes:
                     break

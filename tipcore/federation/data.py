@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tipcore.common import bundle
+from tipcore.common.files import read_regular
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so the app's first screen loads fast
     import torch
@@ -175,20 +176,10 @@ def _read_bytes(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int) ->
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            raise ImageError(f"not an image file but a directory: {path}")
-        try:
-            n = path.stat().st_size
-            if n > max_bytes:  # refuse before reading, the file may be huge
-                raise ImageError(_too_large(n, max_bytes))
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"image file not found: {path}") from None
-        except PermissionError:
-            raise ImageError(f"image file is not readable: {path}") from None
-        except OSError as exc:
-            raise ImageError(f"cannot read image file {path}: {_one_line(exc)}") from None
+        try:  # only a regular file, and at most max_bytes of it: /dev/zero or a FIFO would never end
+            data = read_regular(Path(source), max_bytes, what="image file")
+        except ValueError as exc:
+            raise ImageError(str(exc)) from None
     elif hasattr(source, "read"):
         data = source.read(max_bytes + 1)  # one byte more tells "too large" from "exactly at the limit"
         if not isinstance(data, (bytes, bytearray)):

@@ -21,7 +21,7 @@ from torch import nn
 
 from tipcore.federation import models
 # The round's config and its limits are declared torch-free in specs.py (the CLI and presets read them).
-from tipcore.federation.specs import MAX_BATCH, MODES, Mode, RoundConfig  # noqa: F401
+from tipcore.federation.specs import MAX_BATCH, MAX_LR, MODES, Mode, RoundConfig  # noqa: F401
 
 
 @dataclass(frozen=True)

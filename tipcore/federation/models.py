@@ -17,7 +17,7 @@ from torch import nn
 
 from tipcore.common import bundle
 # The registry is declared torch-free in specs.py (the CLI's help and the presets read it); re-exported here.
-from tipcore.federation.specs import MODELS, WEIGHTS, ModelSpec  # noqa: F401
+from tipcore.federation.specs import MAX_CLASSES, MODELS, WEIGHTS, ModelSpec  # noqa: F401
 
 CHECKPOINT_DIR = bundle.ASSETS_DIR / "checkpoints"
 
@@ -140,8 +140,8 @@ def build(name: str, *, num_classes: int = 10, weights: str = "random", seed: in
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got '{weights}'")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be in [2, {MAX_CLASSES}], got {num_classes}")
     if weights == "digits" and num_classes != 10:
         raise ValueError(f"the digits checkpoints have 10 classes, got num_classes={num_classes}")
     # Layer constructors run PyTorch's default init from the global RNG; fork it so building a model never

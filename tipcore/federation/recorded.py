@@ -14,19 +14,39 @@ compare with, so the run reports the reconstruction and what the attacker inferr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from tipcore.common.files import read_json
+from tipcore.common.parsing import parse_record
 from tipcore.federation import models
-from tipcore.federation.fl import MAX_BATCH, MODES, ServerView, SharedUpdate
+from tipcore.federation.fl import MAX_BATCH, Mode, RoundConfig, ServerView, SharedUpdate
 
 GLOBAL_FILE = "global_weights.pt"
 DEFENDED_FILE = "update_defended.pt"
 RECORD_FILE = "defense.json"
+# A TIP record of a 64-image ResNet-18 batch (per-image α of 20 layers) is about 15 MB; the rest a few kB.
+MAX_RECORD_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The public protocol fields of defense.json, typed: read by the parser that reads the CLI's flags and
+    a result.json's RunSpec (``tipcore.common.parsing.parse_record``), so a list where a count belongs, a
+    string learning rate or an infinite clip is a one-line error, not a crash deep in the attack. The
+    record's other keys are the defense's own record, which the attack never reads."""
+
+    model: str
+    mode: Mode = "fedavg"
+    num_examples: int | None = None  # None: the number of labels recorded
+    labels: tuple[int, ...] | None = None
+    local_steps: int = 1
+    lr: float = 1e-3
+    clip: float | None = None
+    num_classes: int = 10
 
 
 @dataclass(frozen=True)
@@ -55,22 +75,33 @@ def load(directory: str | Path) -> RecordedUpdate:
     if missing:
         raise ValueError(f"{root} lacks {', '.join(missing)} (written by `python -m tipcore update` or a Flower "
                          "run with RecordingFedAvg)")
+    record = read_json(root / RECORD_FILE, MAX_RECORD_BYTES, what=RECORD_FILE)
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{root / RECORD_FILE} holds {type(record).__name__}, not an object of the round's protocol")
+    # Only the protocol's keys (a null one takes its default); the rest is the defense's record.
+    given = {k: record[k] for k in Protocol.__dataclass_fields__ if record.get(k) is not None}
+    if "model" not in given:
+        raise ValueError(f"{root / RECORD_FILE} names no model; known: {', '.join(models.MODELS)}")
     try:
-        record = json.loads((root / RECORD_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{root / RECORD_FILE} is not valid JSON ({exc})") from None
-    model = record.get("model")
+        protocol = Protocol(**parse_record(Protocol, given, name=RECORD_FILE))
+    except ValueError as exc:
+        raise ValueError(f"{root}: {exc}") from None
+    model, mode = protocol.model, protocol.mode
     if model not in models.MODELS:
         raise ValueError(f"{RECORD_FILE} names model {model!r}; known: {', '.join(models.MODELS)}")
-    mode = record.get("mode", "fedavg")
-    if mode not in MODES:
-        raise ValueError(f"{RECORD_FILE} names mode {mode!r}; known: {', '.join(MODES)}")
-    num_examples = int(record.get("num_examples") or len(record.get("labels") or []) or 0)
+    num_examples = protocol.num_examples if protocol.num_examples is not None else len(protocol.labels or ())
     if not 1 <= num_examples <= MAX_BATCH:
         raise ValueError(f"the update averages {num_examples or 'an unknown number of'} examples; these attacks "
                          f"rebuild batches of 1 to {MAX_BATCH} images (a whole client shard is out of their reach)")
+    num_classes = protocol.num_classes
+    if not 2 <= num_classes <= models.MAX_CLASSES:
+        raise ValueError(f"{RECORD_FILE} declares {num_classes} classes; a model has 2 to {models.MAX_CLASSES}")
+    try:  # the round's own checks: local steps, learning rate and clip in range
+        RoundConfig(mode=mode, batch_size=num_examples, local_steps=protocol.local_steps, lr=protocol.lr,
+                    clip=protocol.clip)
+    except ValueError as exc:
+        raise ValueError(f"{RECORD_FILE}: {exc}") from None
     global_weights, tensors = _tensors(root / GLOBAL_FILE), _tensors(root / DEFENDED_FILE)
-    num_classes = int(record.get("num_classes") or 10)
     try:
         view = ServerView(model, num_classes, global_weights)
         template = view.build_model()
@@ -80,7 +111,6 @@ def load(directory: str | Path) -> RecordedUpdate:
     if set(tensors) != expected:
         raise ValueError(f"{DEFENDED_FILE} has tensors for {len(set(tensors) & expected)} of {model}'s "
                          f"{len(expected)} parameters")
-    update = SharedUpdate(mode=mode, tensors=tensors, num_examples=num_examples,
-                          local_steps=int(record.get("local_steps") or 1), lr=float(record.get("lr") or 1e-3),
-                          labels=None, clip=record.get("clip"))
+    update = SharedUpdate(mode=mode, tensors=tensors, num_examples=num_examples, local_steps=protocol.local_steps,
+                          lr=protocol.lr, labels=None, clip=protocol.clip)
     return RecordedUpdate(view, update, record)

@@ -8,6 +8,7 @@ the rest of the engine takes them from; a model's class is imported, with torch,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 Mode = Literal["fedsgd", "fedavg"]
 MODES: tuple[str, ...] = ("fedsgd", "fedavg")
 MAX_BATCH = 64
+# The largest client learning rate a round takes. Local SGD at 1e300 overflowed inside the first step; any
+# rate past this one only blows the weights up, and no FL protocol this project models uses one.
+MAX_LR = 100.0
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,10 @@ class RoundConfig:
             raise ValueError(f"local_steps must be in [1, 1000], got {self.local_steps}")
         if self.mode == "fedsgd" and self.local_steps != 1:
             raise ValueError(f"local_steps must be 1 in fedsgd mode, got {self.local_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be > 0 (or None for no clipping), got {self.clip}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(f"lr must be > 0 and <= {MAX_LR:g}, got {self.lr}")
+        if self.clip is not None and not 0 < self.clip < math.inf:
+            raise ValueError(f"clip must be a finite number > 0 (or None for no clipping), got {self.clip}")
 
     @property
     def steps(self) -> int:
@@ -80,3 +84,6 @@ MODELS: dict[str, ModelSpec] = {
                           200.0),
 }
 WEIGHTS = ("random", "digits")
+# The most output classes a model is built with: ImageNet's 1000, ten times CIFAR-100's. A larger count is no
+# dataset this project reads, only a classifier head too big to allocate (10**9 asked for 3 TB).
+MAX_CLASSES = 1000

@@ -27,7 +27,8 @@ from tipcore.pipeline import metrics, update_stats
 from tipcore.attacks.base import AttackResult, Snapshot, flagged_channels, flags_channels
 from tipcore.common.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
-from tipcore.federation.fl import AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
+from tipcore.common.files import read_json, read_regular
+from tipcore.federation.fl import MAX_BATCH, AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
 from tipcore.pipeline.outputs import StagedOutput
 from tipcore.pipeline.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, validate_pixels
 from tipcore.common.progress import Event, StopHook, Stopwatch, check_stop, drive, never_stop
@@ -148,6 +149,7 @@ def prepare_stream(cfg: RunSpec, images: np.ndarray | None = None, *,
     x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.tensor(labels, dtype=torch.long, device=device)
     defense = defenses.create(cfg.defense, cfg.defense_options())
+    defenses.check_model(defense, model)  # e.g. TIP's layer names, before the round computes anything
     watch = Stopwatch()
 
     def stage(name: str, done: int) -> Event:  # a log keeps the end of each stage, a bar shows its start too
@@ -360,6 +362,10 @@ def artifact_files(record: RunRecord) -> dict[str, bytes]:
 
 
 UPLOAD_FILE = "images.npy"  # an uploaded batch's pixels, next to the result that names their sha256
+# What a rerun reads at most. A result.json is a few kB (a 64-image batch with a TIP record: well under 1 MB);
+# images.npy holds at most MAX_BATCH images of 32x32x3 float32 (786 kB), float64 in a hand-made one.
+MAX_RESULT_BYTES = 16 * 2**20
+MAX_UPLOAD_BYTES = 2 * MAX_BATCH * 32 * 32 * 3 * 4 + 4096
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -375,23 +381,22 @@ def load_run(result_path: str | os.PathLike) -> tuple[RunSpec, np.ndarray | None
     path = Path(result_path)
     if path.is_dir():
         path = path / "result.json"
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable result.json ({type(exc).__name__})") from None
+    result = read_json(path, MAX_RESULT_BYTES, what="result.json")
     if not isinstance(result, dict):
         raise ValueError(f"{path} is not a result.json (expected a JSON object)")
-    spec = spec_from_result(result)
+    try:
+        spec = spec_from_result(result)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if spec.upload_sha256 is None:
         return spec, None
     pixels_path = path.with_name(UPLOAD_FILE)
+    if not os.path.lexists(pixels_path):
+        raise ValueError(f"the run was on an uploaded image, but {pixels_path} is missing")
+    raw = read_regular(pixels_path, MAX_UPLOAD_BYTES, what="the upload's pixels")
     try:
-        pixels = np.load(pixels_path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ValueError(f"the run was on an uploaded image, but {pixels_path} is missing") from None
-    except (OSError, ValueError) as exc:
+        pixels = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise ValueError(f"{pixels_path} is not a readable .npy file ({exc})") from None
     if pixel_digest(pixels) != spec.upload_sha256:
         raise ValueError(f"{pixels_path} does not hold the pixels result.json names (sha256 differs)")

@@ -96,6 +96,8 @@ class RunSpec:
             raise ValueError(f"unknown attack '{self.attack}'; choose one of: {', '.join(attacks.ATTACKS)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if self.num_classes is not None and not 2 <= self.num_classes <= models.MAX_CLASSES:
+            raise ValueError(f"num_classes must be in [2, {models.MAX_CLASSES}], got {self.num_classes}")
         if not 1 <= self.report_every <= 100_000:
             raise ValueError(f"report_every must be in [1, 100000], got {self.report_every}")
         if self.upload_sha256 is not None:
@@ -108,9 +110,9 @@ class RunSpec:
         if self.labels is not None and any(isinstance(v, bool) or not isinstance(v, int) for v in self.labels):
             raise ValueError(f"labels must be integers, got {list(self.labels)}")
         # Validate option dicts now, so a bad value fails before any compute.
-        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_cfg)  # unknown keys first
-        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_options())
-        from_dict(attacks.ATTACKS[self.attack].config_cls, self.attack_cfg)
+        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_cfg, name="defense_cfg")  # unknown keys first
+        from_dict(defenses.DEFENSES[self.defense].config_cls, self.defense_options(), name="defense_cfg")
+        from_dict(attacks.ATTACKS[self.attack].config_cls, self.attack_cfg, name="attack_cfg")
 
     @property
     def image_source(self) -> ImageSource:
@@ -146,14 +148,11 @@ class RunSpec:
         return {"defense": asdict(self.defense_config()), "attack": asdict(self.attack_config())}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
-        d = dict(d)
-        if "round" in d and isinstance(d["round"], Mapping):
-            d["round"] = from_dict(RoundConfig, d["round"])
-        for key in ("image_ids", "labels"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return from_dict(cls, d)
+    def from_dict(cls, d: Mapping[str, Any], *, name: str = "") -> "RunSpec":
+        """A RunSpec from plain data (``to_dict``'s form, e.g. read back from a result.json): every field,
+        the round's included, checked by the typed parser that checks the CLI's flags (type, range,
+        finiteness, nesting depth), then by the checks above."""
+        return from_dict(cls, d, name=name)
 
 
 def spec_from_result(result: Mapping[str, Any]) -> RunSpec:
@@ -161,6 +160,6 @@ def spec_from_result(result: Mapping[str, Any]) -> RunSpec:
     version = result.get("schema_version")
     if version is None or "spec" not in result:
         raise ValueError("this result.json holds no RunSpec (written by an older tipcore, or not an attack result)")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"result.json has schema version {version}; this tipcore reads version {SCHEMA_VERSION}")
-    return RunSpec.from_dict(result["spec"])
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise ValueError(f"result.json has schema version {version!r}; this tipcore reads version {SCHEMA_VERSION}")
+    return RunSpec.from_dict(result["spec"], name="spec")

@@ -29,7 +29,7 @@ from tipcore.federation import data, models
 from tipcore.pipeline import update_stats
 from tipcore.common.config import from_dict
 from tipcore.defenses.base import Defense, DefenseDiagnostics
-from tipcore.federation.fl import ClientContext, RoundConfig, SharedUpdate, local_sgd, trainable_names
+from tipcore.federation.fl import MAX_LR, ClientContext, RoundConfig, SharedUpdate, local_sgd, trainable_names
 from tipcore.common.progress import Event, StopHook, Stopwatch, never_stop
 from tipcore.common.seeding import generator
 from tipcore.federation.training import accuracy
@@ -62,8 +62,8 @@ class FLConfig:
             raise ValueError(f"local_epochs must be in [1, 100], got {self.local_epochs}")
         if not 1 <= self.batch_size <= 64:
             raise ValueError(f"batch_size must be in [1, 64], got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:  # the round's bound: a larger step only overflows the weights
+            raise ValueError(f"lr must be > 0 and <= {MAX_LR:g}, got {self.lr}")
         if not self.clip > 0:
             raise ValueError(f"clip must be > 0, got {self.clip}")
         if self.defense not in defenses.DEFENSES:
