@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from browser_support import CHROMIUM, free_port, healthy  # noqa: E402
+from browser_support import CHROMIUM, free_port, stop_server, wait_until_healthy  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -59,22 +59,10 @@ def server() -> Iterator[str]:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while not healthy(url):
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read().decode(errors='replace')[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer {url}/_stcore/health within {STARTUP_S} s")
-            time.sleep(0.5)
+        wait_until_healthy(proc, url, log, STARTUP_S)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_server(proc, 15)
         log.close()
 
 

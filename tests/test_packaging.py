@@ -10,7 +10,6 @@ import site
 import subprocess
 import sys
 import textwrap
-import time
 import tomllib
 import venv
 import zipfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import free_port, healthy
+from browser_support import free_port, stop_server, wait_until_healthy
 from tipcore import cli
 from tipcore.common import bundle
 
@@ -211,23 +210,12 @@ def test_a_non_editable_install_runs_an_attack_and_the_explorer_from_another_fol
                              "127.0.0.1", "--server.port", str(port)], cwd=elsewhere, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while not healthy(url):
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"the explorer exited with {proc.returncode}:\n{log.read().decode(errors='replace')[-3000:]}")
-            assert time.monotonic() < deadline, f"the explorer did not answer {url}/_stcore/health in {STARTUP_S} s"
-            time.sleep(0.5)
+        wait_until_healthy(proc, url, log, STARTUP_S, what="the explorer")
         cmdline = Path(f"/proc/{proc.pid}/cmdline")
         if cmdline.exists():  # the console script became the server (exec), serving the installed app
             argv = cmdline.read_bytes().decode().split("\0")
             main = Path(argv[argv.index("run") + 1]).resolve()
             assert main.is_relative_to(venv_real) and main.parts[-4:] == ("tipcore", "_bundled", "app", "main.py")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=60)
+        stop_server(proc, 60)
         log.close()
