@@ -452,7 +452,17 @@ def cached_results(plan: list[tuple[str, Any]], images: np.ndarray | None, cache
 # Streamlit's toolbar Stop: the browser sends ``stop_script`` and the session asks its script run to stop.
 # When that arrives between two runs of the live panel (nearly always: a poll takes milliseconds), no
 # exception reaches the page, so the session's handler itself is wrapped to stop the session's job too.
-_TOOLBAR_STOP: dict[str, "weakref.ref[Job]"] = {}
+# When it interrupts a run of the live page (the run right after Run, for instance), that run drew only part
+# of the page, often nothing: the browser keeps the blank page and no poll is scheduled, so the hook asks for
+# one more run of the page, which shows the stopped job's results.
+@dataclass
+class _LivePage:
+    """A session showing the live page, and the job it shows (None: none yet)."""
+
+    job: "weakref.ref[Job] | None"
+
+
+_TOOLBAR_STOP: dict[str, _LivePage] = {}
 _TOOLBAR_LOCK = threading.Lock()
 
 
@@ -473,35 +483,40 @@ def install_toolbar_stop_hook() -> bool:
 
     def handle_stop_script_request(self: Any) -> None:
         with _TOOLBAR_LOCK:
-            ref = _TOOLBAR_STOP.pop(getattr(self, "id", None), None)
-        job = ref() if ref is not None else None
+            live = _TOOLBAR_STOP.pop(getattr(self, "id", None), None)
+        job = live.job() if live is not None and live.job is not None else None
         if job is not None and not job.done:
             log.info("toolbar Stop: stopping attack job %s", job.id)
             job.stop()
-        return original(self)
+        original(self)
+        client_state = getattr(self, "_client_state", None)  # the page the browser shows (as run-on-save uses)
+        if live is not None and client_state is not None:
+            self.request_rerun(client_state)
 
     handle_stop_script_request.tip_stops_jobs = True  # type: ignore[attr-defined]
     AppSession._handle_stop_script_request = handle_stop_script_request
     return True
 
 
-def stop_with_toolbar(job: Job | None) -> None:
-    """The toolbar Stop of the current session stops ``job`` (None: forget the session's job)."""
+def watch_toolbar_stop(on_live_page: bool, job: Job | None) -> None:
+    """Tell the toolbar hook what this session shows: on the live page, a toolbar Stop stops ``job`` (if any)
+    and redraws the page; elsewhere it is Streamlit's own Stop."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx(suppress_warning=True)
     if ctx is None:
         return
     with _TOOLBAR_LOCK:
-        if job is None or job.done:
+        if not on_live_page:
             _TOOLBAR_STOP.pop(ctx.session_id, None)
         else:
-            _TOOLBAR_STOP[ctx.session_id] = weakref.ref(job)
+            _TOOLBAR_STOP[ctx.session_id] = _LivePage(None if job is None or job.done else weakref.ref(job))
 
 
-def stop_on_script_stop(job: Job | None) -> Any:
-    """A context manager for a page that shows ``job``: Streamlit's toolbar Stop (and a closed session)
-    interrupt the script with ``StopException``; the job stops with it, then the exception goes on."""
+def stop_on_script_stop(job: Job | None | Callable[[], Job | None]) -> Any:
+    """A context manager for a page that shows a job: Streamlit's toolbar Stop (and a closed session)
+    interrupt the script with ``StopException``; the job stops with it, then the exception goes on.
+    ``job`` may be a function that returns the job when the stop arrives (a job started by this very run)."""
     import contextlib
 
     from streamlit.runtime.scriptrunner_utils.exceptions import StopException
@@ -511,9 +526,10 @@ def stop_on_script_stop(job: Job | None) -> Any:
         try:
             yield
         except StopException:
-            if job is not None and not job.done:
-                log.info("script stopped (toolbar Stop or session end): stopping attack job %s", job.id)
-                job.stop()
+            current = job() if callable(job) else job
+            if current is not None and not current.done:
+                log.info("script stopped (toolbar Stop or session end): stopping attack job %s", current.id)
+                current.stop()
             raise
 
     return guard()

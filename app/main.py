@@ -67,9 +67,10 @@ elif not warmup.ready:
         warmup.wait()
 
 # On the live page, Streamlit's toolbar Stop stops the session's attack: through the session's stop handler
-# (jobs.install_toolbar_stop_hook) and, when it interrupts a script run, through StopException.
+# (jobs.install_toolbar_stop_hook, which also redraws the interrupted page) and, when it interrupts a script
+# run, through StopException (the job looked up then: this very run may have started it).
 jobs.install_toolbar_stop_hook()
-job = st.session_state.get("job") if page.url_path == "live" else None
-jobs.stop_with_toolbar(job)
-with jobs.stop_on_script_stop(job):
+on_live_page = page.url_path == "live"
+jobs.watch_toolbar_stop(on_live_page, st.session_state.get("job") if on_live_page else None)
+with jobs.stop_on_script_stop(lambda: st.session_state.get("job") if on_live_page else None):
     page.run()

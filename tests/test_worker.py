@@ -348,7 +348,7 @@ def test_streamlit_stop_stops_the_job() -> None:
     assert job.stop_event.is_set()
 
 
-def test_toolbar_stop_between_script_runs_stops_the_sessions_job() -> None:
+def test_toolbar_stop_between_script_runs_stops_the_sessions_job_and_redraws_the_page() -> None:
     pytest.importorskip("streamlit")
     import types
     import weakref
@@ -360,13 +360,41 @@ def test_toolbar_stop_between_script_runs_stops_the_sessions_job() -> None:
     assert jobs.install_toolbar_stop_hook() and jobs.install_toolbar_stop_hook()  # once, idempotent
     job = jobs.Job(plan=[("none", None)], images=None, slots=None, iterations=10)
     other = jobs.Job(plan=[("none", None)], images=None, slots=None, iterations=10)
-    asked: list[str] = []
-    jobs._TOOLBAR_STOP["session-a"] = weakref.ref(job)
-    jobs._TOOLBAR_STOP["session-b"] = weakref.ref(other)
-    session = types.SimpleNamespace(id="session-a", request_script_stop=lambda: asked.append("stop"))
-    AppSession._handle_stop_script_request(session)  # what the browser's stop_script message calls
-    assert job.stop_event.is_set() and not other.stop_event.is_set() and asked == ["stop"]
+    asked: list[object] = []
+    jobs._TOOLBAR_STOP["session-a"] = jobs._LivePage(weakref.ref(job))
+    jobs._TOOLBAR_STOP["session-b"] = jobs._LivePage(weakref.ref(other))
+    jobs._TOOLBAR_STOP["session-c"] = jobs._LivePage(None)  # the live page, no job yet (Run just pressed)
+
+    def session(name: str) -> types.SimpleNamespace:
+        return types.SimpleNamespace(id=name, _client_state=f"state-{name}",
+                                     request_script_stop=lambda: asked.append(("stop", name)),
+                                     request_rerun=lambda state: asked.append(("rerun", state)))
+
+    AppSession._handle_stop_script_request(session("session-a"))  # what the browser's stop_script message calls
+    assert job.stop_event.is_set() and not other.stop_event.is_set()
+    # the interrupted run of the live page may have drawn nothing: the page is run once more, as the browser shows it
+    assert asked == [("stop", "session-a"), ("rerun", "state-session-a")]
+    asked.clear()
+    AppSession._handle_stop_script_request(session("session-c"))
+    assert asked == [("stop", "session-c"), ("rerun", "state-session-c")] and not other.stop_event.is_set()
+    asked.clear()
+    AppSession._handle_stop_script_request(session("session-d"))  # another page: Streamlit's own Stop, no redraw
+    assert asked == [("stop", "session-d")]
     jobs._TOOLBAR_STOP.pop("session-b")
+
+
+def test_script_stop_stops_a_job_started_by_the_interrupted_run() -> None:
+    pytest.importorskip("streamlit")
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from app import jobs
+
+    started: dict[str, jobs.Job] = {}
+    with pytest.raises(StopException):
+        with jobs.stop_on_script_stop(lambda: started.get("job")):
+            started["job"] = jobs.Job(plan=[("none", None)], images=None, slots=None, iterations=10)
+            raise StopException()  # the toolbar Stop lands after the page's Run started the job
+    assert started["job"].stop_event.is_set()
 
 
 def test_job_answers_from_the_cache_without_a_slot(worker_events: list, tmp_path: Path) -> None:

@@ -131,6 +131,7 @@ if run_clicked and image is not None and not running:
         st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
         st.session_state["job_image"] = (image.caption, image.image)
         st.session_state.pop("results", None)
+        jobs.watch_toolbar_stop(True, job)  # a toolbar Stop from now on stops this job
         job.start()
         running = True
         st.rerun()  # redraw: Run disabled, the live panel with its Stop button
@@ -168,7 +169,8 @@ def _live_panel_body(job: jobs.Job) -> None:
         st.progress(0, text=f"Waiting for a free attack slot: {slots.active} of {slots.capacity} running on this "
                             f"server{f', {ahead} run(s) queued ahead of yours' if ahead else ''}; {when}.")
     else:
-        text = f"{defense_label(job.current or '')}: {job.activity()} · "
+        doing = job.activity()  # before the worker names its first defense, the line says what it waits for
+        text = (f"{defense_label(job.current)}: {doing} · " if job.current else f"{doing[:1].upper()}{doing[1:]} · ")
         text += f"about {fmt_seconds(eta)} left (measured speed)" if eta is not None else "measuring the speed"
         st.progress(min(max(frac, 0.0), 1.0), text=f"{text} · {fmt_seconds(job.elapsed_s or 0)} so far")
     for row in rows_of(job.plan, PER_ROW):
