@@ -155,8 +155,8 @@ def punchline(iterations: int = 300, *, should_stop: StopHook = never_stop) -> G
                         "psnr": record.scores.psnr, "ssim": record.scores.ssim,
                         "label_true": record.prepared.labels[0], "label_pred": record.result.labels[0],
                         "analysis": _plain(dict(record.analysis)), "image": record.result.images[0]})
-        if flags_channels(record.result) and defense.startswith("tip"):
-            channels = _channel_views(record)
+        if flags_channels(record.result):  # the views need the defense's record of what it noised (TIP's)
+            channels = _channel_views(record) or channels
         yield watch.event("punchline", i + 1, total, "entry",
                           f"{defense}/{attack}: psnr {record.scores.psnr:.2f} ssim {record.scores.ssim:.3f}")
     SHOWCASE_DIR.mkdir(parents=True, exist_ok=True)
