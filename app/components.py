@@ -12,9 +12,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-# Re-exported for the views: pictures (app.images) and display names (app.labels) live in their own modules,
-# so that app.resources can use the first and this module needs no engine lookup of its own.
-from app.images import png, to_uint8, upscale  # noqa: F401
+# Re-exported for the views: pictures (tipcore.common.pictures, numpy and Pillow only) and display names
+# (app.labels) live in their own modules, so that app.resources can use the first and this module needs no
+# engine lookup of its own.
+from tipcore.common.pictures import png_bytes, to_uint8, upscale  # noqa: F401
 from app.labels import (  # noqa: F401
     ATTACK_LABELS, MODEL_LABELS, adaptive_labels, attack_label, defense_label, defense_labels, split_attack,
 )
@@ -54,8 +55,6 @@ def _wrap(draw: object, text: str, font: object, width: int) -> list[str]:
 def comparison_png(panels: Sequence[tuple[str, str, np.ndarray]], scale: int = 5, per_row: int = 4) -> bytes:
     """PNG of labelled panels: each (title, subtitle, (H, W, 3) image in [0, 1]) with its title above and its
     subtitle (e.g. PSNR and SSIM) below, in rows of at most ``per_row``. Pixels stay pixels."""
-    import io
-
     from PIL import Image, ImageDraw, ImageFont
 
     panels = list(panels)
@@ -84,9 +83,7 @@ def comparison_png(panels: Sequence[tuple[str, str, np.ndarray]], scale: int = 5
             canvas.paste(Image.fromarray(pics[i]), (x, y + top))
             for n, text in enumerate(subs[i]):
                 draw.text((x, y + top + side_h + 4 + n * line), text, fill="#333333", font=small)
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(canvas)
 
 
 def fmt_seconds(seconds: float | None) -> str:

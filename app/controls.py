@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"]
 DELTAS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
-TIP_FAMILY = ("tip", "tip_random", "tip_fullband")
+TIP_FAMILY = state.TIP_FAMILY
 MAX_ITERATIONS = 5000
 LBFGS_ATTACKS = ("dlg", "idlg")
 LBFGS_EVALS_PER_STEP = 20  # DLGConfig.evals_per_step default: closure evaluations per L-BFGS step
@@ -366,47 +366,39 @@ def other_defense_picker() -> None:
         )
 
 
-HAND_MADE = (*TIP_FAMILY, "none", "dp", "dp_paper", "prune", "soteria")  # defenses with their own widgets above
+HAND_MADE = state.HAND_MADE  # defenses with their own widgets above
 
 
 def generated_defense_pickers(names: Sequence[str]) -> None:
     """Widgets for a chosen defense this page has no hand-made controls for, one per knob its config
-    declares (tipcore.common.knobs): a new defense shows up with its options and nothing here to edit."""
+    declares (tipcore.common.knobs): a new defense shows up with its options and nothing here to edit.
+    Their values live in ``Settings.defense_opts`` (so they survive page switches and share links)."""
     reg = resources.registries()["defenses"]
     for name in names:
         if name in HAND_MADE or name not in reg:
             continue
         with st.sidebar.expander(f"{defense_label(name)} options"):
             for k in reg[name]["knobs"]:
-                if k["role"] in ("budget", "clip"):
-                    continue  # the shared budget and the round's clip
-                key = _generated_key(name, k["name"])
+                if not state.generated(k):
+                    continue  # the shared budget, the round's clip, and kinds no widget shows
                 label, help_text = k["label"], f"{k['help']}{' ' + k['range'] if k['range'] else ''}"
                 default = k["default"]
                 if k["kind"] == "bool":
-                    st.checkbox(label, value=bool(default), key=key, help=help_text)
+                    state.bind_option(st.checkbox, label, name, k["name"], default, help=help_text)
                 elif k["kind"] == "choice":
-                    st.selectbox(label, k["choices"], index=k["choices"].index(default), key=key, help=help_text)
-                elif k["kind"] in ("int", "float") and default is not None:
+                    state.bind_option(st.selectbox, label, name, k["name"], default, options=k["choices"],
+                                      help=help_text)
+                else:
                     number = int if k["kind"] == "int" else float
                     bounds = {b: number(k[b]) for b in ("low", "high") if k[b] is not None}
-                    st.number_input(label, value=number(default), min_value=bounds.get("low"),
-                                    max_value=bounds.get("high"), key=key, help=help_text)
+                    state.bind_option(st.number_input, label, name, k["name"], number(default),
+                                      min_value=bounds.get("low"), max_value=bounds.get("high"), help=help_text)
 
 
-def _generated_key(defense: str, knob: str) -> str:
-    return f"defense_opt.{defense}.{knob}"
-
-
-def generated_options(name: str) -> dict[str, Any]:
-    """The values of ``generated_defense_pickers``' widgets for one defense (defaults until touched)."""
-    reg = resources.registries()["defenses"].get(name, {})
-    out = {}
-    for k in reg.get("knobs", []):
-        key = _generated_key(name, k["name"])
-        if key in st.session_state:
-            out[k["name"]] = st.session_state[key]
-    return out
+def generated_options(s: state.Settings, name: str) -> dict[str, Any]:
+    """The options of a defense drawn by ``generated_defense_pickers``, from the settings (defaults where
+    the visitor changed nothing)."""
+    return s.defense_opts.of(name, resources.registries()["defenses"].get(name, {}).get("knobs", []))
 
 
 # ------------------------------------------------------------------------------------------ attack
@@ -499,7 +491,7 @@ def defense_options(s: state.Settings, name: str) -> dict[str, Any]:
     elif name == "soteria":
         opts = dict(ratio=float(s.soteria_ratio))
     elif name not in HAND_MADE:
-        opts = generated_options(name)
+        opts = generated_options(s, name)
     else:
         opts = {}
     if name in defenses.DEFENSES:

@@ -403,7 +403,7 @@ def results_of(job_id: str, plan: list[tuple[str, Any]], outcomes: dict[str, Any
                errors: dict[str, str], stopped: bool, settings: Any, image_caption: str, dataset: str,
                elapsed_s: float | None = None, waited_s: float = 0.0, keys: RunKeys = ()) -> Results | None:
     """Finished runs (worker or cache) as plain results (bytes for downloads computed once)."""
-    from tipcore.pipeline import experiment
+    from tipcore.common.pictures import image_grid, png_bytes
     from tipcore.explorer import worker
 
     names = [name for name, _ in plan]
@@ -416,7 +416,7 @@ def results_of(job_id: str, plan: list[tuple[str, Any]], outcomes: dict[str, Any
         return None
     original = np.asarray(done[0].original)
     row = np.concatenate([original[:1]] + [d.images[:1] for d in out])
-    grid = experiment.png_bytes(experiment.image_grid([row], scale=4))
+    grid = png_bytes(image_grid([row], scale=4))
     skipped = tuple(n for n in names if n not in outcomes and n not in errors)
     return Results(job_id, original, image_caption, int(done[0].num_classes), dataset, tuple(out), dict(errors),
                    skipped, stopped, settings, worker.metrics_csv(done), grid, elapsed_s, waited_s, tuple(keys))

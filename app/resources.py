@@ -291,13 +291,13 @@ def sample_image(sample_id: str) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=512)
 def thumbnail_png(sample_id: str, scale: int = 3) -> bytes:
     """A nearest-neighbour upscaled thumbnail, encoded once (PNG bytes are cheap to send on reruns)."""
-    from app.images import png
+    from tipcore.common.pictures import png_bytes
 
-    return png(upscale_sample(sample_id, scale))
+    return png_bytes(upscale_sample(sample_id, scale))
 
 
 def upscale_sample(sample_id: str, scale: int) -> np.ndarray:
-    from app.images import upscale
+    from tipcore.common.pictures import upscale
 
     return upscale(sample_image(sample_id), scale)
 

@@ -5,25 +5,111 @@
 * ``bind(...)`` draws a widget whose value lives in a ``Settings`` field (widget key ``w_<field>``): the
   widget's latest value is pulled into the settings, checked against the options on offer, and pushed back
   before the widget is drawn, so values survive page switches and invalid values never reach a widget.
+* ``bind_option(...)`` does the same for a widget generated from a defense's knob (``controls``
+  draws one per knob of a defense without hand-made controls): its value lives in ``Settings.defense_opts``.
 * ``apply(**changes)`` changes settings from a callback (presets, gallery clicks) and keeps widgets in step.
 * ``publish()`` writes the non-default settings into ``st.query_params``.
 
-Of tipcore only the torch-free text parser is used here; validation against the engine's registries
-happens in ``controls``.
+Of tipcore only torch-free parts are used here: the text parser, and for ``defense_opts`` the defenses'
+registry and knob declarations (a knob's value in a link is read with that knob's own type and range).
+Validation of the other fields against the engine's registries happens in ``controls``.
 """
 
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import streamlit as st
 
-from tipcore.common.parsing import describe, parse_typed
+from tipcore.common.parsing import describe, parse_field, parse_typed
 
 SETTINGS_KEY = "settings"
 WIDGET_PREFIX = "w_"
+OPTION_PREFIX = WIDGET_PREFIX + "defense_opts."  # + "<defense>.<knob>": a generated widget's key
+
+TIP_FAMILY = ("tip", "tip_random", "tip_fullband")
+# Defenses whose options are Settings fields of their own (TIP's ratio, cutoff, noise, beta; the pruning and
+# Soteria ratios; the shared budget): every other defense gets generated widgets, kept in ``defense_opts``.
+HAND_MADE = (*TIP_FAMILY, "none", "dp", "dp_paper", "prune", "soteria")
+GENERATED_KINDS = ("bool", "choice", "int", "float")  # the kinds of knob a generated widget can show
+MAX_OPTIONS = 64  # entries of defense_opts a link may carry
+
+
+def generated(row: Mapping[str, Any]) -> bool:
+    """Whether a generated widget is drawn for this knob (a row of ``tipcore.common.knobs.table``): not the
+    shared budget or the round's clip, and a kind a widget can show (a number needs a default)."""
+    if row["role"] in ("budget", "clip") or row["kind"] not in GENERATED_KINDS:
+        return False
+    return row["kind"] in ("bool", "choice") or row["default"] is not None
+
+
+@dataclass(frozen=True)
+class KnobValues:
+    """The generated widgets' values that differ from their knob's default: sorted (defense, knob, value)
+    triples. In a link: ``defense.knob:value`` entries joined by commas, e.g. ``toy_bits.bits:4``."""
+
+    items: tuple[tuple[str, str, Any], ...] = ()
+
+    def get(self, defense: str, knob: str, default: Any = None) -> Any:
+        for d, k, v in self.items:
+            if (d, k) == (defense, knob):
+                return v
+        return default
+
+    def with_value(self, defense: str, knob: str, value: Any, default: Any) -> "KnobValues":
+        """These values with ``defense.knob`` set to ``value`` (dropped when it is the default)."""
+        rest = [(d, k, v) for d, k, v in self.items if (d, k) != (defense, knob)]
+        if value != default:
+            rest.append((defense, knob, value))
+        return KnobValues(tuple(sorted(rest, key=lambda e: (e[0], e[1]))))
+
+    def of(self, defense: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Every generated knob of ``defense`` (``rows``: its ``knobs.table``) with its value here or its default."""
+        return {r["name"]: self.get(defense, r["name"], r["default"]) for r in rows if generated(r)}
+
+    def to_text(self) -> str:
+        return ",".join(f"{d}.{k}:{_format(v)}" for d, k, v in self.items)
+
+    def __str__(self) -> str:
+        return self.to_text() or "defaults"
+
+    @classmethod
+    def parse(cls, text: str) -> tuple["KnobValues", list[str]]:
+        """Values from a link's text, each read with its knob's own type and range; returns the values and
+        one message per ignored entry (unknown defense or knob, bad value)."""
+        out = cls()
+        problems: list[str] = []
+        entries = [e.strip() for e in text.split(",") if e.strip()]
+        if len(entries) > MAX_OPTIONS or len(text) > MAX_OPTIONS * MAX_TEXT:
+            return out, [f"more than {MAX_OPTIONS} entries or too long"]
+        for entry in entries:
+            try:
+                defense, knob, value, default = _knob_value(entry)
+            except ValueError as exc:
+                problems.append(f"entry {entry[:MAX_TEXT]!r}: {exc}")
+            else:
+                out = out.with_value(defense, knob, value, default)
+        return out, problems
+
+
+def _knob_value(entry: str) -> tuple[str, str, Any, Any]:
+    """(defense, knob, value, default) of one ``defense.knob:value`` entry."""
+    from tipcore import defenses
+    from tipcore.common import knobs
+
+    name, sep, text = entry.partition(":")
+    defense, dot, knob = name.partition(".")
+    if not sep or not dot or not defense or not knob:
+        raise ValueError("expected defense.knob:value")
+    spec = defenses.DEFENSES.get(defense)
+    if spec is None or defense in HAND_MADE:
+        raise ValueError(f"no defense '{defense}' with generated options")
+    rows = {r["name"]: r for r in knobs.table(spec.config_cls) if generated(r)}
+    if knob not in rows:
+        raise ValueError(f"{defense} has no option '{knob}'; known: {', '.join(rows) or 'none'}")
+    return defense, knob, parse_field(spec.config_cls, knob, text), rows[knob]["default"]
 
 
 @dataclass
@@ -60,6 +146,8 @@ class Settings:
     iterations: int = 50
     seed: int = 0
     labels_known: bool = False
+    # generated widgets' values (defenses without hand-made controls), only those off their default
+    defense_opts: KnobValues = field(default_factory=KnobValues)
     # "How TIP works" view
     layer: str = ""  # "" : the first conv layer
     channel: int = -1  # -1: the first selected channel of the layer
@@ -84,6 +172,10 @@ class Settings:
         for key, raw in params.items():
             if key not in names:
                 continue  # other parameters (e.g. Streamlit's own) are not ours to judge
+            if hints[key] is KnobValues:
+                s.defense_opts, bad = KnobValues.parse(str(raw))
+                problems += [f"ignored URL parameter {key}, {why}" for why in bad]
+                continue
             try:
                 setattr(s, key, _parse(hints[key], str(raw)))
             except ValueError as exc:
@@ -125,6 +217,8 @@ def _format(value: Any) -> str:
         return ",".join(str(v) for v in value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, KnobValues):
+        return value.to_text()
     return str(value)
 
 
@@ -170,6 +264,10 @@ def apply(**changes: Any) -> None:
     s = current()
     for name, value in changes.items():
         setattr(s, name, value)
+        if isinstance(value, KnobValues):  # the generated widgets take their values from the settings again
+            for key in [k for k in st.session_state if str(k).startswith(OPTION_PREFIX)]:
+                del st.session_state[key]
+            continue
         st.session_state[widget_key(name)] = _to_widget(value)
 
 
@@ -227,6 +325,25 @@ def bind(
     return getattr(s, name)
 
 
+def option_key(defense: str, knob: str) -> str:
+    return f"{OPTION_PREFIX}{defense}.{knob}"
+
+
+def bind_option(widget: Callable[..., Any], label: str, defense: str, knob: str, default: Any, **kwargs: Any) -> Any:
+    """Draw ``widget(label, ...)`` bound to ``defense``'s knob ``knob`` in ``Settings.defense_opts`` (as
+    ``bind`` does for a field: the widget's latest value is pulled in, the settings' value pushed back
+    before drawing) and return the value; ``default`` is the knob's declared default."""
+    s = current()
+    key = option_key(defense, knob)
+    if key in st.session_state:
+        s.defense_opts = s.defense_opts.with_value(defense, knob, _from_widget(default, st.session_state[key]),
+                                                   default)
+    value = s.defense_opts.get(defense, knob, default)
+    st.session_state[key] = value
+    widget(label, key=key, **kwargs)
+    return value
+
+
 def _from_widget(old: Any, new: Any) -> Any:
     if isinstance(old, tuple):
         return tuple(new or ())
@@ -245,6 +362,6 @@ def snapshot() -> Settings:
 
 
 __all__ = [
-    "Settings", "presets", "current", "apply", "apply_preset", "bind", "publish", "snapshot", "url_problems",
-    "widget_key",
+    "Settings", "KnobValues", "presets", "current", "apply", "apply_preset", "bind", "bind_option", "option_key",
+    "generated", "publish", "snapshot", "url_problems", "widget_key", "HAND_MADE", "TIP_FAMILY",
 ]

@@ -182,6 +182,66 @@ def test_toy_defense_appears_in_the_apps_defense_picker_with_its_knobs(toy) -> N
     assert "Shrink factor" in labels and "Repeats" in labels
 
 
+def _live_app(query: dict[str, str] | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page("views/live.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _link(at) -> dict[str, str]:
+    params = {k: at.query_params[k] for k in at.query_params}
+    return {k: v[0] if isinstance(v, list) else v for k, v in params.items()}
+
+
+def _knob_input(at, label: str):
+    found = [w for w in at.number_input if w.label == label]
+    assert len(found) == 1, [w.label for w in at.number_input]
+    return found[0]
+
+
+def test_a_generated_widgets_value_lives_in_the_settings_the_share_link_and_the_run(toy) -> None:
+    pytest.importorskip("streamlit")
+    from app import controls, resources
+    from app.state import Settings
+
+    at = _live_app()
+    at.multiselect(key="w_defenses").set_value(["none", "toy_scale"]).run()
+    _knob_input(at, "Repeats").set_value(3).run()  # the toy's integer knob
+    assert not at.exception, [e.value for e in at.exception]
+    # It is in the share link, compactly (the untouched shrink stays out), and the link reads back to the
+    # same settings, the integer as an integer.
+    link = _link(at)
+    assert link.get("defense_opts") == "toy_scale.rounds:3"
+    s = at.session_state["settings"]
+    back, problems = Settings.from_query(link)
+    assert problems == [] and back == s and type(back.defense_opts.get("toy_scale", "rounds")) is int
+    # It survives a page switch (Streamlit forgets a widget that is not drawn; the settings do not).
+    at.switch_page("views/tip.py").run()
+    at.switch_page("views/live.py").run()
+    assert _knob_input(at, "Repeats").value == 3 and _link(at).get("defense_opts") == "toy_scale.rounds:3"
+    # Reopening the link restores the widget, and the run's RunSpec carries the value.
+    again = _live_app(link)
+    assert _knob_input(again, "Repeats").value == 3
+    item = resources.gallery_item(again.session_state["settings"].image_id)
+    image = controls.ImageChoice(key=item.id, image=None, label=item.label, dataset=item.dataset, num_classes=10,
+                                 caption="", gallery_id=item.id)
+    plan = dict(controls.build_plan(again.session_state["settings"], image))
+    assert plan["toy_scale"].defense_cfg == {"shrink": 0.5, "rounds": 3}
+    # A bad value in a link is a message, read with the knob's own type and range; the rest of it holds.
+    bad = _live_app({"defenses": "none,toy_scale", "defense_opts": "toy_scale.rounds:9,toy_scale.shrink:0.25,"
+                                                                   "toy_scale.rounds:1.5,toy_scale.volume:2,nope"})
+    warnings = " ".join(w.value for w in bad.warning)
+    assert "rounds must be in [1, 5]" in warnings and "rounds expects an integer" in warnings
+    assert "no option 'volume'" in warnings and "expected defense.knob:value" in warnings
+    assert _knob_input(bad, "Repeats").value == 1 and _knob_input(bad, "Shrink factor").value == 0.25
+
+
 # ----------------------------------------------------------------------------- the declarations themselves
 
 def test_roles_drive_budget_clip_and_strength() -> None:

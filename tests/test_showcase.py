@@ -33,3 +33,22 @@ def test_privacy_curves_cover_the_sweep_grid_for_both_attackers():
         assert all(np.isfinite(p["psnr"]) and 0 <= p["accuracy"] <= 1 for p in points)
     assert curves["reference"]["random_psnr"] < curves["reference"]["grey_psnr"]
     build_parser().parse_args(shlex.split(curves["command"])[3:])
+
+
+def test_the_picture_helper_writes_the_committed_showcase_pngs_byte_for_byte(tmp_path):
+    """tipcore.common.pictures is the one PNG path (showcase, TIP grid, artifacts, app): a committed asset read
+    and written again gives its exact bytes, so moving or changing the helper cannot silently change them."""
+    from tipcore.common import pictures
+
+    files = sorted(showcase.SHOWCASE_DIR.glob("punchline_*.png"))
+    assert len(files) == len(showcase.PUNCHLINE_ENTRIES) + 1  # every entry and the original
+    for path in files:
+        image = pictures.load_png(path)
+        assert image.dtype == np.float32 and image.shape == (32, 32, 3)
+        pictures.save_png(tmp_path / path.name, image)
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+        assert pictures.png_bytes(pictures.to_uint8(image)) == path.read_bytes()
+    # A grid is its images upscaled pixel for pixel on white, as the artifacts have always drawn it.
+    grid = pictures.image_grid([np.stack([pictures.load_png(files[0])] * 2)], scale=3, pad=2)
+    assert grid.shape == (2 + 96 + 2, 2 + 2 * (96 + 2), 3) and (grid[0] == 255).all()
+    assert np.array_equal(grid[2:98, 2:98], pictures.upscale(pictures.load_png(files[0]), 3))

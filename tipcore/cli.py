@@ -291,7 +291,8 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
     from tipcore import attacks
     from tipcore.federation import recorded
     from tipcore.attacks.base import flagged_channels, flags_channels
-    from tipcore.pipeline.experiment import environment, image_grid, png_bytes, strict_json
+    from tipcore.common.pictures import image_grid, png_bytes
+    from tipcore.pipeline.experiment import environment, strict_json
     from tipcore.common.progress import drive
     from tipcore.common.seeding import generator, pick_device
 

@@ -106,7 +106,7 @@ with top_right:
     problem = (controls.image_problem(s, image) if image is not None else None) or controls.clip_problem(s, s.defenses)
     if problem:
         st.error(problem)
-    if s.adaptive == "none" and any(d.startswith("tip") for d in s.defenses):
+    if s.adaptive == "none" and any(d in controls.TIP_FAMILY for d in s.defenses):
         st.caption("The attacker is naive: it matches TIP's noise too. Set **Attacker knows the defense** to "
                    "*drops the noised channels* to see what an attacker who adapts to TIP gets.")
     if not s.defenses:

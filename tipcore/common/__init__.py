@@ -1,1 +1,1 @@
-"""What every layer shares: frozen-config helpers, knobs, parsing, seeds, progress events, threads."""
+"""What every layer shares: frozen-config helpers, knobs, parsing, seeds, progress events, threads, pictures."""

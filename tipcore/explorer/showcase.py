@@ -22,6 +22,7 @@ import numpy as np
 
 from tipcore.federation import data
 from tipcore.common import bundle
+from tipcore.common.pictures import load_png, save_png
 from tipcore.common.progress import Event, StopHook, Stopped, Stopwatch, drive, never_stop, within
 
 if TYPE_CHECKING:
@@ -58,18 +59,6 @@ def _attack_config(image_id: str, defense: str, options: dict[str, Any], iterati
 
 def _punch_file(defense: str, attack: str) -> str:
     return f"punchline_{defense}.png" if attack == "idlg" else f"punchline_{defense}_{attack}.png"
-
-
-def _save_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
-
-
-def _load_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
 
 
 @dataclass(frozen=True)
@@ -166,14 +155,14 @@ def punchline(iterations: int = 300, *, should_stop: StopHook = never_stop) -> G
                         "psnr": record.scores.psnr, "ssim": record.scores.ssim,
                         "label_true": record.prepared.labels[0], "label_pred": record.result.labels[0],
                         "analysis": _plain(dict(record.analysis)), "image": record.result.images[0]})
-        if flags_channels(record.result) and defense.startswith("tip"):
-            channels = _channel_views(record)
+        if flags_channels(record.result):  # the views need the defense's record of what it noised (TIP's)
+            channels = _channel_views(record) or channels
         yield watch.event("punchline", i + 1, total, "entry",
                           f"{defense}/{attack}: psnr {record.scores.psnr:.2f} ssim {record.scores.ssim:.3f}")
     SHOWCASE_DIR.mkdir(parents=True, exist_ok=True)
     for entry in entries:
-        _save_png(SHOWCASE_DIR / entry["file"], entry.pop("image"))
-    _save_png(SHOWCASE_DIR / "punchline_original.png", record.prepared.images[0])
+        save_png(SHOWCASE_DIR / entry["file"], entry.pop("image"))
+    save_png(SHOWCASE_DIR / "punchline_original.png", record.prepared.images[0])
     settings = {**record.config.to_dict(), "defense": "see entries", "attack": "see entries",
                 "defense_cfg": "epsilon=5, delta=1e-5"}
     meta = {"image_id": PUNCHLINE_IMAGE, "command": PUNCHLINE_COMMAND, "entries": entries,
@@ -194,13 +183,13 @@ def load_punchline() -> Punchline | None:
     meta = json.loads(path.read_text())
     sample = data.get_sample(meta["image_id"])
     entries = tuple(
-        PunchEntry(e["defense"], e["title"], _load_png(SHOWCASE_DIR / e["file"]), e["psnr"], e["ssim"],
+        PunchEntry(e["defense"], e["title"], load_png(SHOWCASE_DIR / e["file"]), e["psnr"], e["ssim"],
                    e["label_true"], e["label_pred"], e.get("attack", "idlg"), dict(e.get("analysis") or {}))
         for e in meta["entries"]
     )
     channels = tuple(ChannelView(c["layer"], tuple(float(v) for v in c["roughness"]), tuple(c["noised"]),
                                  tuple(c["flagged"])) for c in meta.get("channels", ()))
-    return Punchline(_load_png(SHOWCASE_DIR / "punchline_original.png"), sample.class_name, entries,
+    return Punchline(load_png(SHOWCASE_DIR / "punchline_original.png"), sample.class_name, entries,
                      meta["command"], meta["settings"], channels)
 
 

@@ -141,7 +141,8 @@ def build(cfg: TipGridConfig, work_dir: str | Path = WORK_DIR, out_dir: str | Pa
     ``tip_grid.npz`` into ``out_dir`` (assets/showcase by default). Stopped: finished cells are kept, nothing
     is written to ``out_dir`` and None is returned."""
     from tipcore.pipeline.experiment import stream_comparison
-    from tipcore.explorer.showcase import SHOWCASE_DIR, _save_png
+    from tipcore.common.pictures import save_png
+    from tipcore.explorer.showcase import SHOWCASE_DIR
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,7 @@ def build(cfg: TipGridConfig, work_dir: str | Path = WORK_DIR, out_dir: str | Pa
         share = (time.perf_counter() - t0) / len(records)
         for setting, record in zip(group, records):
             name = _cell_file(image, attack, setting)
-            _save_png(work / "cells" / name, record.result.images[0])
+            save_png(work / "cells" / name, record.result.images[0])
             detection = record.analysis.get("detection") or {}
             table.append({"image": image, "attack": attack, "attacker": kind, **setting,
                           "beta": record.prepared.diagnostics.summary.get("beta"),
@@ -195,7 +196,7 @@ def _layers() -> list[dict[str, Any]]:
 
 
 def write(cfg: TipGridConfig, table: ResumableTable, work: Path, out: Path) -> Path:
-    from tipcore.explorer.showcase import _load_png
+    from tipcore.common.pictures import load_png
 
     cells, pixels, seconds = [], [], 0.0
     for image in cfg.images:
@@ -203,7 +204,7 @@ def write(cfg: TipGridConfig, table: ResumableTable, work: Path, out: Path) -> P
             for setting in cfg.settings():
                 row = table.select(image=image, attack=attack, **setting)[0]
                 seconds += float(row["seconds"])
-                picture = _load_png(work / "cells" / row["file"])
+                picture = load_png(work / "cells" / row["file"])
                 pixels.append(np.round(picture * 255).astype(np.uint8))
                 cells.append({"image": image, "attack": attack, "attacker": kind, **setting,
                               "beta": _num(row["beta"]), "psnr": float(row["psnr"]), "ssim": float(row["ssim"]),

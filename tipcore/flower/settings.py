@@ -18,9 +18,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from tipcore import defenses
-from tipcore.defenses.tip import TIP
 from tipcore.federation.fl import MAX_BATCH
-from tipcore.signals.saliency import resolve_layers
 
 
 @dataclass(frozen=True)
@@ -94,11 +92,12 @@ def defense_options(name: str, options: str | Mapping[str, Any] | None, clip: fl
 def check_defense(name: str, options: str | Mapping[str, Any] | None, clip: float,
                   model: nn.Module | None = None) -> defenses.base.Defense:
     """Build the defense (unknown name or option: ValueError) and, given the model, check that it applies:
-    TIP and its ablations need conv layers (of the configured ``layers``)."""
+    whatever the defense declares by its ``check_model`` (TIP and its ablations: conv layers of the configured
+    ``layers``)."""
     defense = defenses.create(name, defense_options(name, options, clip))
-    if model is not None and isinstance(defense, TIP):
+    if model is not None:
         try:
-            resolve_layers(model, defense.config.layers)
+            defenses.check_model(defense, model)
         except ValueError as err:
             raise ValueError(f"defense '{name}' cannot protect this model: {err}") from None
     return defense

@@ -28,6 +28,7 @@ from tipcore.attacks.base import AttackResult, Snapshot, flagged_channels, flags
 from tipcore.common.config import from_dict
 from tipcore.defenses.base import DefenseDiagnostics
 from tipcore.common.files import read_json, read_regular
+from tipcore.common.pictures import image_grid, png_bytes
 from tipcore.federation.fl import MAX_BATCH, AttackerCapabilities, RoundConfig, ServerView, SharedUpdate, client_update
 from tipcore.pipeline.outputs import StagedOutput
 from tipcore.pipeline.runspec import SCHEMA_VERSION, RunSpec, pixel_digest, validate_pixels
@@ -269,27 +270,6 @@ def run(cfg: RunSpec, images: np.ndarray | None = None, *, should_stop: StopHook
 
 
 # ---------------------------------------------------------------- artifacts (one format for CLI and app)
-
-def image_grid(rows: list[np.ndarray], scale: int = 4, pad: int = 2) -> np.ndarray:
-    """Rows of (N, H, W, 3) images into one uint8 picture, upscaled nearest-neighbour (pixels stay pixels)."""
-    rows = [np.asarray(r, dtype=np.float32) for r in rows]
-    h, w = rows[0].shape[1] * scale, rows[0].shape[2] * scale
-    cols = max(len(r) for r in rows)
-    canvas = np.ones((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), dtype=np.float32)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            big = np.kron(np.clip(img, 0, 1), np.ones((scale, scale, 1), dtype=np.float32))
-            canvas[pad + i * (h + pad): pad + i * (h + pad) + h, pad + j * (w + pad): pad + j * (w + pad) + w] = big
-    return (canvas * 255 + 0.5).astype(np.uint8)
-
-
-def png_bytes(picture: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(picture).save(buf, format="PNG")
-    return buf.getvalue()
-
 
 def result_dict(record: RunRecord) -> dict[str, Any]:
     p, r, s = record.prepared, record.result, record.scores

@@ -28,7 +28,7 @@ from typing import Any, Generator, Mapping
 
 import numpy as np
 
-from tipcore import attacks
+from tipcore import attacks, defenses
 from tipcore.studies.cells import (
     ATTACK_MODEL, ATTACK_ROUND, DefenseSetting, UtilityProtocol, UtilityStore, adaptive_attacks, attack_cells,
     attack_config, best_per_image, chunks, cifar10_ids, converged_round, mean_std, reference_psnr, strength_at_budget,
@@ -93,7 +93,10 @@ def settings_for(model: str, round_cfg: RoundConfig, rows: tuple[RowSpec, ...] =
     return out
 
 
-MATCHED_DP = tuple((f"dp_paper z={z:g}", DefenseSetting("dp_paper", "sigma", z)) for z in DECADES)
+MATCHED_DP_DEFENSE = "dp_paper"  # the DP that TIP is compared with at matched utility, at each relative noise z
+MATCHED_DP = tuple((f"{MATCHED_DP_DEFENSE} z={z:g}",
+                    DefenseSetting(MATCHED_DP_DEFENSE, defenses.DEFENSES[MATCHED_DP_DEFENSE].noise_knob()[0], z))
+                   for z in DECADES)  # the knob is the defense's declared noise scale (its sigma)
 
 
 @dataclass(frozen=True)
