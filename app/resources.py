@@ -75,10 +75,24 @@ class EngineWarmup:
         return self._core.wait(timeout)
 
 
-@st.cache_resource(show_spinner=False)
+_WARMUP: EngineWarmup | None = None
+_WARMUP_LOCK = threading.Lock()
+
+
 def engine_warmup() -> EngineWarmup:
-    """Started by the first script run of the server process (any page), shared by every session."""
-    return EngineWarmup()
+    """The server process's engine loader, started by the first call (an engine page, or the end of the first
+    page drawn from assets), shared by every session."""
+    global _WARMUP
+    with _WARMUP_LOCK:
+        if _WARMUP is None:
+            _WARMUP = EngineWarmup()
+        return _WARMUP
+
+
+def engine_core_ready() -> bool:
+    """Whether torch and the registries are loaded (never starts or waits for the loader)."""
+    warmup = _WARMUP
+    return warmup is not None and warmup.core_ready
 
 
 @st.cache_resource(show_spinner=False)
