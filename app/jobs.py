@@ -328,6 +328,7 @@ class Job:
                 elif isinstance(event, worker.Failed):
                     self.errors[event.name] = event.message
             if run.ended is not None:
+                self._report_overhead(todo)
                 return run
             if run.finished:  # died without saying so (killed, out of memory), or terminated by Stop above
                 if not stop_sent:
@@ -341,6 +342,15 @@ class Job:
         cfg = dict(self.plan).get(outcome.defense)
         if cfg is not None:
             self.throughput.record(cfg.model, cfg.attack, outcome.seconds / outcome.iterations)
+
+    def _report_overhead(self, todo: list[tuple[str, Any]]) -> None:
+        """What this job spent beyond its attack steps, per defense, once every defense it ran finished."""
+        ran = [self.records.get(name) for name, _ in todo]
+        if self.throughput is None or self.started is None or self.stop_event.is_set() or None in ran:
+            return
+        cfg = todo[0][1]
+        beyond = time.monotonic() - self.started - sum(float(o.seconds) for o in ran)
+        self.throughput.record_overhead(cfg.model, beyond / len(ran))
 
     def _run_in_thread(self, todo: list[tuple[str, Any]], runner: Callable[..., Any]) -> None:
         from tipcore.common.progress import Stopped

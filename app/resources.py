@@ -235,6 +235,19 @@ class Throughput:
             runs = sorted(self._seen.get((model, attack), []))
         return runs[len(runs) // 2] if runs else None
 
+    def record_overhead(self, model: str, seconds_per_defense: float) -> None:
+        """A finished job's wall time beyond its attack steps (the worker's start, each defense's client
+        round and defense), per defense it ran."""
+        if seconds_per_defense >= 0:
+            self.record(model, OVERHEAD, max(seconds_per_defense, 1e-9))
+
+    def overhead_per_defense(self, model: str) -> float | None:
+        """The median of the recent jobs' overhead per defense, or None if none ran yet."""
+        return self.seconds_per_step(model, OVERHEAD)
+
+
+OVERHEAD = "(overhead)"  # Throughput's key for the time a job spends outside its attack steps
+
 
 @st.cache_resource(show_spinner=False)
 def throughput() -> Throughput:

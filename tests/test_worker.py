@@ -414,6 +414,23 @@ def test_job_answers_from_the_cache_without_a_slot(worker_events: list, tmp_path
     assert jobs.cached_results([("none", tiny()), ("tip", tiny("tip"))], None, cache, None, "", "cifar10") is None
 
 
+def test_a_finished_job_reports_its_speed_and_its_time_beyond_the_attack() -> None:
+    """What the estimate of the next run uses: the attack's seconds per step and, per defense, the rest of the
+    job's wall time (the worker's start, the client round and the defense), measured on a real worker."""
+    pytest.importorskip("streamlit")
+    from app import jobs, resources
+
+    tp = resources.Throughput()
+    slots = resources.AttackSlots(1)
+    job = jobs.Job(plan=[("none", tiny()), ("tip", tiny("tip"))], images=None, slots=slots, iterations=3,
+                   throughput=tp).start()
+    assert job.wait(180) and job.status == "done", job.errors
+    per_defense = tp.overhead_per_defense("lenet")
+    attack_s = sum(o.seconds for o in job.records.values())
+    assert per_defense is not None and per_defense > 0 and tp.seconds_per_step("lenet", "idlg") is not None
+    assert per_defense * 2 + attack_s == pytest.approx(job.elapsed_s, rel=0.05, abs=0.5)
+
+
 def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue() -> None:
     pytest.importorskip("streamlit")
     from app import controls, jobs, resources, state
@@ -426,8 +443,15 @@ def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue() 
     for value in (0.5, 9.0, 0.4):  # the median of recent runs, not the outlier
         tp.record("convnet", "dlg", value)
     assert controls.step_seconds(s) == (0.5, True)
+    seconds, how = controls.estimate(s)  # no job finished yet: a quiet machine's worker start and preparation
+    start = controls.WORKER_START_S + 2 * controls.PREPARE_S
+    assert seconds == pytest.approx(100 * 0.5 * 2 + start) and "measured on this server" in how
+    assert "a quiet machine's" in how
+    for value in (3.0, 40.0, 2.0):  # jobs' time beyond their attack steps, per defense: the median again
+        tp.record_overhead("convnet", value)
     seconds, how = controls.estimate(s)
-    assert seconds == pytest.approx(100 * 0.5 * 2) and "measured on this server" in how
+    assert seconds == pytest.approx(100 * 0.5 * 2 + 2 * 3.0) and "to start the attack worker" in how
+    assert tp.overhead_per_defense("lenet") is None and tp.seconds_per_step("convnet", "dlg") == 0.5
     # Every slot busy with a job 30 s from its end: the wait is part of the estimate.
     slots = resources.attack_slots()
     busy = [jobs.Job(plan=[("none", None)], images=None, slots=slots, iterations=100) for _ in range(slots.capacity)]
@@ -437,7 +461,7 @@ def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue() 
         assert slots.acquire(0.01, holder=job)
     try:
         seconds, how = controls.estimate(s)
-        assert seconds == pytest.approx(100 + 30, abs=1.0) and "waiting for a free attack slot" in how
+        assert seconds == pytest.approx(100 + 6 + 30, abs=1.0) and "waiting for a free attack slot" in how
     finally:
         for job in busy:
             slots.release(job)
