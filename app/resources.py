@@ -10,6 +10,7 @@ The engine is imported lazily, inside the functions, so the first page draws bef
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 import streamlit as st
 
 DEFAULT_MAX_ATTACKS = 2
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ process
@@ -97,12 +100,18 @@ def engine_core_ready() -> bool:
 
 @st.cache_resource(show_spinner=False)
 def configure_threads() -> int | None:
-    """Torch's thread count, set once per process through tipcore (skipped if tipcore has no runtime)."""
+    """Torch's thread count for this server's own computations, set once per process through tipcore: the
+    count the attack workers and the CLI use (``TIP_THREADS``, else tipcore's default). Skipped if tipcore has
+    no runtime; a bad ``TIP_THREADS`` is logged in one line (the attacks then report it, and do not run)."""
     try:
         from tipcore.common.runtime import configure_threads as configure
     except ImportError:
         return None
-    return configure()
+    try:
+        return configure()
+    except ValueError as exc:
+        log.error("%s: the server keeps torch's own thread count", " ".join(str(exc).split()))
+        return None
 
 
 def max_concurrent_attacks() -> int:

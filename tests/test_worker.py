@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -13,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from tipcore.common import runtime
 from tipcore.pipeline import experiment
 from tipcore.explorer import worker
 from tipcore.federation.fl import RoundConfig
 from tipcore.explorer.result_cache import ResultCache, run_key
 
-TIMING_KEYS = ("seconds", "round_seconds", "defense_seconds", "threads")
+# The wall-clock times of a run: the only bytes of its files that another run of the same RunSpec changes
+# (result.json's three, metrics.csv's last column); README "Determinism" says so.
+TIMING_KEYS = ("seconds", "round_seconds", "defense_seconds")
 
 
 def tiny(defense: str = "none", **changes) -> experiment.RunSpec:
@@ -61,7 +68,8 @@ def test_worker_streams_small_snapshots_and_the_clis_files(worker_events: list) 
     assert [s.step for s in snaps if s.name == "none"] == [1, 2, 3]
     assert all(s.images.shape == (1, 32, 32, 3) and s.images.dtype == np.float32 for s in snaps)
     outcomes = {e.name: e.outcome for e in worker_events if isinstance(e, worker.Finished)}
-    # The same run in this process, as the CLI does it: the same files (timings and thread count aside).
+    # The same run in this process, as the CLI does it (at the CLI's thread count): the same files, timings aside.
+    torch.set_num_threads(runtime.compute_threads())  # conftest's _pin_threads puts the tests' count back
     for name, cfg in (("none", tiny()), ("tip", tiny("tip"))):
         here = experiment.artifact_files(experiment.run(cfg))
         there = outcomes[name].files
@@ -71,6 +79,53 @@ def test_worker_streams_small_snapshots_and_the_clis_files(worker_events: list) 
             assert there[fname] == here[fname], fname
     combined = worker.metrics_csv(outcomes.values()).decode().splitlines()
     assert combined[0].startswith("defense,attack") and [r.split(",")[0] for r in combined[1:]] == ["none", "tip"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+# tiny("tip") on the command line
+CLI_TINY = ["attack", "--model", "lenet", "--image-id", "cifar10-00", "--clip", "5", "--attack", "idlg",
+            "--defense", "tip", "--iters", "3", "--report-every", "1", "--seed", "0", "--quiet"]
+
+
+def wall_times_blanked(name: str, payload: bytes) -> bytes:
+    """A file's bytes with the run's wall-clock times (TIMING_KEYS) blanked, everything else untouched."""
+    if name == "result.json":
+        keys = b"|".join(k.encode() for k in TIMING_KEYS)
+        blanked, n = re.subn(rb'("(?:' + keys + rb')": )[^,\n]+', rb"\1T", payload)
+        assert n == len(TIMING_KEYS), payload[:200]
+        return blanked
+    if name == "metrics.csv":  # its last column is the attack's seconds
+        return b"\n".join(line.rsplit(b",", 1)[0] for line in payload.split(b"\n"))
+    return payload
+
+
+def test_the_app_and_the_cli_write_the_same_bytes_whatever_the_ambient_threads(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """The worker (the app's downloads) and the CLI compute with TIP_THREADS (else the fixed default), never
+    with what their process or environment happened to be set to: byte-identical files but the wall times."""
+    monkeypatch.setenv("TIP_THREADS", "3")  # a count other than the worker's old fixed 1 and the CLI's old cores
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # ambient settings that must not matter
+        monkeypatch.setenv(var, "1")
+    torch.set_num_threads(1)  # this process, the worker's parent (conftest's _pin_threads restores it)
+    cfg = tiny("tip")
+    run = worker.WorkerRun([("tip", cfg)]).start()
+    try:
+        events = drain(run)
+    finally:
+        run.close()
+    (finished,) = [e for e in events if isinstance(e, worker.Finished)]
+    app_files = finished.outcome.files
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "tipcore", *CLI_TINY, "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    cli_files = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert set(cli_files) == set(app_files)
+    cli_result = json.loads(cli_files["result.json"])
+    assert cli_result["spec"] == cfg.to_dict() and cli_result["threads"] == "3"
+    for name in sorted(app_files):
+        assert wall_times_blanked(name, app_files[name]) == wall_times_blanked(name, cli_files[name]), name
 
 
 def test_worker_stops_on_request_and_runs_niced() -> None:
