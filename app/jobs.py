@@ -83,6 +83,7 @@ class Job:
     iterations: int
     cache: Any = None  # tipcore.explorer.result_cache.ResultCache, or None for no caching
     throughput: Any = None  # resources.Throughput: where measured seconds per step are reported
+    spare: Any = None  # tipcore.explorer.worker.Spare: the server's warm worker (None: a fresh one per job)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     status: str = "waiting"  # waiting → running → done | stopped | error
     current: str | None = None
@@ -266,6 +267,8 @@ class Job:
                     run.close()
                 finally:
                     self._worker = None
+                    if self.spare is not None:  # the next run's warm worker, started now the attack is over
+                        self.spare.refill()
             leave = getattr(self.slots, "leave", None)
             if acquired:
                 self.slots.release(self)
@@ -300,9 +303,9 @@ class Job:
         """Feed the job from one worker process until it ends; returns the worker (closed by the caller)."""
         from tipcore.explorer import worker
 
-        run = worker.WorkerRun(todo, self.images)
+        run = (self.spare.take(todo, self.images) if self.spare is not None
+               else worker.WorkerRun(todo, self.images).start())
         self._worker = run
-        run.start()
         self.worker_pid = run.pid
         stop_sent = False
         if self.stop_event.is_set():  # Stop came while the worker was being created

@@ -263,6 +263,21 @@ def throughput() -> Throughput:
     return Throughput()
 
 
+_SPARE: Any = None
+
+
+def spare_worker() -> Any:
+    """The server's warm attack worker (tipcore.explorer.worker.Spare, whose module imports no torch): filled
+    when a visitor opens the Live page and again after each job, so Run starts computing at once."""
+    global _SPARE
+    with _WARMUP_LOCK:
+        if _SPARE is None:
+            from tipcore.explorer import worker
+
+            _SPARE = worker.Spare()
+        return _SPARE
+
+
 @st.cache_resource(show_spinner=False)
 def attack_slots() -> AttackSlots:
     return AttackSlots(max_concurrent_attacks())

@@ -81,6 +81,54 @@ def test_worker_streams_small_snapshots_and_the_clis_files(worker_events: list) 
     assert combined[0].startswith("defense,attack") and [r.split(",")[0] for r in combined[1:]] == ["none", "tip"]
 
 
+def test_a_spare_worker_is_warm_before_its_plan_and_writes_the_same_files(worker_events: list) -> None:
+    """Run pressed on a warm server: the spare has loaded torch and the engine and waits; handed a plan it
+    runs it as a fresh worker would (the same files); refill() starts the next spare, a no-op while one waits."""
+    spare = worker.Spare()
+    try:
+        spare.refill()
+        first = spare.waiting()
+        assert first is not None and not first.submitted
+        deadline = time.monotonic() + 120
+        while not first.ready:  # wait on state: the child's Ready message
+            assert time.monotonic() < deadline and first.process.is_alive(), "the spare did not get ready"
+            assert first.events(timeout=0.5) == []  # nothing but Ready before its plan
+        spare.refill()
+        assert spare.waiting() is first  # one waits already: no second process
+        run = spare.take([("none", tiny())])
+        assert run is first and run.submitted and spare.waiting() is None
+        try:
+            events = drain(run)
+        finally:
+            run.close()
+        here = next(e.outcome for e in events if isinstance(e, worker.Finished)).files
+        fresh = next(e.outcome for e in worker_events if isinstance(e, worker.Finished) and e.name == "none").files
+        assert without_timing(here["result.json"]) == without_timing(fresh["result.json"])
+        assert here["reconstruction.png"] == fresh["reconstruction.png"]
+        with pytest.raises(RuntimeError, match="already has its plan"):
+            run.submit([("none", tiny())])
+    finally:
+        waiting = spare.waiting()
+        if waiting is not None:
+            waiting.close()
+
+
+def test_a_spare_made_for_another_thread_count_is_replaced_and_a_stopped_spare_ends(monkeypatch) -> None:
+    spare = worker.Spare()
+    spare.refill()
+    old = spare.waiting()
+    assert old is not None
+    monkeypatch.setenv("TIP_THREADS", str(old.threads + 1))
+    spare.refill()  # the count changed: the waiting spare computes with the wrong one, so it goes
+    new = spare.waiting()
+    assert new is not None and new is not old and new.threads == old.threads + 1
+    assert not old.process.is_alive() and old not in worker.live_workers()
+    new.stop()  # what stop_all does at the server's exit: a spare waiting for its plan ends
+    new.process.join(60)
+    assert not new.process.is_alive()
+    new.close()
+
+
 REPO = Path(__file__).resolve().parents[1]
 # tiny("tip") on the command line
 CLI_TINY = ["attack", "--model", "lenet", "--image-id", "cifar10-00", "--clip", "5", "--attack", "idlg",

@@ -125,7 +125,8 @@ if run_clicked and image is not None and not running:
     else:
         job = jobs.Job(plan=plan, images=None if image.gallery_id else image.image[None],
                        slots=resources.attack_slots(), iterations=int(s.iterations), cache=jobs.result_cache(),
-                       throughput=resources.throughput(), keys=dict(keys_now or ()))
+                       throughput=resources.throughput(), keys=dict(keys_now or ()),
+                       spare=resources.spare_worker())
         st.session_state["job"] = job
         st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
         st.session_state["job_image"] = (image.caption, image.image)
@@ -197,6 +198,8 @@ def _live_cell(col: object, job: jobs.Job, name: str) -> None:
 
 if running:
     live_panel()
+else:
+    resources.spare_worker().refill()  # a warm worker for this visitor's Run (a no-op when one waits)
 
 
 # ------------------------------------------------------------------------------------------ results

@@ -14,6 +14,9 @@ messages back through a queue:
   of the child's ``RunRecord`` (the bytes the CLI writes),
 * ``Failed(name, message)``, and ``Ended(stopped)`` last.
 
+A worker loads the engine before it reads its plan, so one can be started ahead of need: ``Spare`` keeps one
+such warm worker per server and hands it the next plan (pressing Run then starts computing at once).
+
 ``stop()`` sets an event the child's ``should_stop`` hook reads; the child also stops when its parent is
 gone (no orphans if the server is killed). This module imports neither torch nor the engine at import
 time, so the parent can use it before torch has loaded and the child sets its priority first.
@@ -115,6 +118,11 @@ class Ended:
     stopped: bool
 
 
+@dataclass(frozen=True)
+class Ready:
+    """The worker has loaded torch and the engine and waits for (or has) its plan."""
+
+
 def plain(value: Any) -> Any:
     """Only plain Python values (no numpy scalars, no tuples): safe to pickle, JSON and compare."""
     if isinstance(value, Mapping):
@@ -166,9 +174,9 @@ def _one_line(exc: BaseException) -> str:
     return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
 
 
-def _child_main(plan: list[tuple[str, dict]], images: np.ndarray | None, out: Any, stop: Any,
-                nice: int, threads: int, parent_pid: int) -> None:
-    """The worker process: lower priority and threads first, then load the engine and run the plan."""
+def _child_main(inbox: Any, out: Any, stop: Any, nice: int, threads: int, parent_pid: int) -> None:
+    """The worker process: lower priority and threads first, load the engine, then wait for its plan (a spare
+    worker waits there, warm, until a run is handed to it) and run it."""
     if nice:
         try:
             os.nice(nice)
@@ -186,6 +194,17 @@ def _child_main(plan: list[tuple[str, dict]], images: np.ndarray | None, out: An
     def should_stop() -> bool:
         # The parent gone (killed, crashed) counts as a stop: no orphaned attacks.
         return stop.is_set() or os.getppid() != parent_pid
+
+    out.put(Ready())
+    while True:
+        if should_stop():  # a spare told to go (server shutdown), or its server gone
+            out.put(Ended(stop.is_set()))
+            return
+        try:
+            plan, images = inbox.get(timeout=0.2)
+            break
+        except queue_mod.Empty:
+            continue
 
     for name, cfg_dict in plan:
         if should_stop():
@@ -232,34 +251,51 @@ def _preparation_data(name: str) -> dict[str, Any]:
 mp_spawn.get_preparation_data = _preparation_data
 
 _LIVE: "weakref.WeakSet[WorkerRun]" = weakref.WeakSet()
+_SHUTTING_DOWN = False  # set by stop_all (the server's exit)
 _LIVE_LOCK = threading.Lock()
 
 
 class WorkerRun:
-    """One plan run in one child process. ``plan``: (name, RunSpec) pairs."""
+    """One plan run in one child process. ``plan``: (name, RunSpec) pairs, given now or later through
+    ``submit`` (a spare: started without a plan, it loads the engine and waits for one)."""
 
-    def __init__(self, plan: list[tuple[str, Any]], images: np.ndarray | None = None, *,
+    def __init__(self, plan: list[tuple[str, Any]] | None = None, images: np.ndarray | None = None, *,
                  nice: int = DEFAULT_NICE, threads: int | None = None) -> None:
         from tipcore.common import runtime  # no torch: the count is decided here, set in the child
 
-        if not plan:
-            raise ValueError("a worker needs at least one run in its plan")
         # The thread count decides the result's bytes: the CLI's (TIP_THREADS, else the fixed default),
         # whatever this process or its environment (OMP_NUM_THREADS) was set to.
         threads = runtime.compute_threads() if threads is None else runtime.check_threads(threads)
         if not 0 <= nice <= 19:
             raise ValueError(f"nice must be in [0, 19], got {nice}")
         ctx = mp.get_context("spawn")
+        self._inbox = ctx.Queue()
         self._queue = ctx.Queue()
         self._stop = ctx.Event()
-        plain_plan = [(name, cfg.to_dict()) for name, cfg in plan]
-        arrays = None if images is None else np.asarray(images, dtype=np.float32)
         self.process = ctx.Process(
             target=_child_main, name=WORKER_NAME, daemon=True,
-            args=(plain_plan, arrays, self._queue, self._stop, nice, threads, os.getpid()),
+            args=(self._inbox, self._queue, self._stop, nice, threads, os.getpid()),
         )
+        self.nice = nice
         self.threads = threads
+        self.submitted = False
+        self.closed = False
+        self.ready = False  # the child said it has loaded the engine
         self.ended: Ended | None = None
+        if plan is not None:
+            self.submit(plan, images)
+
+    def submit(self, plan: list[tuple[str, Any]], images: np.ndarray | None = None) -> "WorkerRun":
+        """Hand the worker its plan (once): it runs as soon as its engine is loaded, at once for a warm one."""
+        if not plan:
+            raise ValueError("a worker needs at least one run in its plan")
+        if self.submitted:
+            raise RuntimeError("this worker already has its plan")
+        plain_plan = [(name, cfg.to_dict()) for name, cfg in plan]
+        arrays = None if images is None else np.asarray(images, dtype=np.float32)
+        self._inbox.put((plain_plan, arrays))
+        self.submitted = True
+        return self
 
     def start(self) -> "WorkerRun":
         with _LIVE_LOCK:
@@ -277,18 +313,22 @@ class WorkerRun:
     def events(self, timeout: float = 0.25) -> list[Any]:
         """Messages sent since the last call: waits up to ``timeout`` for the first, then drains the rest."""
         got: list[Any] = []
+        if self.closed:  # closed (at exit, by another thread): nothing more will come
+            return got
         try:
             got.append(self._queue.get(timeout=timeout))
             while True:
                 got.append(self._queue.get_nowait())
         except queue_mod.Empty:
             pass
-        except (EOFError, OSError):  # the queue's pipe closed under us (shutdown)
+        except (EOFError, OSError, ValueError):  # the queue's pipe closed under us (shutdown)
             pass
         for event in got:
             if isinstance(event, Ended):
                 self.ended = event
-        return got
+            elif isinstance(event, Ready):
+                self.ready = True
+        return [e for e in got if not isinstance(e, Ready)]
 
     @property
     def finished(self) -> bool:
@@ -309,10 +349,64 @@ class WorkerRun:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
-        self._queue.close()
-        self._queue.cancel_join_thread()
+        self.closed = True
+        for q in (self._queue, self._inbox):
+            q.close()
+            q.cancel_join_thread()
         with _LIVE_LOCK:
             _LIVE.discard(self)
+
+
+class Spare:
+    """One warm worker kept ahead of need, so that a run starts computing at once instead of after a fresh
+    interpreter has imported torch and the engine (seconds on a busy machine).
+
+    ``take(plan, images)`` hands the plan to the spare when it is alive and was made with the same priority
+    and thread count (else starts a fresh worker); ``refill()`` starts the next spare (the app calls it when a
+    job's worker is done, so the spare's start never competes with a running attack). A spare is a
+    ``WorkerRun`` like any other: ``stop_all`` at exit ends it, and it ends by itself when its parent is gone.
+    """
+
+    def __init__(self, nice: int = DEFAULT_NICE) -> None:
+        self.nice = nice
+        self._lock = threading.Lock()
+        self._spare: WorkerRun | None = None
+
+    def refill(self) -> None:
+        """Start a spare unless one is waiting (a no-op when one is)."""
+        from tipcore.common import runtime
+
+        with self._lock:
+            old = self._spare
+            if _SHUTTING_DOWN or (old is not None and self._usable(old, runtime.compute_threads())):
+                return
+            self._spare = WorkerRun(nice=self.nice).start()
+        if old is not None:
+            old.close()
+
+    def take(self, plan: list[tuple[str, Any]], images: np.ndarray | None = None) -> WorkerRun:
+        """A started worker running ``plan``: the spare if it is usable, else a fresh one."""
+        from tipcore.common import runtime
+
+        threads = runtime.compute_threads()
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and self._usable(spare, threads):
+            return spare.submit(plan, images)
+        if spare is not None:
+            spare.close()
+        return WorkerRun(plan, images, nice=self.nice, threads=threads).start()
+
+    def waiting(self) -> WorkerRun | None:
+        """The spare now waiting (for tests and benches), or None."""
+        with self._lock:
+            return self._spare
+
+    @staticmethod
+    def _usable(run: WorkerRun, threads: int) -> bool:
+        run.events(timeout=0)  # notes Ready / Ended
+        return (run.threads == threads and not run.submitted and not run.closed and run.ended is None
+                and run.process.is_alive())
 
 
 def live_workers() -> list[WorkerRun]:
@@ -322,6 +416,8 @@ def live_workers() -> list[WorkerRun]:
 
 def stop_all(timeout: float = JOIN_S) -> None:
     """Stop every worker of this process and wait for them (at exit: SIGTERM to the server ends here)."""
+    global _SHUTTING_DOWN
+    _SHUTTING_DOWN = True  # no spare is started from here on
     workers = live_workers()
     for w in workers:
         w.stop()
