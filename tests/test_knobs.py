@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class ToyScaleConfig:
     shrink: float = knob(0.5, "Shrink factor", "multiply every tensor of the update by 1 - shrink", low=0.0,
-                         high=1.0, role="strength", grid=(0.25, 0.75))
+                         high=1.0, role="strength", grid=(0.25, 0.75), symbol="λ")
     rounds: int = knob(1, "Repeats", "apply the shrink this many times", low=1, high=5)
 
     def __post_init__(self) -> None:
@@ -182,6 +182,27 @@ def test_toy_defense_appears_in_the_apps_defense_picker_with_its_knobs(toy) -> N
     assert "Shrink factor" in labels and "Repeats" in labels
 
 
+def test_toy_knobs_symbol_labels_the_apps_charts_and_table(toy) -> None:
+    """The frontier page writes a defense's knob as its config declares it (the toy's shrink as λ); a knob
+    without a symbol is written by its name."""
+    pytest.importorskip("streamlit")
+    from app.components import knob_symbol, privacy_curves_figure, strength_facets
+
+    assert knob_symbol("toy_scale", "shrink") == "λ" and knob_symbol("toy_scale", "rounds") == "rounds"
+    assert knob_symbol("tip", "beta") == "β" and knob_symbol("dp", "noise_multiplier") == "z"
+    point = {"defense": "toy_scale", "knob": "shrink", "attacker": "naive", "attack": "idlg", "strength": 0.25,
+             "psnr": 10.0, "psnr_std": 1.0, "ssim": 0.1, "label_accuracy": 1.0, "accuracy": 0.5,
+             "update_cosine": 0.9, "noise_to_signal": 0.1, "images": 2}
+    points = [point, {**point, "strength": 0.75}, {**point, "knob": "rounds", "strength": 2}]
+    facets = strength_facets(points, {})
+    titles = [a.text for a in facets.layout.annotations]
+    assert "Toy scaling: λ" in titles and "Toy scaling: rounds" in titles
+    assert {facets.layout.xaxis.title.text, facets.layout.xaxis2.title.text} == {"λ", "rounds"}
+    curves = privacy_curves_figure(points, {})
+    assert any(t.name == "Toy scaling · naive attacker (λ)" for t in curves.data)
+    assert {t.customdata[0][1] for t in curves.data if t.customdata is not None} == {"λ", "rounds"}  # hover
+
+
 def _live_app(query: dict[str, str] | None = None):
     from streamlit.testing.v1 import AppTest
 
@@ -263,5 +284,6 @@ def test_check_rejects_bad_values_by_declared_type_and_range(value, message) -> 
 def test_knob_table_is_plain_data_for_a_ui() -> None:
     rows = {r["name"]: r for r in knobs.table(ToyScaleConfig)}
     assert rows["shrink"]["kind"] == "float" and rows["shrink"]["range"] == "[0, 1]"
+    assert rows["shrink"]["symbol"] == "λ" and rows["rounds"]["symbol"] == "rounds"  # no symbol: the name
     assert rows["rounds"]["kind"] == "int" and rows["rounds"]["default"] == 1
     assert knobs.describe(ToyScaleConfig, "rounds").startswith("Repeats in [1, 5]")
