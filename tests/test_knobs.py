@@ -107,6 +107,34 @@ def typed_toys():
     unregister("toy_mode")
 
 
+# A one-file defense whose knobs have exclusive bounds (a noise std > 0, a tap count in (1, 8)).
+@dataclass(frozen=True)
+class ToyJitterConfig:
+    std: float = knob(0.1, "Jitter std", "add N(0, std²) to every entry", low=0.0, low_open=True, high=1.0,
+                      high_open=True)
+    taps: int = knob(3, "Taps", "smooth over this many entries", low=1, low_open=True, high=8, high_open=True)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@pytest.fixture
+def open_toy():
+    @register("toy_jitter", ToyJitterConfig, "toy: jitter the update", label="Toy jitter")
+    class ToyJitter:
+        def __init__(self, config: ToyJitterConfig | None = None) -> None:
+            self.config = config or ToyJitterConfig()
+
+        def protect(self, update, ctx):
+            return update, DefenseDiagnostics("toy_jitter", asdict(self.config))
+
+        def describe(self) -> str:
+            return "Jitters the update."
+
+    yield "toy_jitter"
+    unregister("toy_jitter")
+
+
 # ----------------------------------------------------------------------------- where it shows up
 
 def test_toy_defense_appears_in_cli_help_and_runs_with_its_generated_flag(toy, tmp_path) -> None:
@@ -201,6 +229,21 @@ def test_toy_knobs_symbol_labels_the_apps_charts_and_table(toy) -> None:
     curves = privacy_curves_figure(points, {})
     assert any(t.name == "Toy scaling · naive attacker (λ)" for t in curves.data)
     assert {t.customdata[0][1] for t in curves.data if t.customdata is not None} == {"λ", "rounds"}  # hover
+
+
+def test_a_generated_number_widget_offers_exactly_the_knobs_range(open_toy) -> None:
+    """An exclusive bound is not offered: the widget starts at the first value inside it (the next float, the
+    next integer), so no value it offers is one the knob refuses."""
+    pytest.importorskip("streamlit")
+    at = _live_app()
+    at.multiselect(key="w_defenses").set_value(["none", "toy_jitter"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    std, taps = _knob_input(at, "Jitter std"), _knob_input(at, "Taps")
+    assert std.min == math.nextafter(0.0, 1.0) and std.max == math.nextafter(1.0, 0.0)
+    assert (taps.min, taps.max) == (2, 7)
+    for value in (std.min, std.max):
+        ToyJitterConfig(std=value)  # the ends the widget offers are valid
+    ToyJitterConfig(taps=int(taps.min)), ToyJitterConfig(taps=int(taps.max))
 
 
 def _live_app(query: dict[str, str] | None = None):
