@@ -465,10 +465,10 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
     curves = _curves(points)
     panels: list[tuple[str, str]] = []
     for defense, knob, _ in curves:
-        if defense != "none" and (defense, knob) not in panels:
+        if knob and (defense, knob) not in panels:  # the baseline has no knob: it is the reference, not a panel
             panels.append((defense, knob))
     if not panels:
-        panels = [("none", "")]
+        panels = [(next(iter(curves))[0] if curves else "", "")]
     cols = min(len(panels), 3)  # four titles side by side ran into each other on a phone
     rows = (len(panels) + cols - 1) // cols
     fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.05, vertical_spacing=0.22,

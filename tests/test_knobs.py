@@ -225,6 +225,9 @@ def test_toy_knobs_symbol_labels_the_apps_charts_and_table(toy) -> None:
     facets = strength_facets(points, {})
     titles = [a.text for a in facets.layout.annotations]
     assert "Toy scaling: λ" in titles and "Toy scaling: rounds" in titles
+    # A setting without a knob (the baseline, whatever its name) is a reference point, not a panel of its own.
+    alone = strength_facets([*points, {**point, "knob": "", "strength": 0.0}], {})
+    assert sorted(a.text for a in alone.layout.annotations) == sorted(titles)
     assert {facets.layout.xaxis.title.text, facets.layout.xaxis2.title.text} == {"λ", "rounds"}
     curves = privacy_curves_figure(points, {})
     assert any(t.name == "Toy scaling · naive attacker (λ)" for t in curves.data)
