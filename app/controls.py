@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 
 from app import resources, state
-from app.components import ATTACK_LABELS, MODEL_LABELS, adaptive_labels, defense_label
+from app.components import ATTACK_LABELS, MODEL_LABELS, adaptive_labels, defense_label, fmt_seconds
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ MAX_ITERATIONS = 5000
 LBFGS_ATTACKS = ("dlg", "idlg")
 LBFGS_EVALS_PER_STEP = 20  # DLGConfig.evals_per_step default: closure evaluations per L-BFGS step
 SOTERIA_RESNET_SECONDS = 10.0
+# Before this server has finished a job: a quiet 2-core machine's worker start (a fresh interpreter importing
+# torch and the engine) and client round + defense per defense; replaced by measured values after one job.
+WORKER_START_S = 4.0
+PREPARE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -615,6 +619,15 @@ def estimate(s: state.Settings) -> tuple[float, str]:
               else "a quiet machine's speed; the first run here measures the real one")
     parts = [f"{s.iterations} iterations × {n} defense{'s' if n > 1 else ''} × ~{per * 1000:.0f} ms per {unit} "
              f"on {MODEL_LABELS.get(s.model, s.model)} ({source})"]
+    overhead = resources.throughput().overhead_per_defense(s.model)
+    if overhead is not None:
+        total += overhead * n
+        parts.append(f"+ ~{fmt_seconds(overhead * n)} to start the attack worker and prepare each defense's "
+                     "update (measured here)")
+    else:
+        total += WORKER_START_S + PREPARE_S * n
+        parts.append(f"+ ~{fmt_seconds(WORKER_START_S + PREPARE_S * n)} to start the attack worker and prepare "
+                     "each defense's update (a quiet machine's)")
     if "soteria" in s.defenses and s.model == "resnet18":
         total += SOTERIA_RESNET_SECONDS
         parts.append("+ ~10 s for Soteria's per-feature Jacobian on ResNet-18")

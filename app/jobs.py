@@ -4,8 +4,9 @@ The job lives in the visitor's ``st.session_state`` and the page polls it, so wi
 interrupt the script) never interrupt the attack. A background thread of the server feeds the job: it
 first asks the shared result cache (``tipcore.explorer.result_cache``) for each run, then, for the runs not found,
 waits for a slot (``resources.attack_slots``, a global cap on concurrent attacks across visitors, first
-come first served), starts one ``tipcore.explorer.worker.WorkerRun`` (a niced child process with one torch
-thread, so this server's redraws come first) and copies what it sends back into the job. Stop sets an
+come first served), starts one ``tipcore.explorer.worker.WorkerRun`` (a niced child process, so this server's
+redraws come first, computing with the CLI's torch thread count, so its files are the CLI's bytes) and
+copies what it sends back into the job. Stop sets an
 event that the worker's ``should_stop`` hook reads: the running attack returns what it reached and the
 remaining defenses are skipped.
 """
@@ -328,6 +329,7 @@ class Job:
                 elif isinstance(event, worker.Failed):
                     self.errors[event.name] = event.message
             if run.ended is not None:
+                self._report_overhead(todo)
                 return run
             if run.finished:  # died without saying so (killed, out of memory), or terminated by Stop above
                 if not stop_sent:
@@ -341,6 +343,15 @@ class Job:
         cfg = dict(self.plan).get(outcome.defense)
         if cfg is not None:
             self.throughput.record(cfg.model, cfg.attack, outcome.seconds / outcome.iterations)
+
+    def _report_overhead(self, todo: list[tuple[str, Any]]) -> None:
+        """What this job spent beyond its attack steps, per defense, once every defense it ran finished."""
+        ran = [self.records.get(name) for name, _ in todo]
+        if self.throughput is None or self.started is None or self.stop_event.is_set() or None in ran:
+            return
+        cfg = todo[0][1]
+        beyond = time.monotonic() - self.started - sum(float(o.seconds) for o in ran)
+        self.throughput.record_overhead(cfg.model, beyond / len(ran))
 
     def _run_in_thread(self, todo: list[tuple[str, Any]], runner: Callable[..., Any]) -> None:
         from tipcore.common.progress import Stopped

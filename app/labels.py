@@ -1,17 +1,28 @@
 """Display names of the engine's registered defenses, attacks and matchers, read from its registries
-(through ``app.resources``, which caches them per server): the one place the app turns a name into words."""
+(through ``app.resources``, which caches them per server): the one place the app turns a name into words.
+
+The first page after a server start is drawn from precomputed assets before the engine (torch) has loaded;
+until then a name is put into words without the registries, the way they word it ("iDLG + drop")."""
 
 from __future__ import annotations
+
+from typing import Any
 
 ATTACK_LABELS = {"dlg": "DLG", "idlg": "iDLG", "ig": "Inverting Gradients"}
 MODEL_LABELS = {"lenet": "LeNet (DLG)", "convnet": "ConvNet", "resnet18": "ResNet-18"}
 
 
-def defense_labels() -> dict[str, str]:
-    """Display names from the engine's registry (each defense declares its own)."""
+def _registries() -> dict[str, Any] | None:
+    """The engine's registries, or None while the engine is still loading (never waits for it)."""
     from app import resources
 
-    return {n: d["label"] for n, d in resources.registries()["defenses"].items()}
+    return resources.registries() if resources.engine_core_ready() else None
+
+
+def defense_labels() -> dict[str, str]:
+    """Display names from the engine's registry (each defense declares its own); empty while it loads."""
+    reg = _registries()
+    return {} if reg is None else {n: d["label"] for n, d in reg["defenses"].items()}
 
 
 def defense_label(name: str) -> str:
@@ -48,9 +59,12 @@ def split_attack(name: str) -> tuple[str, str]:
 
 def attack_label(name: str) -> str:
     """A readable name for an engine attack, naive or adaptive: "iDLG + drop (knows the defense)"."""
-    from app import resources
-
-    spec = resources.registries()["attacks"].get(name)
+    reg = _registries()
+    if reg is None:  # the engine is loading: the registry's own wording, from the name (base_matcher)
+        base, _, matcher = name.partition("_")
+        label = ATTACK_LABELS.get(base, base)
+        return f"{label} + {matcher} (knows the defense)" if matcher else label
+    spec = reg["attacks"].get(name)
     if spec is None:
         return ATTACK_LABELS.get(name, name)
     return spec["label"] if spec["matcher"] == "all" else f"{spec['label']} (knows the defense)"

@@ -50,21 +50,16 @@ st.html("""<style>
 @media (max-width: 640px) { .katex-display > .katex { font-size: 0.9em; } }
 </style>""")
 
-# Load the engine in the background from the first request on; a page opened before it is ready (a direct
-# link to a fresh server) says what it waits for instead of drawing a blank main area.
-# Pages drawn from precomputed assets (the punchline, the first view of a visitor; Teach) need only the
-# engine's core (torch and the registries), not the client round and Grad-CAM that load after it.
+# The engine loads in a background thread. A page opened before it is ready (a direct link to a fresh server)
+# says what it waits for instead of drawing a blank main area. Pages drawn from precomputed assets (the
+# punchline, a visitor's first view; Teach) need no torch (labels are worded without the registries while it
+# loads: app/labels.py), so they neither wait for it nor share the CPU with it: it starts once they are drawn.
 ASSET_PAGES = {"", "teach"}
-warmup = resources.engine_warmup()
-if page.url_path in ASSET_PAGES:
-    if not warmup.core_ready:
-        with st.spinner("Loading the engine (PyTorch and the models): the first visit after a server start "
-                        "takes a few seconds …", show_time=True):
-            warmup.wait_core()
-elif not warmup.ready:
+on_asset_page = page.url_path in ASSET_PAGES
+if not on_asset_page and not resources.engine_warmup().ready:
     with st.spinner("Loading the engine (PyTorch, the models and Grad-CAM): the first visit after a server "
                     "start takes a few seconds …", show_time=True):
-        warmup.wait()
+        resources.engine_warmup().wait()
 
 # On the live page, Streamlit's toolbar Stop stops the session's attack: through the session's stop handler
 # (jobs.install_toolbar_stop_hook, which also redraws the interrupted page) and, when it interrupts a script
@@ -74,3 +69,5 @@ on_live_page = page.url_path == "live"
 jobs.watch_toolbar_stop(on_live_page, st.session_state.get("job") if on_live_page else None)
 with jobs.stop_on_script_stop(lambda: st.session_state.get("job") if on_live_page else None):
     page.run()
+if on_asset_page:
+    resources.engine_warmup()  # the first view is drawn: load the engine for the pages that need it

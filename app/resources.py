@@ -10,6 +10,7 @@ The engine is imported lazily, inside the functions, so the first page draws bef
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 import streamlit as st
 
 DEFAULT_MAX_ATTACKS = 2
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ process
@@ -75,20 +78,40 @@ class EngineWarmup:
         return self._core.wait(timeout)
 
 
-@st.cache_resource(show_spinner=False)
+_WARMUP: EngineWarmup | None = None
+_WARMUP_LOCK = threading.Lock()
+
+
 def engine_warmup() -> EngineWarmup:
-    """Started by the first script run of the server process (any page), shared by every session."""
-    return EngineWarmup()
+    """The server process's engine loader, started by the first call (an engine page, or the end of the first
+    page drawn from assets), shared by every session."""
+    global _WARMUP
+    with _WARMUP_LOCK:
+        if _WARMUP is None:
+            _WARMUP = EngineWarmup()
+        return _WARMUP
+
+
+def engine_core_ready() -> bool:
+    """Whether torch and the registries are loaded (never starts or waits for the loader)."""
+    warmup = _WARMUP
+    return warmup is not None and warmup.core_ready
 
 
 @st.cache_resource(show_spinner=False)
 def configure_threads() -> int | None:
-    """Torch's thread count, set once per process through tipcore (skipped if tipcore has no runtime)."""
+    """Torch's thread count for this server's own computations, set once per process through tipcore: the
+    count the attack workers and the CLI use (``TIP_THREADS``, else tipcore's default). Skipped if tipcore has
+    no runtime; a bad ``TIP_THREADS`` is logged in one line (the attacks then report it, and do not run)."""
     try:
         from tipcore.common.runtime import configure_threads as configure
     except ImportError:
         return None
-    return configure()
+    try:
+        return configure()
+    except ValueError as exc:
+        log.error("%s: the server keeps torch's own thread count", " ".join(str(exc).split()))
+        return None
 
 
 def max_concurrent_attacks() -> int:
@@ -220,6 +243,19 @@ class Throughput:
         with self._lock:
             runs = sorted(self._seen.get((model, attack), []))
         return runs[len(runs) // 2] if runs else None
+
+    def record_overhead(self, model: str, seconds_per_defense: float) -> None:
+        """A finished job's wall time beyond its attack steps (the worker's start, each defense's client
+        round and defense), per defense it ran."""
+        if seconds_per_defense >= 0:
+            self.record(model, OVERHEAD, max(seconds_per_defense, 1e-9))
+
+    def overhead_per_defense(self, model: str) -> float | None:
+        """The median of the recent jobs' overhead per defense, or None if none ran yet."""
+        return self.seconds_per_step(model, OVERHEAD)
+
+
+OVERHEAD = "(overhead)"  # Throughput's key for the time a job spends outside its attack steps
 
 
 @st.cache_resource(show_spinner=False)

@@ -95,3 +95,49 @@ def test_rerun_refuses_a_result_without_a_runspec(tmp_path: Path, capsys) -> Non
     (old / "result.json").write_text(json.dumps({"schema_version": 99, "spec": {}}))
     assert main(["rerun", str(old), "--out", str(tmp_path / "x")]) == 2
     assert "schema version 99" in capsys.readouterr().err
+
+
+def test_the_cli_computes_with_the_fixed_thread_count_not_the_machines(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The thread count decides the bytes (tipcore.common.runtime): the CLI's is TIP_THREADS, else the fixed
+    default, whatever the machine's core count or the process's current setting; a bad value is one line."""
+    import os
+
+    import torch
+
+    from tipcore.common import runtime
+
+    monkeypatch.delenv("TIP_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)  # a bigger machine than the default
+    torch.set_num_threads(1)  # conftest's _pin_threads restores the tests' count
+    out = tmp_path / "default"
+    code, _ = run_cli(["attack", "--iters", "1", "--device", "cpu", "--quiet", "--out", str(out)])
+    assert code == 0 and json.loads((out / "result.json").read_text())["threads"] == str(runtime.DEFAULT_THREADS)
+    for bad, message in (("two", "TIP_THREADS expects an integer, got 'two'"), ("0", "TIP_THREADS must be in [1, 256]")):
+        monkeypatch.setenv("TIP_THREADS", bad)
+        assert main(["attack", "--iters", "1", "--quiet", "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "bad").exists()
+
+
+def test_rerun_computes_with_the_recorded_thread_count(tmp_path: Path, monkeypatch, capsys) -> None:
+    first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
+    monkeypatch.setenv("TIP_THREADS", "3")
+    code, _ = run_cli(["attack", "--defense", "tip", "--iters", "3", "--device", "cpu", "--quiet", "--out", str(first)])
+    assert code == 0 and json.loads((first / "result.json").read_text())["threads"] == "3"
+    monkeypatch.setenv("TIP_THREADS", "1")  # a rerun repeats the recorded count, not this one
+    code, text = run_cli(["rerun", str(first), "--quiet", "--out", str(again)])
+    assert code == 0 and "identical" in text, text
+    assert json.loads((again / "result.json").read_text())["threads"] == "3"
+    for name in ("reconstruction.png", "original.png", "defense.json", "progress.png"):
+        assert (again / name).read_bytes() == (first / name).read_bytes(), name
+    code, _ = run_cli(["rerun", str(first), "--threads", "2", "--quiet", "--out", str(other)])
+    assert code == 0 and json.loads((other / "result.json").read_text())["threads"] == "2"
+    assert main(["rerun", str(first), "--threads", "0", "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    assert "N must be in [1, 256]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # A tampered count is refused in one line, before any compute.
+    result = json.loads((first / "result.json").read_text())
+    result["threads"] = "many"
+    (first / "result.json").write_text(json.dumps(result))
+    assert main(["rerun", str(first), "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    assert "threads expects an integer, got 'many'" in capsys.readouterr().err

@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -13,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from tipcore.common import runtime
 from tipcore.pipeline import experiment
 from tipcore.explorer import worker
 from tipcore.federation.fl import RoundConfig
 from tipcore.explorer.result_cache import ResultCache, run_key
 
-TIMING_KEYS = ("seconds", "round_seconds", "defense_seconds", "threads")
+# The wall-clock times of a run: the only bytes of its files that another run of the same RunSpec changes
+# (result.json's three, metrics.csv's last column); README "Determinism" says so.
+TIMING_KEYS = ("seconds", "round_seconds", "defense_seconds")
 
 
 def tiny(defense: str = "none", **changes) -> experiment.RunSpec:
@@ -61,7 +68,8 @@ def test_worker_streams_small_snapshots_and_the_clis_files(worker_events: list) 
     assert [s.step for s in snaps if s.name == "none"] == [1, 2, 3]
     assert all(s.images.shape == (1, 32, 32, 3) and s.images.dtype == np.float32 for s in snaps)
     outcomes = {e.name: e.outcome for e in worker_events if isinstance(e, worker.Finished)}
-    # The same run in this process, as the CLI does it: the same files (timings and thread count aside).
+    # The same run in this process, as the CLI does it (at the CLI's thread count): the same files, timings aside.
+    torch.set_num_threads(runtime.compute_threads())  # conftest's _pin_threads puts the tests' count back
     for name, cfg in (("none", tiny()), ("tip", tiny("tip"))):
         here = experiment.artifact_files(experiment.run(cfg))
         there = outcomes[name].files
@@ -71,6 +79,53 @@ def test_worker_streams_small_snapshots_and_the_clis_files(worker_events: list) 
             assert there[fname] == here[fname], fname
     combined = worker.metrics_csv(outcomes.values()).decode().splitlines()
     assert combined[0].startswith("defense,attack") and [r.split(",")[0] for r in combined[1:]] == ["none", "tip"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+# tiny("tip") on the command line
+CLI_TINY = ["attack", "--model", "lenet", "--image-id", "cifar10-00", "--clip", "5", "--attack", "idlg",
+            "--defense", "tip", "--iters", "3", "--report-every", "1", "--seed", "0", "--quiet"]
+
+
+def wall_times_blanked(name: str, payload: bytes) -> bytes:
+    """A file's bytes with the run's wall-clock times (TIMING_KEYS) blanked, everything else untouched."""
+    if name == "result.json":
+        keys = b"|".join(k.encode() for k in TIMING_KEYS)
+        blanked, n = re.subn(rb'("(?:' + keys + rb')": )[^,\n]+', rb"\1T", payload)
+        assert n == len(TIMING_KEYS), payload[:200]
+        return blanked
+    if name == "metrics.csv":  # its last column is the attack's seconds
+        return b"\n".join(line.rsplit(b",", 1)[0] for line in payload.split(b"\n"))
+    return payload
+
+
+def test_the_app_and_the_cli_write_the_same_bytes_whatever_the_ambient_threads(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """The worker (the app's downloads) and the CLI compute with TIP_THREADS (else the fixed default), never
+    with what their process or environment happened to be set to: byte-identical files but the wall times."""
+    monkeypatch.setenv("TIP_THREADS", "3")  # a count other than the worker's old fixed 1 and the CLI's old cores
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # ambient settings that must not matter
+        monkeypatch.setenv(var, "1")
+    torch.set_num_threads(1)  # this process, the worker's parent (conftest's _pin_threads restores it)
+    cfg = tiny("tip")
+    run = worker.WorkerRun([("tip", cfg)]).start()
+    try:
+        events = drain(run)
+    finally:
+        run.close()
+    (finished,) = [e for e in events if isinstance(e, worker.Finished)]
+    app_files = finished.outcome.files
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "tipcore", *CLI_TINY, "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    cli_files = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert set(cli_files) == set(app_files)
+    cli_result = json.loads(cli_files["result.json"])
+    assert cli_result["spec"] == cfg.to_dict() and cli_result["threads"] == "3"
+    for name in sorted(app_files):
+        assert wall_times_blanked(name, app_files[name]) == wall_times_blanked(name, cli_files[name]), name
 
 
 def test_worker_stops_on_request_and_runs_niced() -> None:
@@ -414,6 +469,23 @@ def test_job_answers_from_the_cache_without_a_slot(worker_events: list, tmp_path
     assert jobs.cached_results([("none", tiny()), ("tip", tiny("tip"))], None, cache, None, "", "cifar10") is None
 
 
+def test_a_finished_job_reports_its_speed_and_its_time_beyond_the_attack() -> None:
+    """What the estimate of the next run uses: the attack's seconds per step and, per defense, the rest of the
+    job's wall time (the worker's start, the client round and the defense), measured on a real worker."""
+    pytest.importorskip("streamlit")
+    from app import jobs, resources
+
+    tp = resources.Throughput()
+    slots = resources.AttackSlots(1)
+    job = jobs.Job(plan=[("none", tiny()), ("tip", tiny("tip"))], images=None, slots=slots, iterations=3,
+                   throughput=tp).start()
+    assert job.wait(180) and job.status == "done", job.errors
+    per_defense = tp.overhead_per_defense("lenet")
+    attack_s = sum(o.seconds for o in job.records.values())
+    assert per_defense is not None and per_defense > 0 and tp.seconds_per_step("lenet", "idlg") is not None
+    assert per_defense * 2 + attack_s == pytest.approx(job.elapsed_s, rel=0.05, abs=0.5)
+
+
 def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue() -> None:
     pytest.importorskip("streamlit")
     from app import controls, jobs, resources, state
@@ -426,8 +498,15 @@ def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue() 
     for value in (0.5, 9.0, 0.4):  # the median of recent runs, not the outlier
         tp.record("convnet", "dlg", value)
     assert controls.step_seconds(s) == (0.5, True)
+    seconds, how = controls.estimate(s)  # no job finished yet: a quiet machine's worker start and preparation
+    start = controls.WORKER_START_S + 2 * controls.PREPARE_S
+    assert seconds == pytest.approx(100 * 0.5 * 2 + start) and "measured on this server" in how
+    assert "a quiet machine's" in how
+    for value in (3.0, 40.0, 2.0):  # jobs' time beyond their attack steps, per defense: the median again
+        tp.record_overhead("convnet", value)
     seconds, how = controls.estimate(s)
-    assert seconds == pytest.approx(100 * 0.5 * 2) and "measured on this server" in how
+    assert seconds == pytest.approx(100 * 0.5 * 2 + 2 * 3.0) and "to start the attack worker" in how
+    assert tp.overhead_per_defense("lenet") is None and tp.seconds_per_step("convnet", "dlg") == 0.5
     # Every slot busy with a job 30 s from its end: the wait is part of the estimate.
     slots = resources.attack_slots()
     busy = [jobs.Job(plan=[("none", None)], images=None, slots=slots, iterations=100) for _ in range(slots.capacity)]
@@ -437,7 +516,7 @@ def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue() 
         assert slots.acquire(0.01, holder=job)
     try:
         seconds, how = controls.estimate(s)
-        assert seconds == pytest.approx(100 + 30, abs=1.0) and "waiting for a free attack slot" in how
+        assert seconds == pytest.approx(100 + 6 + 30, abs=1.0) and "waiting for a free attack slot" in how
     finally:
         for job in busy:
             slots.release(job)

@@ -256,11 +256,15 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     """Repeat the run a result.json describes (its RunSpec; an upload's pixels from images.npy beside it)."""
     from dataclasses import replace
 
-    from tipcore.pipeline.experiment import artifact_files, load_run, run
+    from tipcore.common.runtime import configure_threads
+    from tipcore.pipeline.experiment import artifact_files, load_run, recorded_threads, run
 
     spec, images = load_run(args.result)
     if args.device is not None:
         spec = replace(spec, device=args.device)
+    # The recorded thread count, not TIP_THREADS: another count rounds differently (tipcore.common.runtime).
+    threads = args.threads if args.threads is not None else recorded_threads(args.result)
+    configure_threads(threads)  # None (an older result.json): TIP_THREADS, else the default
     source = Path(args.result)
     recorded = (source if source.is_dir() else source.parent) / "reconstruction.png"
     before = recorded.read_bytes() if recorded.exists() else None  # --out may be the same directory
@@ -271,7 +275,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         out = output.commit(files)
     verdict = ("no recorded reconstruction.png to compare with" if before is None else
                "reconstruction identical to the recorded one, byte for byte" if before == files["reconstruction.png"]
-               else "reconstruction DIFFERS from the recorded one (another device, library or tipcore version?)")
+               else "reconstruction DIFFERS from the recorded one (another device, CPU, thread count, library or "
+               "tipcore version?)")
     print(f"psnr {record.scores.psnr:.2f} dB  ssim {record.scores.ssim:.4f}  {verdict}  -> {out}")
     return 0
 
@@ -279,6 +284,9 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def rerun_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("result", metavar="RESULT", help="result.json of an earlier `attack` run (or its directory)")
     p.add_argument("--device", default=None, help="override the recorded device (the result may then differ)")
+    p.add_argument("--threads", type=threads_arg, default=None, metavar="N",
+                   help="override the recorded torch thread count (result.json's threads; the result may then "
+                        "differ). TIP_THREADS does not apply to a rerun")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_out_args(p)
     p.set_defaults(func=cmd_rerun)
@@ -697,6 +705,15 @@ def reproduce_args(p: argparse.ArgumentParser) -> None:
                         "--out split the work; the last to finish writes REPORT.md")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_reproduce)
+
+
+def threads_arg(text: str) -> int:
+    from tipcore.common.runtime import check_threads
+
+    try:
+        return check_threads(text, "N")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def shard_of(text: str) -> tuple[int, int]:

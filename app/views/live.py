@@ -98,8 +98,7 @@ with top_right:
         st.caption("You changed settings in the sidebar: they apply to the next run.")
     if not running:  # while a run goes, its own measured time left is in the live panel below
         st.markdown(f"Estimated time: **≈ {fmt_seconds(seconds)}** on this server")
-        st.caption(how + ". Each run also starts its worker process (a few seconds); while it runs, the time "
-                   "left comes from its own measured speed.")
+        st.caption(how + ". While it runs, the time left comes from its own measured speed.")
     if seconds > 300:
         st.warning("This will take a while. Lower the iterations or the number of defenses for a quick look; "
                    "Stop keeps whatever has been reached.")

@@ -85,16 +85,19 @@ def images_digest(cfg: Any, images: np.ndarray | None) -> dict[str, Any]:
 def run_key(cfg: Any, images: np.ndarray | None = None) -> str:
     """The cache key of one run: every setting that decides its result, and nothing else.
 
-    ``cfg`` is a ``RunSpec`` (``RunSpec``). Its image fields (gallery ids or the upload's sha256)
+    ``cfg`` is a ``RunSpec`` (``RunSpec``); the thread count the worker will compute it with
+    (``runtime.compute_threads``) is part of the key. Its image fields (gallery ids or the upload's sha256)
     stay in the key because the stored files name them (result.json, images.npy); the pixels' digest is
     added so that a changed gallery asset is a miss, not a stale hit.
     """
     from tipcore import __version__
+    from tipcore.common.runtime import compute_threads
     from tipcore.common.seeding import pick_device
 
     settings = cfg.to_dict()
     settings["device"] = pick_device(cfg.device).type
     settings["defense_options"] = cfg.defense_options()  # the round's clip as the defense applies it
+    settings["threads"] = compute_threads()  # the worker's torch threads: another count rounds differently
     payload = {"format": FORMAT, "tipcore": __version__, "images": images_digest(cfg, images),
                "settings": settings}
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))

@@ -2,9 +2,10 @@
 
 The explorer's Streamlit server redraws pages for every visitor; an attack in the same process competes
 with those redraws for the GIL and both cores. ``WorkerRun`` starts one child process (``spawn``: a fresh
-interpreter, no forked torch thread pools) that lowers its own OS priority (``os.nice``), limits torch to
-``threads`` intra-op threads, runs each ``RunSpec`` of a plan through ``experiment.stream`` and
-sends small messages back through a queue:
+interpreter, no forked torch thread pools) that lowers its own OS priority (``os.nice``), sets torch's
+intra-op threads to ``threads`` (default ``tipcore.common.runtime.compute_threads()``, the CLI's count, so its
+files are the CLI's bytes), runs each ``RunSpec`` of a plan through ``experiment.stream`` and sends small
+messages back through a queue:
 
 * ``Started(name)`` when a run begins, ``Stage`` for each step of the client's round (round, Grad-CAM,
   defense),
@@ -37,7 +38,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_NICE = 10  # the server's redraws (nice 0) always come first on a busy machine
-DEFAULT_THREADS = 1  # two attacks on two cores leave room for the server; more threads only contend
 JOIN_S = 10.0  # how long stop() + join may take before the child is terminated
 
 
@@ -239,11 +239,14 @@ class WorkerRun:
     """One plan run in one child process. ``plan``: (name, RunSpec) pairs."""
 
     def __init__(self, plan: list[tuple[str, Any]], images: np.ndarray | None = None, *,
-                 nice: int = DEFAULT_NICE, threads: int = DEFAULT_THREADS) -> None:
+                 nice: int = DEFAULT_NICE, threads: int | None = None) -> None:
+        from tipcore.common import runtime  # no torch: the count is decided here, set in the child
+
         if not plan:
             raise ValueError("a worker needs at least one run in its plan")
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
+        # The thread count decides the result's bytes: the CLI's (TIP_THREADS, else the fixed default),
+        # whatever this process or its environment (OMP_NUM_THREADS) was set to.
+        threads = runtime.compute_threads() if threads is None else runtime.check_threads(threads)
         if not 0 <= nice <= 19:
             raise ValueError(f"nice must be in [0, 19], got {nice}")
         ctx = mp.get_context("spawn")
@@ -255,6 +258,7 @@ class WorkerRun:
             target=_child_main, name=WORKER_NAME, daemon=True,
             args=(plain_plan, arrays, self._queue, self._stop, nice, threads, os.getpid()),
         )
+        self.threads = threads
         self.ended: Ended | None = None
 
     def start(self) -> "WorkerRun":

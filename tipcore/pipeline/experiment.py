@@ -354,16 +354,31 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def load_run(result_path: str | os.PathLike) -> tuple[RunSpec, np.ndarray | None]:
-    """The RunSpec of a result.json and, for an upload, its pixels (checked against the recorded sha256)."""
-    from tipcore.pipeline.runspec import spec_from_result
-
+def read_result(result_path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """A result.json (or the one in a directory) as its path and JSON object, read with a size bound."""
     path = Path(result_path)
     if path.is_dir():
         path = path / "result.json"
     result = read_json(path, MAX_RESULT_BYTES, what="result.json")
     if not isinstance(result, dict):
         raise ValueError(f"{path} is not a result.json (expected a JSON object)")
+    return path, result
+
+
+def recorded_threads(result_path: str | os.PathLike) -> int | None:
+    """The torch thread count a result.json's run computed with (its ``threads``; None if not recorded)."""
+    from tipcore.common.runtime import check_threads
+
+    path, result = read_result(result_path)
+    value = result.get("threads")
+    return None if value is None else check_threads(value, f"{path}: threads")
+
+
+def load_run(result_path: str | os.PathLike) -> tuple[RunSpec, np.ndarray | None]:
+    """The RunSpec of a result.json and, for an upload, its pixels (checked against the recorded sha256)."""
+    from tipcore.pipeline.runspec import spec_from_result
+
+    path, result = read_result(result_path)
     try:
         spec = spec_from_result(result)
     except ValueError as exc:
