@@ -31,10 +31,9 @@ def defense_label(name: str) -> str:
 
 def knob_symbol(defense: str, knob: str) -> str:
     """What a chart writes for a defense's knob: the symbol its config declares (``tipcore.common.knobs``: "β"
-    for TIP's beta), else the knob's name; "" for no knob."""
-    from app import resources
-
-    spec = resources.registries()["defenses"].get(defense)
+    for TIP's beta), else the knob's name (also while the engine loads); "" for no knob."""
+    reg = _registries()
+    spec = None if reg is None else reg["defenses"].get(defense)
     row = next((r for r in spec["knobs"] if r["name"] == knob), None) if spec is not None else None
     return row["symbol"] if row is not None else knob
 

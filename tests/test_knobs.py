@@ -214,7 +214,10 @@ def test_toy_knobs_symbol_labels_the_apps_charts_and_table(toy) -> None:
     """The frontier page writes a defense's knob as its config declares it (the toy's shrink as λ); a knob
     without a symbol is written by its name."""
     pytest.importorskip("streamlit")
+    from app import resources
     from app.components import knob_symbol, privacy_curves_figure, strength_facets
+
+    assert resources.engine_warmup().wait(120)  # the frontier page is drawn once the engine has loaded
 
     assert knob_symbol("toy_scale", "shrink") == "λ" and knob_symbol("toy_scale", "rounds") == "rounds"
     assert knob_symbol("tip", "beta") == "β" and knob_symbol("dp", "noise_multiplier") == "z"
