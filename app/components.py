@@ -17,7 +17,8 @@ from plotly.subplots import make_subplots
 # engine lookup of its own.
 from tipcore.common.pictures import png_bytes, to_uint8, upscale  # noqa: F401
 from app.labels import (  # noqa: F401
-    ATTACK_LABELS, MODEL_LABELS, adaptive_labels, attack_label, defense_label, defense_labels, split_attack,
+    ATTACK_LABELS, MODEL_LABELS, adaptive_labels, attack_label, defense_label, defense_labels, knob_symbol,
+    split_attack,
 )
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -350,17 +351,12 @@ def roughness_bars(layers: Sequence[object]) -> go.Figure:
 ATTACKER_DASH = {"naive": "dash", "adaptive": "solid"}
 ATTACKER_SYMBOL = {"naive": "circle-open", "adaptive": "circle"}
 ATTACKER_LABELS = {"naive": "naive attacker", "adaptive": "adaptive attacker"}
-KNOB_LABELS = {"epsilon": "ε", "beta": "β", "ratio": "ratio", "noise_multiplier": "z", "sigma": "σ", "p": "p"}
 CURVE_AXES = {
     "accuracy": ("held-out accuracy after defended FedAvg rounds<br>(utility: right is better)", "linear"),
     "update_cosine": ("cosine of the defended to the clean update<br>(utility proxy: right is better)", "linear"),
     "noise_scale": ("noise scale (log)", "log"),
     "noise_to_signal": ("noise-to-signal on the perturbed slices (log)", "log"),
 }
-
-
-def knob_label(knob: str) -> str:
-    return KNOB_LABELS.get(knob, knob)
 
 
 def _curves(points: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
@@ -383,7 +379,7 @@ def _curve_hover(defense: str, attacker: str) -> str:
 
 
 def _curve_customdata(pts: Sequence[dict]) -> list[list[object]]:
-    return [[p["attack"], knob_label(str(p.get("knob") or "")) or "—", float(p["strength"]), float(p["psnr"]),
+    return [[p["attack"], knob_symbol(str(p["defense"]), str(p.get("knob") or "")) or "—", float(p["strength"]), float(p["psnr"]),
              float(p["psnr_std"]), float(p["ssim"]), float(p["label_accuracy"]),
              "—" if p.get("accuracy") is None else f"{float(p['accuracy']):.3f}", float(p["update_cosine"]),
              float(p["noise_to_signal"]), int(p["images"])] for p in pts]
@@ -424,7 +420,7 @@ def privacy_curves_figure(points: Sequence[dict], reference: dict, x: str = "acc
                                      marker=dict(color=defense_colour(defense), symbol="square", size=10)))
         name = f"{defense_label(defense)} · {ATTACKER_LABELS.get(attacker, attacker)}"
         if len(knobs[defense]) > 1 and knob:
-            name += f" ({knob_label(knob)})"
+            name += f" ({knob_symbol(defense, knob)})"
         colour = defense_colour(defense)
         fig.add_trace(go.Scatter(
             x=[float(p[x]) for p in pts], y=[float(p["psnr"]) for p in pts], name=name, legendgroup=defense,
@@ -469,14 +465,14 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
     curves = _curves(points)
     panels: list[tuple[str, str]] = []
     for defense, knob, _ in curves:
-        if defense != "none" and (defense, knob) not in panels:
+        if knob and (defense, knob) not in panels:  # the baseline has no knob: it is the reference, not a panel
             panels.append((defense, knob))
     if not panels:
-        panels = [("none", "")]
+        panels = [(next(iter(curves))[0] if curves else "", "")]
     cols = min(len(panels), 3)  # four titles side by side ran into each other on a phone
     rows = (len(panels) + cols - 1) // cols
     fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.05, vertical_spacing=0.22,
-                        subplot_titles=[_wrap_title(f"{defense_label(d)}: {knob_label(k)}" if k else defense_label(d))
+                        subplot_titles=[_wrap_title(f"{defense_label(d)}: {knob_symbol(d, k)}" if k else defense_label(d))
                                         for d, k in panels])
     fig.update_annotations(font_size=12)
     _style_legend(fig, row=1, col=1)
@@ -501,7 +497,7 @@ def strength_facets(points: Sequence[dict], reference: dict) -> go.Figure:
             ), row=row, col=col)
         positive = [v for v in values if v > 0]
         log = len(positive) == len(values) and positive and max(positive) / min(positive) > 20
-        fig.update_xaxes(type="log" if log else "linear", title_text=knob_label(knob) or None, row=row, col=col)
+        fig.update_xaxes(type="log" if log else "linear", title_text=knob_symbol(defense, knob) or None, row=row, col=col)
         _reference_lines(fig, reference, annotate=i == len(panels) - 1, row=row, col=col)
     fig.update_yaxes(title_text="attack PSNR (dB)", col=1)
     fig.update_layout(title="Attack PSNR against<br>each defense's strength", margin=dict(l=10, r=10, t=110, b=10),

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import streamlit as st
@@ -394,9 +395,28 @@ def generated_defense_pickers(names: Sequence[str]) -> None:
                                       help=help_text)
                 else:
                     number = int if k["kind"] == "int" else float
-                    bounds = {b: number(k[b]) for b in ("low", "high") if k[b] is not None}
-                    state.bind_option(st.number_input, label, name, k["name"], number(default),
-                                      min_value=bounds.get("low"), max_value=bounds.get("high"), help=help_text)
+                    state.bind_option(st.number_input, label, name, k["name"], number(default), help=help_text,
+                                      **number_range(k))
+
+
+def number_range(k: Mapping[str, Any]) -> dict[str, Any]:
+    """``min_value`` / ``max_value`` of a knob's number widget (a row of ``tipcore.common.knobs.table``): the
+    knob's own range, so the widget offers no value the knob refuses. An exclusive bound becomes the first value
+    inside it: the next float (``math.nextafter``), or the next integer for an integer knob."""
+    out: dict[str, Any] = {}
+    for bound, key, towards in (("low", "min_value", math.inf), ("high", "max_value", -math.inf)):
+        value = k[bound]
+        if value is None:
+            continue
+        if k["kind"] == "int":
+            value = float(value)
+            if k[f"{bound}_open"]:
+                out[key] = math.floor(value) + 1 if towards > 0 else math.ceil(value) - 1
+            else:
+                out[key] = math.ceil(value) if towards > 0 else math.floor(value)
+        else:
+            out[key] = math.nextafter(float(value), towards) if k[f"{bound}_open"] else float(value)
+    return out
 
 
 def generated_options(s: state.Settings, name: str) -> dict[str, Any]:

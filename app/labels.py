@@ -29,6 +29,15 @@ def defense_label(name: str) -> str:
     return defense_labels().get(name, name)
 
 
+def knob_symbol(defense: str, knob: str) -> str:
+    """What a chart writes for a defense's knob: the symbol its config declares (``tipcore.common.knobs``: "β"
+    for TIP's beta), else the knob's name (also while the engine loads); "" for no knob."""
+    reg = _registries()
+    spec = None if reg is None else reg["defenses"].get(defense)
+    row = next((r for r in spec["knobs"] if r["name"] == knob), None) if spec is not None else None
+    return row["symbol"] if row is not None else knob
+
+
 def adaptive_labels() -> dict[str, str]:
     """What the attacker does about the defense, per registered matcher ("none": the naive attacker)."""
     from app import resources

@@ -210,6 +210,34 @@ def test_punchline_renders_without_compute() -> None:
     assert has_metrics or has_info
 
 
+def test_punchlines_tip_label_note_follows_the_tip_family_not_a_name_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The note on TIP's leaked label is shown for a TIP-family entry (app.state.TIP_FAMILY), and not for
+    another defense whose name merely starts with "tip"."""
+    from dataclasses import replace
+
+    from tipcore.explorer import showcase
+
+    from app import resources
+
+    punch = showcase.load_punchline()
+    if punch is None:
+        pytest.skip("no precomputed punchline")
+    note = "Note the label under TIP"
+
+    def page_with(defense: str):
+        entries = tuple(replace(e, defense=defense) if e.defense == "tip" else e for e in punch.entries)
+        monkeypatch.setattr(showcase, "load_punchline", lambda: replace(punch, entries=entries))
+        resources.punchline.clear()
+        at = new_app()
+        no_exceptions(at)
+        return [c.value for c in at.caption if c.value.startswith(note)]
+
+    try:
+        assert page_with("tip_random") and not page_with("tipsy")
+    finally:
+        resources.punchline.clear()
+
+
 def _curve_point(defense: str, knob: str, strength: float, attacker: str, attack: str, psnr: float,
                  accuracy: float | None) -> dict:
     return {"defense": defense, "knob": knob, "strength": strength, "noise_scale": strength if knob == "beta" else None,

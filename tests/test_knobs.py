@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class ToyScaleConfig:
     shrink: float = knob(0.5, "Shrink factor", "multiply every tensor of the update by 1 - shrink", low=0.0,
-                         high=1.0, role="strength", grid=(0.25, 0.75))
+                         high=1.0, role="strength", grid=(0.25, 0.75), symbol="λ")
     rounds: int = knob(1, "Repeats", "apply the shrink this many times", low=1, high=5)
 
     def __post_init__(self) -> None:
@@ -107,6 +107,34 @@ def typed_toys():
     unregister("toy_mode")
 
 
+# A one-file defense whose knobs have exclusive bounds (a noise std > 0, a tap count in (1, 8)).
+@dataclass(frozen=True)
+class ToyJitterConfig:
+    std: float = knob(0.1, "Jitter std", "add N(0, std²) to every entry", low=0.0, low_open=True, high=1.0,
+                      high_open=True)
+    taps: int = knob(3, "Taps", "smooth over this many entries", low=1, low_open=True, high=8, high_open=True)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@pytest.fixture
+def open_toy():
+    @register("toy_jitter", ToyJitterConfig, "toy: jitter the update", label="Toy jitter")
+    class ToyJitter:
+        def __init__(self, config: ToyJitterConfig | None = None) -> None:
+            self.config = config or ToyJitterConfig()
+
+        def protect(self, update, ctx):
+            return update, DefenseDiagnostics("toy_jitter", asdict(self.config))
+
+        def describe(self) -> str:
+            return "Jitters the update."
+
+    yield "toy_jitter"
+    unregister("toy_jitter")
+
+
 # ----------------------------------------------------------------------------- where it shows up
 
 def test_toy_defense_appears_in_cli_help_and_runs_with_its_generated_flag(toy, tmp_path) -> None:
@@ -180,6 +208,48 @@ def test_toy_defense_appears_in_the_apps_defense_picker_with_its_knobs(toy) -> N
     assert not at.exception, [e.value for e in at.exception]
     labels = [w.label for w in at.number_input]
     assert "Shrink factor" in labels and "Repeats" in labels
+
+
+def test_toy_knobs_symbol_labels_the_apps_charts_and_table(toy) -> None:
+    """The frontier page writes a defense's knob as its config declares it (the toy's shrink as λ); a knob
+    without a symbol is written by its name."""
+    pytest.importorskip("streamlit")
+    from app import resources
+    from app.components import knob_symbol, privacy_curves_figure, strength_facets
+
+    assert resources.engine_warmup().wait(120)  # the frontier page is drawn once the engine has loaded
+
+    assert knob_symbol("toy_scale", "shrink") == "λ" and knob_symbol("toy_scale", "rounds") == "rounds"
+    assert knob_symbol("tip", "beta") == "β" and knob_symbol("dp", "noise_multiplier") == "z"
+    point = {"defense": "toy_scale", "knob": "shrink", "attacker": "naive", "attack": "idlg", "strength": 0.25,
+             "psnr": 10.0, "psnr_std": 1.0, "ssim": 0.1, "label_accuracy": 1.0, "accuracy": 0.5,
+             "update_cosine": 0.9, "noise_to_signal": 0.1, "images": 2}
+    points = [point, {**point, "strength": 0.75}, {**point, "knob": "rounds", "strength": 2}]
+    facets = strength_facets(points, {})
+    titles = [a.text for a in facets.layout.annotations]
+    assert "Toy scaling: λ" in titles and "Toy scaling: rounds" in titles
+    # A setting without a knob (the baseline, whatever its name) is a reference point, not a panel of its own.
+    alone = strength_facets([*points, {**point, "knob": "", "strength": 0.0}], {})
+    assert sorted(a.text for a in alone.layout.annotations) == sorted(titles)
+    assert {facets.layout.xaxis.title.text, facets.layout.xaxis2.title.text} == {"λ", "rounds"}
+    curves = privacy_curves_figure(points, {})
+    assert any(t.name == "Toy scaling · naive attacker (λ)" for t in curves.data)
+    assert {t.customdata[0][1] for t in curves.data if t.customdata is not None} == {"λ", "rounds"}  # hover
+
+
+def test_a_generated_number_widget_offers_exactly_the_knobs_range(open_toy) -> None:
+    """An exclusive bound is not offered: the widget starts at the first value inside it (the next float, the
+    next integer), so no value it offers is one the knob refuses."""
+    pytest.importorskip("streamlit")
+    at = _live_app()
+    at.multiselect(key="w_defenses").set_value(["none", "toy_jitter"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    std, taps = _knob_input(at, "Jitter std"), _knob_input(at, "Taps")
+    assert std.min == math.nextafter(0.0, 1.0) and std.max == math.nextafter(1.0, 0.0)
+    assert (taps.min, taps.max) == (2, 7)
+    for value in (std.min, std.max):
+        ToyJitterConfig(std=value)  # the ends the widget offers are valid
+    ToyJitterConfig(taps=int(taps.min)), ToyJitterConfig(taps=int(taps.max))
 
 
 def _live_app(query: dict[str, str] | None = None):
@@ -263,5 +333,6 @@ def test_check_rejects_bad_values_by_declared_type_and_range(value, message) -> 
 def test_knob_table_is_plain_data_for_a_ui() -> None:
     rows = {r["name"]: r for r in knobs.table(ToyScaleConfig)}
     assert rows["shrink"]["kind"] == "float" and rows["shrink"]["range"] == "[0, 1]"
+    assert rows["shrink"]["symbol"] == "λ" and rows["rounds"]["symbol"] == "rounds"  # no symbol: the name
     assert rows["rounds"]["kind"] == "int" and rows["rounds"]["default"] == 1
     assert knobs.describe(ToyScaleConfig, "rounds").startswith("Repeats in [1, 5]")

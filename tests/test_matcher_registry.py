@@ -15,6 +15,7 @@ import pytest
 
 from tipcore import attacks
 from tipcore.attacks.registry import register_matcher, unregister_matcher
+from tipcore.common import knobs
 from tipcore.common.knobs import check, knob
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ class ToyMatchConfig:
     toy_top: int = knob(1, "Flagged per layer", "flag this many channels per conv layer, most energetic first",
                         low=1, high=64)
     toy_weight: float = knob(0.0, "Weight kept", "what the flagged channels still weigh in the distance",
-                             low=0.0, high=1.0)
+                             low=0.0, high=1.0, symbol="w")
 
     def __post_init__(self) -> None:
         check(self)
@@ -76,6 +77,9 @@ def test_toy_matcher_makes_an_attack_per_base_and_unregisters(toy) -> None:
         assert name in attacks.adaptive_variants(base) and spec.label.endswith(" + toy")
         recipe = attacks.create(name, {"toy_top": 2, "toy_weight": 0.5}).recipe()
         assert recipe.matcher == "toy" and recipe.matcher_config == ToyMatchConfig(2, 0.5)
+        # The matcher's knob declarations (the symbol a chart writes for one included) travel with the variant.
+        rows = {r["name"]: r for r in knobs.table(spec.config_cls)}
+        assert rows["toy_weight"]["symbol"] == "w" and rows["toy_top"]["symbol"] == "toy_top"
     with pytest.raises(ValueError, match="toy_top must be an integer"):
         attacks.create("idlg_toy", {"toy_top": 1.5})
     with pytest.raises(ValueError, match=r"toy_weight must be in \[0, 1\]"):

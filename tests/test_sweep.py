@@ -115,11 +115,11 @@ def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path, monkeypat
     # The FedAvg utility runs have their own tests (tests/test_flsim.py, and the sweep test above runs a real
     # one); here a distinct made-up accuracy per setting is enough to check that the report picks, pairs and
     # prints correctly. The fake reports the setting's own z back, as a real utility cell does.
-    labels = [row.label for row in reproduce.ROWS] + [label for label, _ in reproduce.MATCHED_DP]
+    labels = [row.label for row in reproduce.PAPER.rows] + [label for label, _ in reproduce.PAPER.matched_candidates()]
     fake = {label: 0.90 - 0.01 * i for i, label in enumerate(labels)}
     fake["dp_paper z=0.001"] = fake["tip p=0.1"] + 0.001  # the closest to TIP: the matched DP
     lenet_settings = reproduce.settings_for("lenet", reproduce.ATTACK_ROUND)
-    by_setting = {s.label(): label for label, s in [*lenet_settings.items(), *reproduce.MATCHED_DP]}
+    by_setting = {s.label(): label for label, s in [*lenet_settings.items(), *reproduce.PAPER.matched_candidates()]}
 
     def fake_utility(setting, protocol, seed, **kw):
         return {"accuracy": fake[by_setting[setting.label()]], "fl_rounds": protocol.rounds,
@@ -130,11 +130,11 @@ def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path, monkeypat
                                     ig_images=1, ig_iters=1, utility=UtilityProtocol(rounds=3, seeds=(0,)))
     drive(reproduce.run(cfg, tmp_path))
     rows = list(csv.DictReader((tmp_path / "cells.csv").open()))
-    settings = {row.label for row in reproduce.ROWS}
+    settings = {row.label for row in reproduce.PAPER.rows}
     lenet = [r for r in rows if r["model"] == "lenet"]
     assert {r["setting"] for r in lenet} - settings == {"dp_paper z=0.001"}
     assert len([r for r in lenet if r["setting"] in settings]) == len(settings) * 2 * 2
-    assert len([r for r in rows if r["model"] == "resnet18"]) == len(reproduce.IG_ROWS)
+    assert len([r for r in rows if r["model"] == "resnet18"]) == len(reproduce.PAPER.ig_rows)
     assert all(float(r["psnr"]) > 0 for r in rows)
     # Privacy was measured at the z the row defines (read back from what each defense ran with).
     tip_z = lenet_settings["tip p=0.1"].value
@@ -145,7 +145,7 @@ def test_reproduce_on_two_images_writes_a_well_formed_report(tmp_path, monkeypat
                    "python -m tipcore reproduce --images 2", "round 2 (per seed) of 3", f"--out {tmp_path}`"):
         assert needle in report, needle
     utility = list(csv.DictReader((tmp_path / "utility" / "utility.csv").open()))
-    assert len(utility) == len(settings) + len(reproduce.MATCHED_DP)
+    assert len(utility) == len(settings) + len(reproduce.PAPER.matched_candidates())
     header = [line for line in report.splitlines() if line.startswith("| attacker |")][0]
     for row in [line for line in report.splitlines() if line.startswith(("| naive ", "| best "))]:
         assert row.count("|") == header.count("|"), row
@@ -215,7 +215,48 @@ def test_reproduce_shards_split_the_images_and_the_last_one_writes_the_report(tm
     assert {cell[0] for cell in attacked} == {"cifar10-01"} and not (tmp_path / "REPORT.md").exists()
     drive(reproduce.run(cfg, tmp_path, shard=(0, 2)))
     assert {cell[0] for cell in attacked} == {"cifar10-00", "cifar10-01", "cifar10-02"}
-    rows = len(reproduce.ROWS) + 1  # and the DP row at TIP's utility
+    rows = len(reproduce.PAPER.rows) + 1  # and the DP row at TIP's utility
     assert len(attacked) == len(set(attacked)) == 3 * rows and (tmp_path / "REPORT.md").exists()
     with pytest.raises(ValueError, match="shard"):
         drive(reproduce.run(cfg, tmp_path, shard=(2, 2)))
+
+
+def _fake_reproduce_cells(monkeypatch, accuracy=lambda setting: 0.5):
+    def fake_cells(cfgs, **kw):
+        return [{"psnr": 10.0, "ssim": 0.1, "label_accuracy": 1.0, "noise_rel": None, "noise_to_signal": None,
+                 "update_cosine": 1.0, "flag_precision": None, "flag_recall": None, "restarts": 0, "seconds": 0.1,
+                 "stopped": False} for _ in cfgs]
+
+    def fake_utility(setting, protocol, seed, **kw):
+        return {"accuracy": accuracy(setting), "fl_rounds": 1, "noise_rel": setting.relative_noise(),
+                "noise_to_signal": None, "curve": "0.5"}
+
+    monkeypatch.setattr(reproduce, "attack_cells", fake_cells)
+    monkeypatch.setattr(evaluation, "utility_cell", fake_utility)
+
+
+def test_the_reports_rows_headline_and_matched_dp_are_the_studys_declared_data(tmp_path, monkeypatch):
+    """No row name is written into the report's code: another study (its own labels, headline row, baseline
+    and candidate z) gives a report about its own rows."""
+    _fake_reproduce_cells(monkeypatch, accuracy=lambda s: 0.61 if s.defense == "tip" else
+                          (0.6 if s.defense == "dp_paper" and s.value == 0.1 else 0.3))
+    study = reproduce.Study(rows=(reproduce.RowSpec("clean", "none"), reproduce.RowSpec("wide tip", "tip", {"ratio": 0.3})),
+                            headline="wide tip", baseline="clean", ig_rows=(), matched_defense="dp_paper",
+                            zs=(0.01, 0.1))
+    cfg = reproduce.ReproduceConfig(images=1, lenet_attacks=("idlg",), lenet_iters=1, study=study,
+                                    utility=UtilityProtocol(rounds=1, seeds=(0,)))
+    assert cfg.manifest()["study"]["headline"] == "wide tip"  # another table is another directory's job
+    assert "study" not in reproduce.ReproduceConfig().manifest() and "study" not in cfg.command()
+    drive(reproduce.run(cfg, tmp_path))
+    report = (tmp_path / "REPORT.md").read_text()
+    assert {r["setting"] for r in csv.DictReader((tmp_path / "cells.csv").open())} == {"clean", "wide tip",
+                                                                                      "dp_paper z=0.1"}
+    assert "TIP (wide tip, z = " in report and "among the paper's DP at z in 0.01 (0.300), 0.1 (0.600)" in report
+    assert "`dp_paper z=0.1` is closest" in report and "| clean |" in report and "tip p=0.1" not in report
+    assert "round 1 (per seed) of 1" in report  # the baseline row's convergence
+    for bad, message in ((dict(headline="tip"), "headline 'tip' is not one of its rows"),
+                         (dict(baseline="none"), "baseline"), (dict(ig_rows=("dp",)), "ig_rows dp"),
+                         (dict(matched_defense="prune"), "noise defense"),
+                         (dict(rows=(*study.rows, reproduce.RowSpec("clean", "dp"))), "distinct")):
+        with pytest.raises(ValueError, match=message):
+            reproduce.Study(**{**study.__dict__, **bad})

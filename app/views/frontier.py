@@ -8,7 +8,7 @@ import json
 import streamlit as st
 
 from app import resources
-from app.components import ATTACKER_LABELS, CURVE_AXES, attack_label, defense_label, knob_label
+from app.components import ATTACKER_LABELS, CURVE_AXES, attack_label, defense_label, knob_symbol
 from app.components import privacy_curves_figure, strength_facets
 
 X_LABELS = {
@@ -63,7 +63,7 @@ st.plotly_chart(strength_facets(points, reference), key="facets")
 
 rows = [
     {"defense": defense_label(p["defense"]),
-     "strength": f"{knob_label(p['knob'])} = {float(p['strength']):.3g}" if p["knob"] else "—",
+     "strength": f"{knob_symbol(p['defense'], p['knob'])} = {float(p['strength']):.3g}" if p["knob"] else "—",
      "attacker": ATTACKER_LABELS.get(p["attacker"], p["attacker"]), "attack": attack_label(p["attack"]),
      "attack PSNR (dB)": round(float(p["psnr"]), 2), "± std": round(float(p["psnr_std"]), 2),
      "SSIM": round(float(p["ssim"]), 3), "label accuracy": round(float(p["label_accuracy"]), 2),

@@ -9,6 +9,7 @@ import streamlit as st
 
 from app import panels, resources
 from app.components import attack_label, defense_label, fmt_db, upscale
+from app.state import TIP_FAMILY
 
 
 def _names(punch: object, value: object) -> str:
@@ -79,7 +80,7 @@ else:
     if hasattr(punch, "entry") and punch.entry("tip", panels.ADAPTIVE_ATTACK) is not None:
         st.info(panels.why_sentence(punch))
     tip_leaks = any(
-        str(getattr(e, "defense", "")).startswith("tip")
+        str(getattr(e, "defense", "")) in TIP_FAMILY
         and list(np.atleast_1d(getattr(e, "label_true", -1))) == list(np.atleast_1d(getattr(e, "label_pred", -2)))
         for e in entries
     )

@@ -1,7 +1,8 @@
 """What a component's options mean, declared once on its config dataclass.
 
 A defense or attack config declares each user-facing option with ``knob(...)``: its label, help text, range,
-unit and role. Everything that offers or checks options is generated from that one declaration:
+unit and role, and the short symbol a chart writes for it where it has one (β, σ, z). Everything that offers or
+checks options is generated from that one declaration:
 
 - range and type checks (``check``, called from the config's ``__post_init__``),
 - the CLI's option flags and their help (``tipcore.cli``),
@@ -9,6 +10,7 @@ unit and role. Everything that offers or checks options is generated from that o
 - budget and clip injection (role ``budget`` / ``clip``: ``tipcore.defenses.bind_round``, ``uses_budget``),
 - the sweep's default grid (role ``strength`` with a ``grid``: ``tipcore.studies.sweep.default_grid``), for integer,
   float and choice knobs alike,
+- the app's chart axes, legends and tables (``symbol``, else the knob's name),
 - the noise-scale axis of every comparison (``noise_unit``: what the knob's value means as noise, so a study
   can give the attacked update and every client of a utility run exactly the same relative noise).
 
@@ -48,6 +50,7 @@ class Knob:
     log: bool = False  # spans decades: plots and sliders on a log axis
     implies: tuple[tuple[str, Any], ...] = ()  # other options this one switches on, e.g. beta -> noise=direct
     noise_unit: str = ""  # "" (not a noise scale), "update" or "multiplier": see NOISE_UNITS
+    symbol: str = ""  # what a chart's axis or legend writes for it, e.g. "β"; "": the knob's name
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -188,7 +191,7 @@ def table(config_cls: type) -> list[dict[str, Any]]:
                      "optional": optional, "default": defaults[name], "low": k.low, "high": k.high,
                      "low_open": k.low_open, "high_open": k.high_open, "unit": k.unit, "role": k.role,
                      "log": k.log, "implies": dict(k.implies), "range": k.range_text(),
-                     "noise_unit": k.noise_unit})
+                     "noise_unit": k.noise_unit, "symbol": k.symbol or name})
     return rows
 
 
@@ -203,7 +206,7 @@ def describe(config_cls: type, name: str) -> str:
 # The knobs every budgeted defense shares, declared once so they read the same everywhere.
 def epsilon_knob(default: float = 5.0) -> Any:
     return knob(default, "Privacy budget ε", "smaller ε means more noise (shared by every budgeted defense of a "
-                "comparison)", low=0.0, low_open=True, role="budget", log=True)
+                "comparison)", low=0.0, low_open=True, role="budget", log=True, symbol="ε")
 
 
 def delta_knob(default: float = 1e-5) -> Any:

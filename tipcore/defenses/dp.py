@@ -35,7 +35,7 @@ class DPConfig:
     clip: float = clip_knob()  # per-example L2 clip norm C
     noise_multiplier: float | None = knob(None, "Noise multiplier z", "noise std z·C on the sum of clipped "
                                           "per-example gradients (instead of calibrating from (ε, δ))", low=0.0,
-                                          role="strength", log=True, noise_unit="multiplier")
+                                          role="strength", log=True, noise_unit="multiplier", symbol="z")
     epsilon: float = epsilon_knob()
     delta: float = delta_knob()
     accountant: Literal["classic", "rdp"] = knob("classic", "Accountant", "how (ε, δ) becomes a noise multiplier")
@@ -138,7 +138,7 @@ class DPPaperConfig:
     sigma: float | None = knob(None, "Noise std σ", "direct noise std on every parameter, in update units "
                                "(instead of calibrating from (ε, δ, C))", low=0.0, role="strength",
                                grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), log=True, unit="update units",
-                               noise_unit="update")
+                               noise_unit="update", symbol="σ")
     epsilon: float = epsilon_knob()
     delta: float = delta_knob()
     clip: float = clip_knob()  # C the calibration assumes: set the round's clip to the same value

@@ -49,7 +49,8 @@ class TipConfig:
                                                   "direct: the per-element scale β")
     beta: float | None = knob(None, "Noise scale β", "per-element noise scale (sets noise=direct)", low=0.0,
                               role="strength", grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), log=True,
-                              unit="update units", implies=(("noise", "direct"),), noise_unit="update")
+                              unit="update units", implies=(("noise", "direct"),), noise_unit="update",
+                              symbol="β")
     epsilon: float = epsilon_knob()
     delta: float = delta_knob()
     clip: float = clip_knob()  # C the calibration assumes: set the round's clip to the same value

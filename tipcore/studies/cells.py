@@ -297,10 +297,7 @@ def adaptive_attacks(naive: str) -> tuple[str, ...]:
     """Every registered attacker built on ``naive`` that knows the defense (``{naive}_{matcher}``)."""
     from tipcore import attacks
 
-    finder = getattr(attacks, "adaptive_variants", None)
-    if finder is not None:
-        return tuple(finder(naive))
-    return tuple(n for n in attacks.ATTACKS if n != naive and attacks.base_attack(n) == naive)
+    return attacks.adaptive_variants(naive)
 
 
 def reference_psnr(image_ids: tuple[str, ...], seed: int = 0) -> dict[str, float]:

@@ -1,15 +1,17 @@
 """The reproduction report: every defense against the naive and every adaptive attacker, privacy and utility
 at the same noise, on the gallery's CIFAR-10 images (``python -m tipcore reproduce --out DIR``).
 
-- Settings: each noise defense at the relative noise z its (ε = 5, δ = 1e-5) calibration gives where its
-  privacy is measured (the LeNet attack cell; for TIP β = σ / n_cam / L with LeNet's L = 3 and one Grad-CAM
-  sample), pruning and Soteria at fixed ratios. The same z is used on both axes (``studies.cells.DefenseSetting``).
+- Settings: the rows of ``PAPER`` (a ``Study``: the paper's table as data, with the row TIP is judged by and
+  the DP it is compared with), each noise defense at the relative noise z its (ε = 5, δ = 1e-5) calibration
+  gives where its privacy is measured (the LeNet attack cell; for TIP β = σ / n_cam / L with LeNet's L = 3 and
+  one Grad-CAM sample), pruning and Soteria at fixed ratios. The same z is used on both axes
+  (``studies.cells.DefenseSetting``).
 - Privacy: DLG's LeNet (random init), FedSGD on one image with clip C = 5: the naive iDLG and every registered
   adaptive attacker built on it (``{naive}_{matcher}``), per image the strongest adaptive one counting.
 - Utility: FedAvg from random init on the digits, same model, every client at the same z
   (``studies.cells.UtilityProtocol``; mean over seeds); convergence of the undefended run is measured and stated.
 - TIP against DP at matched utility: the paper's DP at the z (decades) whose utility from scratch is closest to
-  TIP's (p = 0.1), attacked on the same images; paired Wilcoxon signed-rank tests over images on PSNR, for the
+  that of the study's headline row (TIP at p = 0.1), attacked on the same images; paired Wilcoxon signed-rank tests over images on PSNR, for the
   naive attacker and the best adaptive one, with "no significant difference" when p >= 0.05.
 - The paper's setting (CIFAR ResNet-18, FedAvg with 4 local steps, lr 1e-3, clip 5): Inverting Gradients and its
   adaptive variants with an iteration budget given on the command line (privacy only: a from-scratch FedAvg run
@@ -45,7 +47,6 @@ IG_MODEL = "resnet18"
 IG_ROUND = RoundConfig(mode="fedavg", batch_size=1, local_steps=4, lr=1e-3, clip=5.0)
 LENET_BATCH = 11  # defenses attacked together in one batched optimisation
 RESNET_BATCH = 3  # ResNet-18's batched double-backward holds a graph per problem: keep memory modest
-TIP_ROW = "tip p=0.1"  # the paper's TIP setting: the row TIP is judged by
 EPSILON, DELTA = 5.0, 1e-5  # the budget every budgeted defense is calibrated at
 
 
@@ -61,26 +62,72 @@ class RowSpec:
     value: Any = None
 
 
-ROWS = (
-    RowSpec("none", "none"),
-    RowSpec("dp", "dp"),
-    RowSpec("dp_paper", "dp_paper"),
-    RowSpec("prune 0.7", "prune", knob="ratio", value=0.7),
-    RowSpec("soteria 0.8", "soteria", dict(STUDY_OPTIONS["soteria"]), knob="ratio", value=0.8),
-    RowSpec("tip p=0.1", "tip", {"ratio": 0.1}),
-    RowSpec("tip p=0.3", "tip", {"ratio": 0.3}),
-    RowSpec("tip p=0.6", "tip", {"ratio": 0.6}),
-    RowSpec("tip_random p=0.1", "tip_random", {"ratio": 0.1}),
-    RowSpec("tip_fullband p=0.1", "tip_fullband", {"ratio": 0.1}),
+@dataclass(frozen=True)
+class Study:
+    """The table a report reproduces, declared as data in one place (nothing below names a row): its rows, the
+    row the matched-utility comparison judges, the undefended row whose convergence the report states, the
+    rows of the ResNet-18 part, and the DP defense compared at matched utility, at each relative noise z of
+    ``zs`` (its strength knob is its declared noise scale)."""
+
+    rows: tuple[RowSpec, ...]
+    headline: str  # the row TIP is judged by (the paper's TIP setting)
+    baseline: str  # the undefended row: its utility curve says when FedAvg converged
+    ig_rows: tuple[str, ...]  # the rows attacked in the paper's own setting (ResNet-18)
+    matched_defense: str  # the DP compared with the headline row at matched utility
+    zs: tuple[float, ...] = DECADES
+
+    def __post_init__(self) -> None:
+        labels = [row.label for row in self.rows]
+        if len(set(labels)) != len(labels):
+            raise ValueError("a study's row labels must be distinct")
+        for row in self.rows:
+            if row.defense not in defenses.DEFENSES:
+                raise ValueError(f"study row '{row.label}': unknown defense '{row.defense}'")
+        for name in ("headline", "baseline"):
+            if getattr(self, name) not in labels:
+                raise ValueError(f"the study's {name} '{getattr(self, name)}' is not one of its rows")
+        unknown = [label for label in self.ig_rows if label not in labels]
+        if unknown:
+            raise ValueError(f"the study's ig_rows {', '.join(unknown)} are not among its rows")
+        matched = defenses.DEFENSES.get(self.matched_defense)
+        if matched is None or matched.noise_knob() is None:
+            raise ValueError(f"the matched defense '{self.matched_defense}' must be a registered noise defense")
+
+    def matched_candidates(self) -> tuple[tuple[str, DefenseSetting], ...]:
+        """(label, setting) of the matched DP at each z: the report attacks the one closest in utility."""
+        knob = defenses.DEFENSES[self.matched_defense].noise_knob()[0]
+        return tuple((f"{self.matched_defense} z={z:g}", DefenseSetting(self.matched_defense, knob, z))
+                     for z in self.zs)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"rows": [row.label for row in self.rows], "headline": self.headline, "baseline": self.baseline,
+                "ig_rows": list(self.ig_rows), "matched_defense": self.matched_defense, "zs": list(self.zs)}
+
+
+PAPER = Study(
+    rows=(
+        RowSpec("none", "none"),
+        RowSpec("dp", "dp"),
+        RowSpec("dp_paper", "dp_paper"),
+        RowSpec("prune 0.7", "prune", knob="ratio", value=0.7),
+        RowSpec("soteria 0.8", "soteria", dict(STUDY_OPTIONS["soteria"]), knob="ratio", value=0.8),
+        RowSpec("tip p=0.1", "tip", {"ratio": 0.1}),
+        RowSpec("tip p=0.3", "tip", {"ratio": 0.3}),
+        RowSpec("tip p=0.6", "tip", {"ratio": 0.6}),
+        RowSpec("tip_random p=0.1", "tip_random", {"ratio": 0.1}),
+        RowSpec("tip_fullband p=0.1", "tip_fullband", {"ratio": 0.1}),
+    ),
+    headline="tip p=0.1",  # the paper's TIP setting
+    baseline="none",
+    ig_rows=("none", "tip p=0.1", "tip p=0.3", "dp_paper"),  # the paper's comparison, in its own setting
+    matched_defense="dp_paper",
 )
-IG_ROWS = ("none", "tip p=0.1", "tip p=0.3", "dp_paper")  # the paper's comparison, in its own setting
 
 
-def settings_for(model: str, round_cfg: RoundConfig, rows: tuple[RowSpec, ...] = ROWS) -> dict[str, DefenseSetting]:
+def settings_for(model: str, round_cfg: RoundConfig,
+                 rows: tuple[RowSpec, ...] = PAPER.rows) -> dict[str, DefenseSetting]:
     """Each row as a ``DefenseSetting``: noise defenses at the relative noise their (ε, δ) calibration gives in
     this model's attack round, so that the same noise can be applied on the utility axis too."""
-    from tipcore import defenses
-
     out = {}
     for row in rows:
         found = defenses.DEFENSES[row.defense].noise_knob()
@@ -91,12 +138,6 @@ def settings_for(model: str, round_cfg: RoundConfig, rows: tuple[RowSpec, ...] =
         else:
             out[row.label] = DefenseSetting(row.defense, row.knob, row.value, row.extra)
     return out
-
-
-MATCHED_DP_DEFENSE = "dp_paper"  # the DP that TIP is compared with at matched utility, at each relative noise z
-MATCHED_DP = tuple((f"{MATCHED_DP_DEFENSE} z={z:g}",
-                    DefenseSetting(MATCHED_DP_DEFENSE, defenses.DEFENSES[MATCHED_DP_DEFENSE].noise_knob()[0], z))
-                   for z in DECADES)  # the knob is the defense's declared noise scale (its sigma)
 
 
 @dataclass(frozen=True)
@@ -112,6 +153,7 @@ class ReproduceConfig:
     utility: UtilityProtocol = field(default_factory=UtilityProtocol)
     seed: int = 0
     device: str = "cpu"
+    study: Study = PAPER  # the rows of the table (study configuration, not a command-line option)
 
     def __post_init__(self) -> None:
         if self.lenet_attacks is None:
@@ -146,7 +188,9 @@ class ReproduceConfig:
 
     def manifest(self) -> dict[str, Any]:
         plain = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()
-                 if k not in ("device", "utility")}
+                 if k not in ("device", "utility", "study")}
+        if self.study != PAPER:  # another table is another directory's job
+            plain["study"] = self.study.manifest()
         return {"job": "reproduce", **plain, "utility": self.utility.manifest()}
 
     def claim(self) -> dict[str, Any]:
@@ -160,6 +204,8 @@ class ReproduceConfig:
         default = ReproduceConfig()
         flags = []
         for k, v in self.__dict__.items():
+            if k == "study":
+                continue  # declared in code, not on the command line
             if k == "utility":
                 for uk, uv in v.manifest().items():
                     if uv != default.utility.manifest()[uk]:
@@ -182,7 +228,8 @@ def shown_path(path: str | Path) -> str:
 
 
 def kind_of(attack: str) -> str:
-    return "naive" if attacks.base_attack(attack) == attack else "adaptive"
+    """"adaptive" for an attacker whose registered matcher adapts to the defense, else "naive"."""
+    return "adaptive" if attacks.is_adaptive(attack) else "naive"
 
 
 def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_stop,
@@ -201,8 +248,9 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
     claim_directory(out, cfg.claim())
     cells = ResumableTable(out / "cells.csv", CELL_COLUMNS, ("setting", "model", "image", "attack"))
     utility = Utility(UtilityStore(Path(utility_dir) if utility_dir is not None else out / "utility", cfg.utility))
-    lenet_settings = settings_for(ATTACK_MODEL, ATTACK_ROUND)
-    ig_settings = ({k: v for k, v in settings_for(IG_MODEL, IG_ROUND).items() if k in IG_ROWS}
+    study = cfg.study
+    lenet_settings = settings_for(ATTACK_MODEL, ATTACK_ROUND, study.rows)
+    ig_settings = ({k: v for k, v in settings_for(IG_MODEL, IG_ROUND, study.rows).items() if k in study.ig_rows}
                    if cfg.ig_attacks else {})
     images = cifar10_ids(cfg.images)
     ig_images = cifar10_ids(cfg.ig_images) if cfg.ig_attacks else ()
@@ -269,11 +317,11 @@ def run(cfg: ReproduceConfig, out: str | Path, *, should_stop: StopHook = never_
     # The DP row at TIP's utility is chosen from utility cells first, so that it is attacked in the same
     # batched optimisations as the other rows; the attack cells come before the remaining utility cells (a
     # sweep sharing the utility directory may be filling it meanwhile).
-    matched_candidates = dict(MATCHED_DP)
-    if not (yield from work(utility_items({TIP_ROW: lenet_settings[TIP_ROW], **matched_candidates}))):
+    candidates = study.matched_candidates()
+    if not (yield from work(utility_items({study.headline: lenet_settings[study.headline], **dict(candidates)}))):
         yield stopped()
         return out
-    matched_label, matched = matched_dp(utility, TIP_ROW)
+    matched_label, matched = matched_dp(utility, study.headline, candidates)
     first = attack_groups({**lenet_settings, matched_label: matched}, ATTACK_MODEL)
     if ig_settings:
         first += attack_groups(ig_settings, IG_MODEL)
@@ -314,8 +362,9 @@ def mean_accuracy(utility: Utility, label: str) -> tuple[float, float]:
     return mean_std([number(r["accuracy"]) for r in utility.select(setting=label)])
 
 
-def matched_dp(utility: Utility, tip_label: str) -> tuple[str, DefenseSetting]:
-    """The paper's DP at the relative noise (decades) whose utility from scratch is closest to TIP's."""
+def matched_dp(utility: Utility, tip_label: str,
+               candidates: tuple[tuple[str, DefenseSetting], ...]) -> tuple[str, DefenseSetting]:
+    """The candidate (the paper's DP at each relative noise z) whose utility from scratch is closest to TIP's."""
     def accuracy(label: str) -> float:
         value = mean_accuracy(utility, label)[0]
         if math.isnan(value):
@@ -323,7 +372,7 @@ def matched_dp(utility: Utility, tip_label: str) -> tuple[str, DefenseSetting]:
         return value
 
     tip_acc = accuracy(tip_label)
-    label, setting = min(MATCHED_DP, key=lambda c: abs(accuracy(c[0]) - tip_acc))
+    label, setting = min(candidates, key=lambda c: abs(accuracy(c[0]) - tip_acc))
     return label, setting
 
 
@@ -464,8 +513,9 @@ def report(cfg: ReproduceConfig, cells: ResumableTable, utility: Utility,
            command: str | None = None) -> str:
     import torch
 
-    u = cfg.utility
-    none_curves = [[float(v) for v in r["curve"].split()] for r in utility.select(setting="none") if r["curve"]]
+    u, study = cfg.utility, cfg.study
+    none_curves = [[float(v) for v in r["curve"].split()] for r in utility.select(setting=study.baseline)
+                   if r["curve"]]
     converged = [converged_round(c) for c in none_curves]
     lines = ["# Reproduction report: TIP and the baselines, privacy and utility at the same noise", ""]
     lines += [f"Made by `{command or cfg.command()}` (this file, `cells.csv` beside it and the utility directory's "
@@ -513,9 +563,11 @@ def report(cfg: ReproduceConfig, cells: ResumableTable, utility: Utility,
                   "evaluator (precision / recall, mean over images; — where nothing was flagged or nothing noised):", ""]
         lines += detection_table(cells, settings, ATTACK_MODEL, flaggers)
     lines += ["", "## TIP against DP at matched utility", ""]
-    tip_acc, dp_acc = mean_accuracy(utility, TIP_ROW)[0], mean_accuracy(utility, matched_label)[0]
-    candidates = ", ".join(f"{label.split('=')[1]} ({mean_accuracy(utility, label)[0]:.3f})" for label, _ in MATCHED_DP)
-    lines += [f"TIP ({TIP_ROW}, z = {lenet_settings[TIP_ROW].value:.3g}) reaches utility {tip_acc:.3f} from scratch; "
+    headline = study.headline
+    tip_acc, dp_acc = mean_accuracy(utility, headline)[0], mean_accuracy(utility, matched_label)[0]
+    candidates = ", ".join(f"{setting.value:g} ({mean_accuracy(utility, label)[0]:.3f})"
+                           for label, setting in study.matched_candidates())
+    lines += [f"TIP ({headline}, z = {lenet_settings[headline].value:.3g}) reaches utility {tip_acc:.3f} from scratch; "
               f"among the paper's DP at z in {candidates}, `{matched_label}` is closest ({dp_acc:.3f}). Both utilities "
               "are measured at the same z as their privacy. Paired Wilcoxon signed-rank test over the LeNet images "
               "(two-sided), on PSNR:", "",
@@ -523,7 +575,7 @@ def report(cfg: ReproduceConfig, cells: ResumableTable, utility: Utility,
     for title, names in (("naive", naive), ("best adaptive", adaptive)):
         if not names:
             continue
-        tip = _per_image(cells, TIP_ROW, ATTACK_MODEL, names)
+        tip = _per_image(cells, headline, ATTACK_MODEL, names)
         dp = _per_image(cells, matched_label, ATTACK_MODEL, names)
         common = sorted(set(tip) & set(dp))
         a, b = [tip[i] for i in common], [dp[i] for i in common]
@@ -548,11 +600,12 @@ def report(cfg: ReproduceConfig, cells: ResumableTable, utility: Utility,
               "use the defense's record and are the evaluator's, never the attacker's.",
               "- A verdict with p >= 0.05 says 'no significant difference': it is not evidence that the two are equal."]
     if not cfg.ig_attacks or cfg.ig_preset != "paper":
+        example = ",".join(("ig", *adaptive_attacks("ig")[:1]))  # the naive IG and a registered adaptive one
         lines += ["", "## The paper's IG budget", "",
                   f"Not run for this report (device: {device_name(cfg.device)}"
                   + (f"; {cfg.ig_options()['iterations']} IG iterations instead of 10,000" if cfg.ig_attacks else "")
                   + "). On a GPU: `python -m tipcore reproduce --ig-attacks ig,... --ig-preset paper --device cuda "
                   "--out DIR` (10,000 iterations, lr 0.004, decay 0.5). On a CPU the undefended attack needs about 500 "
                   "iterations to succeed in this setting (`python bench/ig_budget.py`; BENCHMARKS.md gives the time "
-                  "per iteration); `--ig-attacks ig,ig_drop,... --ig-iters 500` runs that version, resumably."]
+                  f"per iteration); `--ig-attacks {example},... --ig-iters 500` runs that version, resumably."]
     return "\n".join(lines)
