@@ -9,6 +9,8 @@ Two measurements of the class demo's run (LeNet, iDLG, no defense, the gallery's
   page is opened, the bench waits until the server's spare worker is idle (it has loaded the engine and waits
   for a plan: its CPU time stops growing), presses Run and times until the live panel draws its first
   attack step ("step N · loss ..."). The panel polls every 0.75 s, so up to that much of the time is the poll.
+  Then the same run with 5000 iterations is stopped with the page's Stop once it draws its steps: seconds
+  from the click to the page showing the stopped results ("Stopped early").
 
 Prints a Markdown table. Run it on a quiet machine: the numbers are wall times.
 """
@@ -104,10 +106,11 @@ def _wait_for_idle_spare(server_pid: int) -> None:
     raise SystemExit("no idle spare worker appeared")
 
 
-def browser(repeat: int) -> list[float]:
+def browser(repeat: int) -> tuple[list[float], list[float]]:
+    """(Run → first step drawn, Stop → the stopped results drawn) on a warm server."""
     from playwright.sync_api import sync_playwright
 
-    times = []
+    times, stops = [], []
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryFile() as log, sync_playwright() as p:
@@ -136,11 +139,23 @@ def browser(repeat: int) -> list[float]:
                 page.get_by_text(re.compile(r"^step \d+ · loss")).first.wait_for(timeout=LIMIT_S * 1000)
                 times.append(time.perf_counter() - t0)
                 page.get_by_text("Results").first.wait_for(timeout=LIMIT_S * 1000)
+            for i in range(repeat):  # a long attack, stopped with the page's Stop once it draws its steps
+                page.goto(f"{url}/live?seed={200 + i}&iterations=5000", wait_until="domcontentloaded")
+                run = page.get_by_role("button", name="Run attack")
+                run.wait_for(timeout=LIMIT_S * 1000)
+                page.wait_for_function("(b) => !b.disabled", arg=run.element_handle(), timeout=LIMIT_S * 1000)
+                _wait_for_idle_spare(proc.pid)
+                run.click()
+                page.get_by_text(re.compile(r"^step \d+ · loss")).first.wait_for(timeout=LIMIT_S * 1000)
+                t0 = time.perf_counter()
+                page.locator(".st-key-stop_live").get_by_role("button").click()
+                page.get_by_text("Stopped early").first.wait_for(timeout=LIMIT_S * 1000)
+                stops.append(time.perf_counter() - t0)
             b.close()
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    return times
+    return times, stops
 
 
 def main() -> None:
@@ -152,7 +167,9 @@ def main() -> None:
     if not args.no_browser:
         if not CHROMIUM.exists():
             raise SystemExit(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium")
-        rows["browser: Run → first step drawn (warm server)"] = browser(args.repeat)
+        runs, stops = browser(args.repeat)
+        rows["browser: Run → first step drawn (warm server)"] = runs
+        rows["browser: page Stop → stopped results drawn"] = stops
     print(f"# Run → first snapshot, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; seconds")
     print("| path | " + " | ".join(f"run {i + 1}" for i in range(args.repeat)) + " | median |")
     print("|---|" + "---|" * (args.repeat + 1))
