@@ -16,7 +16,8 @@ separately). Stages:
 - ``attack loop``: ``AttackResult.seconds``, the optimisation itself;
 - ``attack rest``: the attack's set-up and the scores (SSIM, PSNR), analysis and environment record;
 - ``artifacts``: result.json and the PNGs built and the output directory committed;
-- ``exit``: from ``main()`` returning to the process having exited (interpreter teardown).
+- ``exit``: from ``main()`` returning to the process having exited (``cli.exit_process``: the exit handlers,
+  not the interpreter's teardown, as ``python -m tipcore`` ends).
 
 The plain ``python -m tipcore attack`` wall time, without any instrumentation, is measured beside it.
 """
@@ -120,6 +121,7 @@ print("SPLIT " + json.dumps({"t_child": t_child, "marks": marks, "imports": impo
                              "omp": os.environ.get("OMP_WAIT_POLICY"), "torch_threads": __import__("torch").get_num_threads(),
                              "torch": __import__("torch").__version__}))
 sys.stdout.flush()
+cli.exit_process(code)  # as python -m tipcore ends
 '''
 
 
@@ -146,7 +148,8 @@ def help_times(repeat: int) -> None:
             assert code == 0, argv
             walls.append(wall)
             peaks.append(rss)
-        probe = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=REPO, capture_output=True, text=True)
+        probe = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=REPO, capture_output=True, text=True,
+                               env=dict(os.environ, TIPCORE_FULL_EXIT="1"))  # runpy's SystemExit for the probe
         torch_loaded = "TORCH True" in probe.stderr
         print(f"| `python -m tipcore {' '.join(argv)}` | {statistics.median(walls):.2f} s | {max(peaks):.0f} MB | "
               f"{'yes' if torch_loaded else 'no'} |")

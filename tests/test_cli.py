@@ -461,7 +461,9 @@ def test_top_level_help_lists_the_commands_without_importing_the_engine():
              "    runpy.run_module('tipcore', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
              "heavy = ('torch', 'torchvision', 'pytorch_grad_cam', 'cv2', 'sklearn', 'numpy', 'PIL')\n"
              "print('LOADED', code, [m for m in heavy if m in sys.modules])\n")
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, TIPCORE_FULL_EXIT="1")  # runpy's SystemExit, not the CLI's fast exit
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=env)
     assert "LOADED 0 []" in proc.stdout, proc.stdout + proc.stderr
     for sub in ("attack", "update", "train", "fl", "utility", "showcase", "sweep", "reproduce"):
         assert sub in proc.stdout
@@ -490,6 +492,7 @@ def test_every_help_loads_neither_torch_nor_grad_cam():
     """`python -m tipcore attack --help` and every other command's help are built from torch-free
     declarations (the registries, knobs, presets, the models' and the round's specs)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["TIPCORE_FULL_EXIT"] = "1"  # runpy's SystemExit, not the CLI's fast exit
     proc = subprocess.run([sys.executable, "-c", HELP_PROBE], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env=env)
     assert "ATTACK 0 [] ACTIVE" in proc.stdout, proc.stdout + proc.stderr
@@ -507,10 +510,12 @@ class WhenTorchLoads(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, WhenTorchLoads())
-from tipcore.cli import main  # what the console script runs: sys.exit(main())
+import atexit
+from tipcore.cli import console_main  # what the console script runs: main(), then the CLI's exit
+atexit.register(lambda: print('LOADED', [m for m in ('torchvision', 'pytorch_grad_cam', 'torchmetrics', 'sklearn')
+                                         if m in sys.modules], flush=True))
 sys.argv = ['tipcore', *sys.argv[1:]]
-code = main()
-print('LOADED', code, [m for m in ('torchvision', 'pytorch_grad_cam', 'torchmetrics', 'sklearn') if m in sys.modules])
+console_main()
 """
 
 
@@ -519,13 +524,13 @@ def test_the_console_script_sets_the_openmp_policy_before_torch_loads_and_a_tip_
     And a CLI attack through TIP computes Grad-CAM's α and SSIM itself: neither pytorch-grad-cam, nor
     torchmetrics, nor the torchvision both pull in is imported (seconds of start-up on 2 cores)."""
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'tipcore = "tipcore.cli:main"' in pyproject
+    assert 'tipcore = "tipcore.cli:console_main"' in pyproject
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     proc = subprocess.run([sys.executable, "-c", POLICY_PROBE, "attack", "--defense", "tip", "--iters", "1", "--quiet",
                            "--out", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=env)
     assert "POLICY WHEN TORCH LOADS ACTIVE" in proc.stdout, proc.stdout + proc.stderr
-    assert "LOADED 0 []" in proc.stdout, proc.stdout + proc.stderr
+    assert "LOADED []" in proc.stdout and proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["defense"] == "tip"
 
 
@@ -646,3 +651,31 @@ def test_ctrl_c_while_the_cli_starts_up_is_one_line(tmp_path):
     lines = [t for t in rest.splitlines() if t.strip() and not t.startswith("import time:")]
     assert lines == ["error: interrupted"], rest
     assert list(tmp_path.iterdir()) == []
+
+
+EXIT_PROBE = """
+import atexit, runpy, sys
+atexit.register(lambda: print('ATEXIT RAN', flush=True))
+sys.argv = ['tipcore', *sys.argv[1:]]
+try:
+    runpy.run_module('tipcore', run_name='__main__')
+except SystemExit as e:
+    print('SYSTEMEXIT', e.code)
+"""
+
+
+@pytest.mark.parametrize("full_exit", ["", "1"])
+def test_the_cli_exits_with_its_code_after_the_exit_handlers(tmp_path: Path, full_exit: str) -> None:
+    """`python -m tipcore` answers, runs the exit handlers and leaves without the interpreter's teardown (no
+    SystemExit reaches the caller), with the command's exit code; TIPCORE_FULL_EXIT=1 is the plain sys.exit."""
+    env = dict(os.environ, TIPCORE_FULL_EXIT=full_exit)
+    for argv, code in ((["attack", "--iters", "1", "--quiet", "--out", str(tmp_path / f"r{full_exit}")], 0),
+                       (["attack", "--no-such-flag"], 2)):
+        proc = subprocess.run([sys.executable, "-c", EXIT_PROBE, *argv], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert "ATEXIT RAN" in proc.stdout, proc.stdout + proc.stderr
+        if full_exit:  # the probe caught SystemExit with the code, and exited normally after it
+            assert f"SYSTEMEXIT {code}" in proc.stdout and proc.returncode == 0, proc.stdout
+        else:  # nothing reached the probe's except: the process left with the code
+            assert "SYSTEMEXIT" not in proc.stdout and proc.returncode == code, proc.stdout + proc.stderr
+    assert (tmp_path / f"r{full_exit}" / "result.json").is_file()
