@@ -19,9 +19,11 @@ from typing import Any
 from tipcore.common.parsing import parse_typed
 
 THREADS_ENV = "TIP_THREADS"
-# Two: the count every committed number was computed with (BENCHMARKS.md, docs/REPRODUCTION.md,
-# assets/showcase), and on a 2-core machine as fast as any for these small models.
-DEFAULT_THREADS = 2
+# One, the same on every machine. On the 2-core development machine, busy as it usually is, one thread was
+# as fast as two or faster, much faster with the CLI's spinning OpenMP threads (BENCHMARKS.md, "Thread count",
+# from bench/threads.py); the explorer runs two attacks at once on two cores. On a machine of its own
+# TIP_THREADS=N may be faster: result.json records N, and results may then differ from the default's.
+DEFAULT_THREADS = 1
 MAX_THREADS = 256
 
 
