@@ -617,9 +617,14 @@ def test_stop_reaches_the_worker_at_once_and_the_attack_freezes() -> None:
     assert jobs.cached_results(job.plan, None, jobs.result_cache(), s, "", "cifar10") is None
 
 
-def test_stop_while_the_worker_starts_ends_cleanly() -> None:
+def test_stop_while_the_worker_starts_ends_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stop before the worker has loaded the engine: the worker is ended at once, and the page shows a
-    stopped run with nothing reached (no "ended unexpectedly" error, no picture passed off as a result)."""
+    stopped run with nothing reached (no "ended unexpectedly" error, no picture passed off as a result).
+    No warm spare here (a cold server, or a spare for another thread count): the job starts a fresh worker."""
+    from tipcore.explorer import worker
+
+    monkeypatch.setattr(worker.Spare, "refill", lambda self: None)
+    monkeypatch.setattr(worker.Spare, "take", lambda self, plan, images=None: worker.WorkerRun(plan, images).start())
     at = new_app({"iterations": "5000", "defenses": "none,tip", "attack": "ig"})
     at.switch_page("views/live.py").run()
     click(at, "Run attack")
