@@ -4,9 +4,9 @@ The job lives in the visitor's ``st.session_state`` and the page polls it, so wi
 interrupt the script) never interrupt the attack. A background thread of the server feeds the job: it
 first asks the shared result cache (``tipcore.explorer.result_cache``) for each run, then, for the runs not found,
 waits for a slot (``resources.attack_slots``, a global cap on concurrent attacks across visitors, first
-come first served), starts one ``tipcore.explorer.worker.WorkerRun`` (a niced child process, so this server's
-redraws come first, computing with the CLI's torch thread count, so its files are the CLI's bytes) and
-copies what it sends back into the job. Stop sets an
+come first served), hands the plan to one ``tipcore.explorer.worker.WorkerRun`` (a niced child process, so this
+server's redraws come first, computing with the CLI's torch thread count, so its files are the CLI's bytes;
+the server's warm spare when one waits, ``worker.Spare``) and copies what it sends back into the job. Stop sets an
 event that the worker's ``should_stop`` hook reads: the running attack returns what it reached and the
 remaining defenses are skipped.
 """
