@@ -578,6 +578,17 @@ def test_attack_reads_an_update_recorded_elsewhere(tmp_path, capsys):
     assert json.loads((tmp_path / "a2" / "result.json").read_text())["mode"] == "fedavg"
 
 
+def test_truth_without_an_update_dir_and_a_truth_that_is_no_audit_are_one_line(tmp_path, capsys):
+    assert main(["attack", "--truth", str(tmp_path), "--out", str(tmp_path / "a")]) == 2
+    assert "--truth scores an attack on a recorded update: give --update-dir too" in capsys.readouterr().err
+    rec = tmp_path / "update"
+    assert main(["update", "--model", "lenet", "--out", str(rec)]) == 0
+    capsys.readouterr()
+    assert main(["attack", "--update-dir", str(rec), "--truth", str(rec), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "lacks private_batch.pt" in err and not (tmp_path / "b").exists()
+
+
 def test_a_command_started_as_a_process_spins_openmp_and_in_process_calls_leave_the_environment(monkeypatch, capsys):
     # Batch commands own their machine (ACTIVE); a call from a library or a test changes no environment.
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)

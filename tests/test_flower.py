@@ -223,6 +223,63 @@ def _configure(strategy, nodes, server_round=1):
     return [_ids(m, f"train-{m.metadata.dst_node_id}-{server_round}") for m in messages]
 
 
+# ------------------------------------------------------------------------------ privacy of a recorded round
+
+def test_a_round_on_a_sample_of_the_shard_is_recorded_and_attacked_and_scored_from_the_audit(
+        tmp_path, server_process, capsys):
+    """examples-per-round: the example's own ClientApp (training and DefenseMod) on 2 real shards, one round
+    recorded by the server, then `attack --update-dir` on it, scored with the recorded node's audit."""
+    from tipflower import client_app
+
+    from tipcore.cli import main as cli_main
+
+    settings = RoundSettings(lr=0.2, clip=5.0, batch_size=32, local_epochs=1, examples_per_round=2)
+    strategy = RecordingFedAvg(record_dir=tmp_path / "server", parameter_names=None,
+                               record_meta={"model": "convnet", "num_classes": 10, "seed": 0},
+                               fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
+    arrays = ArrayRecord(task.build_model("convnet", 0).state_dict())
+    sent = sorted(strategy.configure_train(1, arrays, ConfigRecord(settings.to_config()), _FakeGrid([7, 9])),
+                  key=lambda m: m.metadata.dst_node_id)
+    sent = [_ids(m, f"train-{m.metadata.dst_node_id}-1") for m in sent]
+    run = {"defense": "tip", "defense-options": TIP_OPTIONS, "seed": 0, "model": "convnet"}
+    contexts = {7: Context(run_id=1, node_id=7, state=RecordDict(), run_config=run, node_config={
+                    "partition-id": 0, "num-partitions": 2, "audit-dir": str(tmp_path / "audit-0")}),
+                9: Context(run_id=1, node_id=9, state=RecordDict(), run_config=run, node_config={
+                    "partition-id": 1, "num-partitions": 2, "audit-dir": str(tmp_path / "audit-1")})}
+    mod = DefenseMod(client_app.model_for, client_app.private_data)
+    replies = [mod(m, contexts[m.metadata.dst_node_id], client_app.train) for m in sent]
+    assert not any(r.has_error() for r in replies), [r.error.reason for r in replies if r.has_error()]
+    assert not set().union(*map(_everything_said, replies)) & PRIVATE_KEYS  # the sample's examples stay home
+    strategy.aggregate_train(1, replies)
+
+    server = records.round_dir(tmp_path / "server", 1)
+    public = records.load_record(server / records.DEFENSE_FILE)
+    assert public["num_examples"] == 2 and public["local_steps"] == 1 and public["node_id"] == 7
+    assert not _keys(public) & (PRIVATE_KEYS | {"sample_indices", "images"})
+    assert {p.name for p in server.iterdir()} == {records.DEFENDED_FILE, records.GLOBAL_FILE, records.DEFENSE_FILE,
+                                                  records.PUBLIC_DEFENSE_FILE}
+    audit = records.round_dir(tmp_path / "audit-0", 1)
+    kept = records.load_record(audit / records.DEFENSE_FILE)
+    batch = records.load_tensors(audit / records.PRIVATE_BATCH_FILE)
+    x, y = task.load_partition(0, 2, 0)
+    assert len(kept["sample_indices"]) == 2 and torch.equal(batch["images"], x[kept["sample_indices"]])
+    assert torch.equal(batch["labels"], y[kept["sample_indices"]])
+
+    out = tmp_path / "attack"
+    assert cli_main(["attack", "--update-dir", str(server), "--truth", str(audit), "--attack", "idlg_drop",
+                     "--iters", "2", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["num_examples"] == 2 and result["labels_true"] == y[kept["sample_indices"]].tolist()
+    assert 0 < result["psnr"] < 100 and len(result["per_image_psnr"]) == 2 and "detection" in result
+    assert result["detection"]["noised"] > 0 and (out / "original.png").is_file()
+    assert "psnr" in capsys.readouterr().out
+    # The other node's audit is not the recorded round: refused with one line, nothing written.
+    assert cli_main(["attack", "--update-dir", str(server), "--truth", str(records.round_dir(tmp_path / "audit-1", 1)),
+                     "--iters", "2", "--out", str(tmp_path / "wrong"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is not the audit of the update" in err and not (tmp_path / "wrong").exists()
+
+
 # ------------------------------------------------------------------------------ failures cost one reply
 
 SUPERLINK_ID = 1  # error replies the SuperLink writes for a lost node carry its id as sender

@@ -232,6 +232,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     attack_cfg.update(parse_options(args.attack_opt, "--attack-opt", config_cls))
     if args.iters is not None:
         attack_cfg["iterations"] = args.iters
+    if args.truth and not args.update_dir:
+        raise CLIError("--truth scores an attack on a recorded update: give --update-dir too")
     if args.update_dir:
         return attack_recorded(args, attack_cfg)
     cfg, images = experiment_config(args, args.attack, attack_cfg)
@@ -299,6 +301,7 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
     from tipcore import attacks
     from tipcore.federation import recorded
     from tipcore.attacks.base import flagged_channels, flags_channels
+    from tipcore.pipeline import metrics
     from tipcore.common.pictures import image_grid, png_bytes
     from tipcore.pipeline.experiment import environment, strict_json
     from tipcore.common.progress import drive
@@ -308,6 +311,7 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
     if given:
         raise CLIError(f"--update-dir brings its own update: drop --{given[0].replace('_', '-')}")
     rec = recorded.load(args.update_dir)
+    truth = recorded.load_truth(args.truth, args.update_dir, rec) if args.truth else None
     attack = attacks.create(args.attack, attack_cfg)
     with staged(args, "attack") as output:  # from here to the commit, any error removes the staged directory
         t0 = time.perf_counter()
@@ -321,13 +325,26 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
                    "final_loss": result.final_loss, "seconds": time.perf_counter() - t0, "match": result.match,
                    **({"flagged": flagged_channels(result)} if flags_channels(result) else {}),
                    **({"matcher_notes": list(result.notes)} if result.notes else {}),
-                   "note": "no private image: reconstruction only, no PSNR",
                    **environment(pick_device("cpu"))}
-        out = output.commit({"result.json": strict_json(payload, indent=2),
-                             "reconstruction.png": png_bytes(image_grid([result.images]))})
+        files = {}
+        if truth is None:
+            payload["note"] = "no private image: reconstruction only, no PSNR (--truth AUDIT_ROUND scores it)"
+            files["reconstruction.png"] = png_bytes(image_grid([result.images]))
+        else:  # the evaluator's view: the node's audit copy of this round, handed over by its operator
+            scores = metrics.score(truth.images, result.images, truth.labels, result.labels)
+            payload.update(truth=str(Path(args.truth).resolve()), labels_true=list(truth.labels), **scores.as_dict())
+            if flags_channels(result) and truth.noised is not None:
+                payload["detection"] = recorded.detection(result.flagged, truth.noised)
+            files["original.png"] = png_bytes(image_grid([truth.images]))
+            files["reconstruction.png"] = png_bytes(image_grid([result.images[list(scores.order)]]))
+        out = output.commit({"result.json": strict_json(payload, indent=2), **files})
     flagged = sum(len(v) for v in result.flagged.values())
+    scored = ""
+    if truth is not None:
+        scored = (f", psnr {payload['psnr']:.2f} dB  ssim {payload['ssim']:.4f}  labels true {list(truth.labels)}"
+                  f" (label accuracy {payload['label_accuracy']:.2f})")
     print(f"{args.attack} on {args.update_dir}: labels {list(result.labels)}, {result.iterations} steps"
-          + (f", flagged {flagged} channels as noised" if flags_channels(result) else "") + f"  -> {out}")
+          + (f", flagged {flagged} channels as noised" if flags_channels(result) else "") + scored + f"  -> {out}")
     return 0
 
 
@@ -596,6 +613,10 @@ def attack_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--update-dir", metavar="DIR", help="attack an update recorded elsewhere instead of running a round: "
                                                        "a directory from `tipcore update` or a Flower run "
                                                        "(global_weights.pt, update_defended.pt, defense.json)")
+    g.add_argument("--truth", metavar="AUDIT_DIR", help="with --update-dir: the recorded client's own audit copy of "
+                                                        "that round (a Flower node's audit-dir/round-NNN, with "
+                                                        "private_batch.pt), to score the reconstruction (PSNR, SSIM, "
+                                                        "labels, noised-channel detection)")
     g.add_argument("--report-every", type=COUNT, default=10, help="progress update and snapshot every N steps")
     g.add_argument("--quiet", action="store_true", help="no progress bar (or lines, when stderr is not a terminal)")
     add_out_args(p)

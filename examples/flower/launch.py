@@ -37,7 +37,8 @@ def check_run_config(overrides: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown run config key(s) {', '.join(unknown)}; known: {', '.join(sorted(config))}")
     config.update(overrides)
     settings = RoundSettings(lr=float(config["lr"]), clip=float(config["clip"]), batch_size=int(config["batch-size"]),
-                             local_epochs=int(config["local-epochs"]))
+                             local_epochs=int(config["local-epochs"]),
+                             examples_per_round=int(config["examples-per-round"]))
     check_defense(str(config["defense"]), str(config["defense-options"]), settings.clip,
                   task.build_model(str(config["model"]), int(config["seed"])))
     if not 1 <= int(config["min-nodes"]):
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defense-options", default="{}", help="JSON object, e.g. '{\"ratio\": 0.1, \"epsilon\": 5}'")
     parser.add_argument("--model", default="convnet")
     parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--examples-per-round", type=int, default=0,
+                        help="each node trains every round on a seeded sample of this many of its examples "
+                             "(0: its whole shard); at most 64 makes the recorded rounds attackable")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--round-timeout", type=float, default=600.0,
                         help="seconds round 1 waits for replies, and the most any round waits")
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     overrides = {"num-server-rounds": args.rounds, "defense": args.defense, "defense-options": args.defense_options,
                  "model": args.model, "local-epochs": args.local_epochs, "seed": args.seed,
+                 "examples-per-round": args.examples_per_round,
                  "min-nodes": args.nodes, "round-timeout": args.round_timeout,
                  "round-timeout-factor": args.round_timeout_factor, "secure-aggregation": args.secure_aggregation,
                  "record-dir": str(out / "records")}

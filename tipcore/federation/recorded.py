@@ -8,8 +8,12 @@ The project's update format (written by ``python -m tipcore update`` and by the 
     defense.json         the public protocol (model, mode, num_examples, local_steps, lr, clip, num_classes)
                          and the defense's record (which the attack never reads; the evaluator may)
 
-``python -m tipcore attack --update-dir DIR`` attacks such a directory. There is no private image to
-compare with, so the run reports the reconstruction and what the attacker inferred, not PSNR.
+``python -m tipcore attack --update-dir DIR`` attacks such a directory. The server holds no private image
+to compare with, so the run reports the reconstruction and what the attacker inferred; an evaluator handed
+the recorded client's own audit copy of that round (a Flower node's ``audit-dir/round-NNN`` with
+``private_batch.pt``, see ``tipcore.flower.records``) adds ``--truth AUDIT_DIR`` and gets PSNR, SSIM, label
+accuracy and, for a channel-flagging attacker, the detection precision/recall against the audit's record
+(``load_truth``: the audit must hold the very update the server recorded).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from tipcore.common.files import read_json
@@ -28,6 +33,7 @@ from tipcore.federation.fl import MAX_BATCH, Mode, RoundConfig, ServerView, Shar
 GLOBAL_FILE = "global_weights.pt"
 DEFENDED_FILE = "update_defended.pt"
 RECORD_FILE = "defense.json"
+PRIVATE_BATCH_FILE = "private_batch.pt"  # a client's audit only (tipcore.flower.records): the round's examples
 # A TIP record of a 64-image ResNet-18 batch (per-image α of 20 layers) is about 15 MB; the rest a few kB.
 MAX_RECORD_BYTES = 64 * 2**20
 
@@ -114,3 +120,49 @@ def load(directory: str | Path) -> RecordedUpdate:
     update = SharedUpdate(mode=mode, tensors=tensors, num_examples=num_examples, local_steps=protocol.local_steps,
                           lr=protocol.lr, labels=None, clip=protocol.clip)
     return RecordedUpdate(view, update, record)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The recorded client's private examples of the round, from its audit copy: the evaluator's only."""
+
+    images: np.ndarray  # (N, H, W, 3) in [0, 1], as the attacks return reconstructions
+    labels: tuple[int, ...]
+    noised: dict[str, set[int]] | None  # the channels the defense noised per conv layer (None: not by channel)
+
+
+def load_truth(directory: str | Path, update_dir: str | Path, rec: RecordedUpdate) -> Truth:
+    """A client's audit of the round ``rec`` was read from; ValueError (one line) when it is not that round's."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"--truth {root} is not a directory (give a node's audit-dir/round-NNN)")
+    missing = [f for f in (PRIVATE_BATCH_FILE, DEFENDED_FILE, RECORD_FILE) if not (root / f).is_file()]
+    if missing:
+        raise ValueError(f"--truth {root} lacks {', '.join(missing)} (a Flower node's audit of a round trained on "
+                         f"at most {MAX_BATCH} examples: examples-per-round)")
+    audited = _tensors(root / DEFENDED_FILE)
+    sent = rec.update.tensors
+    if set(audited) != set(sent) or not all(torch.equal(audited[n], sent[n]) for n in sent):
+        raise ValueError(f"--truth {root} is not the audit of the update in {update_dir}: its update_defended.pt "
+                         "differs from the server's (another node or another round?)")
+    batch = _tensors(root / PRIVATE_BATCH_FILE)
+    images, labels = batch.get("images"), batch.get("labels")
+    n = rec.update.num_examples
+    if images is None or labels is None or tuple(images.shape) != (n, *rec.view.input_shape) or \
+            tuple(labels.shape) != (n,):
+        raise ValueError(f"--truth {root / PRIVATE_BATCH_FILE} must hold images [{n}, "
+                         f"{', '.join(map(str, rec.view.input_shape))}] and {n} labels for this {n}-example update")
+    record = read_json(root / RECORD_FILE, MAX_RECORD_BYTES, what=RECORD_FILE)
+    layers = record.get("layers") if isinstance(record, Mapping) else None
+    noised = None
+    if layers:
+        noised = {str(layer["name"]): {int(c) for sample in layer["selected"] for c in sample}
+                  for layer in layers if float(layer.get("effective_std") or 0) > 0}
+    return Truth(images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).numpy(),
+                 tuple(int(v) for v in labels.tolist()), noised)
+
+
+def detection(flagged: Mapping[str, tuple[int, ...]], noised: Mapping[str, set[int]]) -> dict[str, Any]:
+    from tipcore.pipeline.update_stats import detection_against
+
+    return detection_against(flagged, noised)

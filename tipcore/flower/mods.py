@@ -22,8 +22,10 @@ settings in one ConfigRecord) and Flower's legacy fit layout (``fitins.parameter
 
 The mod needs two things the ClientApp already has, passed as callables of the Flower ``Context``: a
 fresh model of the architecture (``build_model``) and the node's private training data (``private_data``).
-The round's public settings (lr, clip, batch size, local epochs) come from the train message's
-ConfigRecord (see ``RoundSettings``), as the ServerApp announced them.
+The round's public settings (lr, clip, batch size, local epochs, examples per round) come from the train
+message's ConfigRecord (see ``RoundSettings``), as the ServerApp announced them; with examples-per-round N
+the mod defends with the same seeded sample of N examples the ClientApp trained on
+(``settings.round_sample``), and a node's audit then also keeps those examples (``private_batch.pt``).
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from torch import nn
 
-from tipcore.federation.fl import ClientContext, RoundConfig, SharedUpdate, trainable_names
+from tipcore.federation.fl import MAX_BATCH, ClientContext, RoundConfig, SharedUpdate, trainable_names
 from tipcore.flower import policy, records
-from tipcore.flower.settings import RoundSettings, check_defense
+from tipcore.flower.settings import RoundSettings, check_defense, round_sample
 from tipcore.common.seeding import generator
 
 RECORD_KEY = "tipcore-defense"  # ConfigRecord in the reply: {"defense": name, "options": JSON}, public only
@@ -253,11 +255,15 @@ class DefenseMod:
         names = trainable_names(global_model)
 
         x, y = self.private_data(context)
+        node = context.node_config.get("partition-id", context.node_id)
+        seed = int(context.run_config.get("seed", 0))
+        # The round's own examples: with examples-per-round, the seeded sample the ClientApp trained on.
+        sample = round_sample(len(y), settings, seed=seed, node=node, server_round=server_round)
+        if sample is not None:
+            x, y = x[sample], y[sample]
         steps = settings.steps(len(y))
         clean = {n: (global_state[n] - local_state[n]) for n in names}
         update = SharedUpdate("fedavg", clean, int(len(y)), steps, settings.lr, clip=settings.clip)
-        node = context.node_config.get("partition-id", context.node_id)
-        seed = int(context.run_config.get("seed", 0))
         round_cfg = RoundConfig(mode="fedavg", batch_size=settings.batch_size, local_steps=steps, lr=settings.lr,
                                 clip=settings.clip)
         ctx = ClientContext(local_model, global_model, x, y, round_cfg,
@@ -293,8 +299,12 @@ class DefenseMod:
             record = diagnostics.as_dict()
             record.update(round=server_round, num_examples=int(len(y)), local_steps=steps, lr=settings.lr,
                           clip=settings.clip, batch_size=settings.batch_size, partition=node,
-                          node_id=int(context.node_id), options=dict(options))
+                          node_id=int(context.node_id), options=dict(options),
+                          sample_indices=None if sample is None else sample.tolist())
             as_sent = {n: global_state[n] - returned[n] for n in names}
+            # The round's private examples too, when an attack can rebuild them (at most MAX_BATCH), so an
+            # evaluator handed this audit can score a reconstruction of the server's record (PSNR).
+            batch = {"images": x, "labels": y} if len(y) <= MAX_BATCH else None
             records.write_client_audit(str(audit_dir), server_round, clean_update=clean, defended_update=as_sent,
-                                       defense_record=json.loads(records.dumps(record)))
+                                       defense_record=json.loads(records.dumps(record)), private_batch=batch)
         return reply

@@ -13,7 +13,11 @@ has ``update_clean.pt`` nor the defense's private record (TIP's α, channels, ma
 carries. A client can keep its own audit copy (``write_client_audit``, opt-in per node through
 ``audit-dir``): ``update_clean.pt``, ``update_defended.pt`` and ``defense.json`` with the full private
 record, exactly that command's three files, so anyone holding the node can check that the defense changed
-only what its record says. That copy never leaves the node unless its operator hands it over.
+only what its record says. When the round trained on at most 64 examples (``examples-per-round``) the audit
+also holds them, ``private_batch.pt`` ({"images": [N, 3, H, W] in [0, 1], "labels": [N]}; their indices
+into the shard are ``sample_indices`` in its defense.json), so an evaluator handed the audit can score an
+attack on the server's record of that round (``python -m tipcore attack --update-dir SERVER_ROUND --truth
+AUDIT_ROUND``). That copy never leaves the node unless its operator hands it over.
 All tensors are saved on the CPU and load with ``torch.load(..., weights_only=True)``.
 """
 
@@ -31,6 +35,7 @@ DEFENDED_FILE = "update_defended.pt"
 GLOBAL_FILE = "global_weights.pt"
 DEFENSE_FILE = "defense.json"
 PUBLIC_DEFENSE_FILE = "public_defense.json"  # server side: every replying node's public defense settings
+PRIVATE_BATCH_FILE = "private_batch.pt"  # client audit only: the round's own examples {"images", "labels"}
 
 
 def round_dir(root: str | Path, server_round: int) -> Path:
@@ -73,9 +78,12 @@ def write_server_round(root: str | Path, server_round: int, *, global_weights: M
 
 
 def write_client_audit(root: str | Path, server_round: int, *, clean_update: Mapping[str, torch.Tensor],
-                       defended_update: Mapping[str, torch.Tensor], defense_record: Mapping[str, Any]) -> Path:
-    return _write_round(root, server_round, {CLEAN_FILE: clean_update, DEFENDED_FILE: defended_update},
-                        defense_record)
+                       defended_update: Mapping[str, torch.Tensor], defense_record: Mapping[str, Any],
+                       private_batch: Mapping[str, torch.Tensor] | None = None) -> Path:
+    files = {CLEAN_FILE: clean_update, DEFENDED_FILE: defended_update}
+    if private_batch is not None:
+        files[PRIVATE_BATCH_FILE] = private_batch
+    return _write_round(root, server_round, files, defense_record)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

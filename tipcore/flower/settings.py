@@ -1,8 +1,10 @@
 """The public round protocol and the defense choice, checked before any Flower process is involved.
 
 ``RoundSettings`` is what the server announces in every train message (learning rate, clipping norm, batch
-size, local epochs): the client trains with it and the defense calibrates with it, the same semantics as
-``tipcore.studies.flsim``. ``check_defense`` rejects an unknown defense, bad options, a budgeted defense whose
+size, local epochs, examples per round): the client trains with it and the defense calibrates with it, the
+same semantics as ``tipcore.studies.flsim``. ``examples_per_round`` N > 0 makes every node train its round
+on a seeded sample of N examples of its data (``round_sample``), as a cross-device client does, so a round's
+update averages N examples (attackable up to ``MAX_BATCH``); 0 trains on the whole shard. ``check_defense`` rejects an unknown defense, bad options, a budgeted defense whose
 calibration clip differs from the round's, and TIP on a model without conv layers, each with a one-line
 ValueError, so a launcher can refuse before it starts a process and the ServerApp before its first round.
 No flwr import here.
@@ -15,9 +17,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+import torch
 from torch import nn
 
 from tipcore import defenses
+from tipcore.common.seeding import generator
 from tipcore.federation.fl import MAX_BATCH
 
 
@@ -27,9 +31,12 @@ class RoundSettings:
     clip: float = 5.0
     batch_size: int = 32
     local_epochs: int = 1
+    examples_per_round: int = 0  # N > 0: each node trains its round on a seeded sample of N of its examples
 
     # Keys in the train ConfigRecord (Flower's convention is kebab-case).
-    KEYS = {"lr": "lr", "clip": "clip", "batch_size": "batch-size", "local_epochs": "local-epochs"}
+    KEYS = {"lr": "lr", "clip": "clip", "batch_size": "batch-size", "local_epochs": "local-epochs",
+            "examples_per_round": "examples-per-round"}
+    OPTIONAL = {"examples-per-round": 0}  # absent from a train config (an older ServerApp): the whole shard
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -40,6 +47,9 @@ class RoundSettings:
             raise ValueError(f"batch-size must be in [1, {MAX_BATCH}], got {self.batch_size}")
         if not 1 <= self.local_epochs <= 100:
             raise ValueError(f"local-epochs must be in [1, 100], got {self.local_epochs}")
+        if not 0 <= self.examples_per_round <= 10**6:
+            raise ValueError(f"examples-per-round must be in [0, 1000000] (0: the whole shard), got "
+                             f"{self.examples_per_round}")
 
     def steps(self, num_examples: int) -> int:
         """T = E · ceil(N / B): the SGD steps behind one client's update (TIP's calibration uses it)."""
@@ -50,12 +60,26 @@ class RoundSettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "RoundSettings":
-        missing = [key for key in cls.KEYS.values() if key not in config]
+        missing = [key for key in cls.KEYS.values() if key not in config and key not in cls.OPTIONAL]
         if missing:
             raise ValueError(f"the train config lacks {', '.join(missing)}: the ServerApp must send the round's "
-                             f"{', '.join(cls.KEYS.values())}")
+                             f"{', '.join(k for k in cls.KEYS.values() if k not in cls.OPTIONAL)}")
         return cls(lr=float(config["lr"]), clip=float(config["clip"]), batch_size=int(config["batch-size"]),
-                   local_epochs=int(config["local-epochs"]))
+                   local_epochs=int(config["local-epochs"]),
+                   examples_per_round=int(config.get("examples-per-round", cls.OPTIONAL["examples-per-round"])))
+
+
+def round_sample(num_examples: int, settings: RoundSettings, *, seed: int, node: object,
+                 server_round: int) -> torch.Tensor | None:
+    """The indices (sorted) into a node's ``num_examples`` examples that it trains round ``server_round`` on:
+    a sample of ``settings.examples_per_round`` drawn from (run seed, node, round), so the ClientApp that
+    trains and the DefenseMod that defends draw the same one. None: the whole shard (``examples_per_round``
+    0, or at least the shard's size)."""
+    wanted = settings.examples_per_round
+    if wanted == 0 or wanted >= num_examples:
+        return None
+    order = torch.randperm(num_examples, generator=generator(seed, f"flower-round-sample:{node}:{server_round}"))
+    return order[:wanted].sort().values
 
 
 def parse_options(options: str | Mapping[str, Any] | None) -> dict[str, Any]:

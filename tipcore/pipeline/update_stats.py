@@ -70,9 +70,11 @@ def detection(flagged: Mapping[str, tuple[int, ...]], diagnostics: DefenseDiagno
     ``noised`` False (e.g. β = 0) means nothing was really perturbed: every flag is a false positive.
     Precision is None when nothing was flagged; recall is None when nothing was noised.
     """
-    truth = true_selection(diagnostics) or {}
-    if not noised:
-        truth = {}
+    return detection_against(flagged, (true_selection(diagnostics) or {}) if noised else {})
+
+
+def detection_against(flagged: Mapping[str, tuple[int, ...]], truth: Mapping[str, set[int]]) -> dict[str, Any]:
+    """``detection`` against the noised channels per conv layer as given (e.g. read from a node's audit)."""
     flagged_total = sum(len(v) for v in flagged.values())
     true_total = sum(len(v) for v in truth.values())
     hits = sum(len(set(flagged.get(layer, ())) & chosen) for layer, chosen in truth.items())

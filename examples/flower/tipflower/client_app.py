@@ -1,4 +1,5 @@
-"""ClientApp: train the global model on this node's shard; the DefenseMod then defends the reply.
+"""ClientApp: train the global model on this node's shard (or, with ``examples-per-round`` N, on a seeded
+sample of N of it each round); the DefenseMod then defends the reply.
 
 The defense is not in the training code: it is the ``DefenseMod`` wrapped around this app, chosen by the
 run config (``defense``, ``defense-options``), the way Flower's own ``LocalDpMod`` is used.
@@ -13,6 +14,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from tipcore.flower import DefenseMod, RoundSettings, check_mod_order
+from tipcore.flower.settings import round_sample
 from tipcore.flower.mods import LEGACY_INS_ARRAYS, secaggplus_when_asked
 from tipcore.common.seeding import generator
 from tipflower import task
@@ -52,6 +54,11 @@ def train(msg: Message, context: Context) -> Message:
 def _train(model: torch.nn.Module, settings: RoundSettings, server_round: int, context: Context) -> tuple[int, int]:
     x, y = private_data(context)
     partition = int(context.node_config["partition-id"])
+    # examples-per-round N: this round's seeded sample of N of the shard (the DefenseMod draws the same one).
+    sample = round_sample(len(y), settings, seed=int(context.run_config["seed"]), node=partition,
+                          server_round=server_round)
+    if sample is not None:
+        x, y = x[sample], y[sample]
     print(f"tipflower client: partition {partition} training round {server_round} on {len(y)} examples", flush=True)
     steps = task.train(model, x, y, epochs=settings.local_epochs, batch_size=settings.batch_size, lr=settings.lr,
                        clip=settings.clip,

@@ -32,7 +32,8 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     try:
         settings = RoundSettings(lr=float(cfg["lr"]), clip=float(cfg["clip"]), batch_size=int(cfg["batch-size"]),
-                                 local_epochs=int(cfg["local-epochs"]))
+                                 local_epochs=int(cfg["local-epochs"]),
+                                 examples_per_round=int(cfg.get("examples-per-round", 0)))
         model = task.build_model(str(cfg["model"]), int(cfg["seed"]))
         check_defense(str(cfg["defense"]), str(cfg["defense-options"]), settings.clip, model)
     except ValueError as err:
