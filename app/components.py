@@ -6,6 +6,7 @@ Cividis / Viridis for magnitudes, and a blue-white-red diverging scale centred o
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -119,9 +120,32 @@ def fmt_psnr(psnr: float) -> str:
     return "∞ dB" if not np.isfinite(psnr) else f"{psnr:.1f} dB"
 
 
+def formula_lines(tex: str) -> str | None:
+    """A display formula broken into lines for a phone: one line per part separated by ``\\quad`` or
+    ``\\qquad`` (a lone ``\\Rightarrow`` part starts the next line), stacked and centred; None when it has
+    a single part. A formula wider than a phone's screen was cut off (or hid its end behind a scroll bar)."""
+    parts = [part.strip() for part in re.split(r"\\q?quad(?![A-Za-z])", tex)]
+    lines: list[str] = []
+    for part in parts:
+        if lines and lines[-1] == r"\Rightarrow":
+            lines[-1] = rf"\Rightarrow\ {part}"
+        elif part:
+            lines.append(part)
+    if len(lines) < 2:
+        return None
+    return r"\begin{gathered}" + r" \\ ".join(lines) + r"\end{gathered}"
+
+
 # ------------------------------------------------------------------------------------------ figures
 
 _MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+def _title_above(text: str, gap: int = 0) -> dict:
+    """A chart title placed just above the plot area, ``gap`` pixels higher to clear subplot titles, the top
+    margin grown to hold all its lines (a title placed in the middle of a fixed margin ran into two-line
+    subplot titles on a phone). Lines are broken with <br> where a phone's 390 px needs it."""
+    return dict(text=text, yref="paper", y=1, yanchor="bottom", pad=dict(b=gap), automargin=True)
 
 
 def _square_axes(fig: go.Figure, row: int | None = None, col: int | None = None) -> None:
@@ -334,14 +358,21 @@ def roughness_bars(layers: Sequence[object]) -> go.Figure:
                 customdata=[["flagged by the attacker" if i in flagged else "not flagged"] for i in idx[mask]],
                 hovertemplate="channel %{x}<br>E_hf / E_lf = %{y:.3g}<br>%{customdata[0]}<extra>" + name + "</extra>",
             ), row=1, col=col)
-        fig.update_xaxes(title_text="output channel", dtick=1 if values.size <= 16 else None, row=1, col=col)
+        # One axis title under the middle panel and automatic ticks: three titles and a tick per channel side
+        # by side ran into each other on a phone.
+        middle = (len(layers) + 1) // 2
+        fig.update_xaxes(title_text="output channel" if col == middle else None, row=1, col=col)
+    if layers:  # the black outline in the legend (a swatch only)
+        fig.add_trace(go.Bar(x=[None], y=[None], name="flagged as noised by the attacker", marker_color="#FFFFFF",
+                             width=BAR_WIDTH, marker_line=dict(color="#000000", width=2.5), hoverinfo="skip"),
+                      row=1, col=1)
     fig.update_yaxes(type="log", tickformat=".0e")
     fig.update_yaxes(title_text="E_hf / E_lf (log)", row=1, col=1)
     fig.update_layout(
-        title="What the attacker sees: high- to low-frequency energy per channel of the received update "
-              "(black outline: flagged as noised)",
-        barmode="overlay", margin=dict(l=10, r=10, t=70, b=10), height=320,
-        legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0),
+        title=_title_above("What the attacker sees: each received<br>channel's high- to low-frequency energy",
+                           gap=28),
+        barmode="overlay", margin=dict(l=10, r=10, t=40, b=10), height=360,
+        legend=dict(orientation="h", yanchor="top", y=-0.35, xanchor="left", x=0.0),
     )
     return plain_numbers(fig)
 
@@ -562,8 +593,9 @@ def channel_energy_map(layers: Sequence[str], clean: Sequence[np.ndarray], recei
         fig.update_xaxes(title_text="output channel" if col == 2 else None, showgrid=False, zeroline=False,
                          row=1, col=col)
     fig.update_yaxes(autorange="reversed", showgrid=False, type="category", row=1, col=1)
-    fig.update_layout(title="Kernel-gradient energy per output channel,<br>every conv layer (log colour scale)",
-                      margin=dict(l=10, r=10, t=110, b=10), height=200 + 24 * max(len(y), 6))
+    fig.update_layout(title=_title_above("Kernel-gradient energy per output channel,<br>every conv layer "
+                                         "(log colour scale)", gap=36),
+                      margin=dict(l=10, r=10, t=40, b=10), height=170 + 24 * max(len(y), 6))
     return plain_numbers(fig)
 
 
@@ -582,7 +614,7 @@ def layer_energy_figure(layer: str, clean: np.ndarray, received: np.ndarray, sel
                              marker=dict(color=colours, size=7, symbol="x"),
                              hovertemplate="channel %{x}<br>Σ g² = %{y:.3g}<extra>server</extra>"))
     positive = np.concatenate([clean[clean > 0], received[received > 0]])
-    fig.update_layout(title=f"{layer}: energy of each output channel's kernel gradient",
+    fig.update_layout(title=f"{layer}: energy of each output<br>channel's kernel gradient",
                       xaxis_title="output channel", yaxis_title="Σ g² (log)",
                       yaxis_type="log" if positive.size else "linear", margin=_MARGIN, height=320,
                       legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0))
@@ -596,26 +628,30 @@ def fc_rows_figure(rows: np.ndarray, row_sums: np.ndarray, true_label: int, infe
     rows, sums = np.asarray(rows, dtype=float), np.asarray(row_sums, dtype=float)
     names = [f"{i} {class_names[i]}" if i < len(class_names) else str(i) for i in range(len(sums))]
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=("fc weight gradient ∂L/∂W (row = class, column = feature)",
-                                        "row sum Σᵢ ∂L/∂W_ci"))
+                        subplot_titles=("fc weight gradient ∂L/∂W<br>(row: class, column: feature)",
+                                        "row sum<br>Σᵢ ∂L/∂W_ci"))
+    fig.update_annotations(font_size=12)
     peak = float(np.abs(rows).max()) if rows.size else 0.0
     peak = peak if peak > 0 else 1.0
     fig.add_trace(go.Heatmap(
         z=rows, y=names, colorscale=DIVERGING, zmid=0, zmin=-peak, zmax=peak,
-        colorbar=dict(thickness=8, len=0.9, x=1.02, tickformat=_tickformat(peak)),
+        colorbar=dict(thickness=8, len=0.55, orientation="h", x=0.31, xanchor="center", y=-0.02, yanchor="top",
+                      tickformat=_tickformat(peak)),
         hovertemplate="class %{y}, feature %{x}<br>%{z:.3g}<extra></extra>",
     ), row=1, col=1)
     colours = [SELECTED if i == true_label else UNSELECTED for i in range(len(sums))]
     fig.add_trace(go.Bar(x=sums, y=names, orientation="h", marker_color=colours, showlegend=False,
                          hovertemplate="class %{y}<br>row sum %{x:.3g}<extra></extra>"), row=1, col=2)
-    # Beside the zero line, on the side away from the (negative) bar, so the bar never hides the text.
+    # Beside the zero line, on the side away from the (negative) bar, so the bar never hides the text; short,
+    # to fit half of a phone's panel (the class is the row's own label, and the page names it below).
     negative = sums[inferred] < 0
-    fig.add_annotation(x=0, y=names[inferred], xref="x2", yref="y2", showarrow=False, xshift=6 if negative else -6,
-                       xanchor="left" if negative else "right", text=f"◀ iDLG infers: {names[inferred]}"
-                       if negative else f"iDLG infers: {names[inferred]} ▶", font=dict(size=12))
+    fig.add_annotation(x=0, y=names[inferred], xref="x2", yref="y2", showarrow=False, xshift=4 if negative else -4,
+                       xanchor="left" if negative else "right", text="◀ iDLG" if negative else "iDLG ▶",
+                       font=dict(size=12))
     fig.update_yaxes(autorange="reversed", type="category", row=1, col=1)
     fig.update_xaxes(showticklabels=False, showgrid=False, row=1, col=1)
     fig.update_xaxes(tickformat=_tickformat(float(np.abs(sums).max()) if sums.size else 1.0), row=1, col=2)
-    fig.update_layout(title="The fc layer as the server receives it: the label is in the signs",
-                      margin=dict(l=10, r=10, t=70, b=10), height=140 + 24 * max(len(sums), 5))
+    fig.update_layout(title=_title_above("The fc layer as the server receives it:<br>the label is in the signs",
+                                         gap=36),
+                      margin=dict(l=10, r=10, t=40, b=10), height=160 + 24 * max(len(sums), 5))
     return plain_numbers(fig)

@@ -43,11 +43,20 @@ PAGES = [
 page = st.navigation(PAGES)
 
 # Phones (narrow screens): Plotly's toolbar sat over the chart titles, so it goes (a chart still zooms with
-# two fingers); a formula wider than the screen scrolls sideways instead of being cut off.
+# two fingers); a formula of several parts is shown in lines (app/panels.formula draws both copies) and any
+# still wider than the screen scrolls sideways instead of being cut off; a page link's label wraps instead of
+# ending in "…".
 st.html("""<style>
-@media (max-width: 640px) { .modebar-container { display: none !important; } }
 .katex-display { overflow-x: auto; overflow-y: hidden; padding-bottom: 2px; }
-@media (max-width: 640px) { .katex-display > .katex { font-size: 0.9em; } }
+[class*="st-key-tex_narrow_"] { display: none; }
+@media (max-width: 640px) {
+  .modebar-container { display: none !important; }
+  .katex-display > .katex { font-size: 0.9em; }
+  [class*="st-key-tex_wide_"] { display: none; }
+  [class*="st-key-tex_narrow_"] { display: flex; }
+  [data-testid="stPageLink-NavLink"] span, [data-testid="stPageLink-NavLink"] p {
+    white-space: normal; overflow: visible; text-overflow: clip; }
+}
 </style>""")
 
 # The engine loads in a background thread. A page opened before it is ready (a direct link to a fresh server)

@@ -3,13 +3,14 @@ drops TIP's noised channels, from the precomputed punchline (no compute)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
 from app import resources
-from app.components import fmt_db, fmt_ratio, roughness_bars, upscale
+from app.components import fmt_db, fmt_ratio, formula_lines, roughness_bars, upscale
 
 ADAPTIVE_ATTACK = "idlg_drop"
 
@@ -70,3 +71,17 @@ def tip_vs_adaptive(punch: Any, *, key: str, show_channels: bool = True) -> bool
                    "The attacker computes this ratio from the update alone and drops the channels far above "
                    "the rest; the defense's own record (vermillion) is used only to score the guess.")
     return True
+
+
+def formula(tex: str) -> None:
+    """A display formula; one with several parts is also drawn in lines, shown instead on a narrow screen
+    (app/main.py's CSS picks the copy by the screen's width: st-key-tex_wide_* / st-key-tex_narrow_*)."""
+    narrow = formula_lines(tex)
+    if narrow is None:
+        st.latex(tex)
+        return
+    key = hashlib.sha1(tex.encode()).hexdigest()[:10]
+    with st.container(key=f"tex_wide_{key}"):
+        st.latex(tex)
+    with st.container(key=f"tex_narrow_{key}"):
+        st.latex(narrow)

@@ -93,7 +93,7 @@ STEPS: tuple[TourStep, ...] = (
                  "(their kernels are almost all high frequency) and matches the rest. The cat comes back "
                  "(about 28 dB), and the detection table shows which channels it found.",
         formula=r"\rho_c = \frac{E_{\mathrm{hf}}(g_c)}{E_{\mathrm{lf}}(g_c)}\ \gg\ \rho_{\text{clean}}"
-                r"\ \Rightarrow\ \text{leave channel } c \text{ out of } \big\|\nabla_\theta L - g\big\|^2",
+                r"\quad\Rightarrow\ \text{leave channel } c \text{ out of } \big\|\nabla_\theta L - g\big\|^2",
         formula_note="A noised channel's high- to low-frequency energy ratio stands out by orders of magnitude.",
     ),
     TourStep(

@@ -192,3 +192,22 @@ def test_each_tour_step_sets_its_settings_and_opens_its_page() -> None:
         params = {k: v[0] if isinstance(v, list) else v for k, v in params.items()}
         from_url, problems = Settings.from_query(params)
         assert problems == [] and all(getattr(from_url, n) == v for n, v in want.items()), i
+
+
+def test_formulas_of_several_parts_have_a_phone_copy_in_lines() -> None:
+    """A formula joined by \\quad is also written in lines (shown instead on a phone: app/main.py's CSS);
+    one of a single part is drawn once. Teach draws both copies of each tour formula (panels.formula)."""
+    from app import tour
+    from app.components import formula_lines
+
+    assert formula_lines(r"x = 1") is None
+    assert formula_lines(r"a = 1,\quad b = 2\qquad c") == r"\begin{gathered}a = 1, \\ b = 2 \\ c\end{gathered}"
+    assert formula_lines(r"a\quad\Rightarrow\quad b") == r"\begin{gathered}a \\ \Rightarrow\ b\end{gathered}"
+    assert sum(formula_lines(step.formula) is not None for step in tour.STEPS) >= 4  # the long ones
+    at = new_app()
+    at.switch_page("views/teach.py").run()
+    no_exceptions(at)
+    shown = [el.value.strip("$\n") for el in at.get("latex")]  # st.latex wraps the text in $$ lines
+    for step in tour.STEPS:
+        narrow = formula_lines(step.formula)
+        assert step.formula in shown and (narrow is None or narrow in shown), step.title

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import resources, state, tip_setting
+from app import panels, resources, state, tip_setting
 from app.components import channel_energy_map, defense_label, fc_rows_figure, layer_energy_figure
 
 resources.configure_threads()
@@ -100,8 +100,8 @@ else:
         "The features entering fc are non-negative (after a sigmoid or ReLU), so for one image the gradient "
         "of row c is (softmax_c − 1[c = y]) times those features: "
     )
-    st.latex(r"\frac{\partial L}{\partial W_{c,i}} = \big(p_c - \mathbb{1}[c = y]\big)\, h_i,\qquad h_i \ge 0"
-             r"\quad\Rightarrow\quad \hat y = \arg\min_c \sum_i \frac{\partial L}{\partial W_{c,i}}")
+    panels.formula(r"\frac{\partial L}{\partial W_{c,i}} = \big(p_c - \mathbb{1}[c = y]\big)\, h_i,\qquad h_i \ge 0"
+                   r"\quad\Rightarrow\quad \hat y = \arg\min_c \sum_i \frac{\partial L}{\partial W_{c,i}}")
     st.markdown(
         "Only the true class's row is negative. TIP adds noise to conv kernels only, so this row reaches the "
         "server as computed and iDLG reads the label under every TIP setting."

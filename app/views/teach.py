@@ -34,7 +34,7 @@ for i, step in enumerate(tour.STEPS):
                      help=f"Sets the sidebar for this step and opens {tour.PAGES[step.page]}."):
             _go(i)
         st.markdown(step.look_for)
-        st.latex(step.formula)
+        panels.formula(step.formula)
         if step.formula_note:
             st.caption(step.formula_note)
 
