@@ -534,12 +534,13 @@ def test_a_finished_job_reports_its_speed_and_its_time_beyond_the_attack() -> No
     assert per_defense * 2 + attack_s == pytest.approx(job.elapsed_s, rel=0.05, abs=0.5)
 
 
-def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue() -> None:
+def test_estimate_before_a_run_uses_this_servers_measured_speed_and_the_queue(monkeypatch) -> None:
     pytest.importorskip("streamlit")
     from app import controls, jobs, resources, state
 
     s = state.Settings(model="convnet", attack="dlg", defenses=("none", "tip"), iterations=100)
-    tp = resources.throughput()
+    tp = resources.Throughput()  # a server that has run nothing yet (other tests' jobs report to the shared one)
+    monkeypatch.setattr(resources, "throughput", lambda: tp)
     assert tp.seconds_per_step("convnet", "dlg") is None
     table, measured = controls.step_seconds(s)
     assert not measured

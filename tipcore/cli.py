@@ -301,7 +301,7 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
     from tipcore import attacks
     from tipcore.federation import recorded
     from tipcore.attacks.base import flagged_channels, flags_channels
-    from tipcore.pipeline import metrics
+    from tipcore.pipeline import metrics, update_stats
     from tipcore.common.pictures import image_grid, png_bytes
     from tipcore.pipeline.experiment import environment, strict_json
     from tipcore.common.progress import drive
@@ -334,7 +334,7 @@ def attack_recorded(args: argparse.Namespace, attack_cfg: dict[str, Any]) -> int
             scores = metrics.score(truth.images, result.images, truth.labels, result.labels)
             payload.update(truth=str(Path(args.truth).resolve()), labels_true=list(truth.labels), **scores.as_dict())
             if flags_channels(result) and truth.noised is not None:
-                payload["detection"] = recorded.detection(result.flagged, truth.noised)
+                payload["detection"] = update_stats.detection_against(result.flagged, truth.noised)
             files["original.png"] = png_bytes(image_grid([truth.images]))
             files["reconstruction.png"] = png_bytes(image_grid([result.images[list(scores.order)]]))
         out = output.commit({"result.json": strict_json(payload, indent=2), **files})

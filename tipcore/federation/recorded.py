@@ -160,9 +160,3 @@ def load_truth(directory: str | Path, update_dir: str | Path, rec: RecordedUpdat
                   for layer in layers if float(layer.get("effective_std") or 0) > 0}
     return Truth(images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).numpy(),
                  tuple(int(v) for v in labels.tolist()), noised)
-
-
-def detection(flagged: Mapping[str, tuple[int, ...]], noised: Mapping[str, set[int]]) -> dict[str, Any]:
-    from tipcore.pipeline.update_stats import detection_against
-
-    return detection_against(flagged, noised)
