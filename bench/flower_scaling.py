@@ -8,7 +8,8 @@ ConvNet, 4,000 training digits split over the K nodes, 1 local epoch, B = 32) an
   seconds, and the DefenseMod's seconds (TIP: Grad-CAM pass + selection + noise);
 * the wall time of a round and of all R rounds, as the ServerApp saw it (after every node connected);
 * peak resident memory per SuperNode: the SuperNode process, its SuperExec and the ClientApp process it
-  spawns, summed (RSS from /proc sampled ten times a second; shared library pages are counted in each).
+  spawns, summed (RSS from /proc sampled ten times a second; shared library pages are counted in each;
+  a child that a ClientApp forks, caught before it execs, is left out: it shares the ClientApp's pages).
 
 With --split, a second table per round: the round's exchange (ServerApp sends the train messages →
 last reply in), and within it, averaged over the nodes, the ClientApp process's start-up (its age when
@@ -62,17 +63,31 @@ def is_clientapp(pid: int) -> bool:
         return False
 
 
+def parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def measure(nodes: int, defense: str, rounds: int, workdir: Path) -> dict:
     peaks = [0.0] * nodes  # the node's whole tree
     app_peaks = [0.0] * nodes  # its ClientApp process alone
     clientapps: list[set[int]] = [set() for _ in range(nodes)]  # one per message handled
 
+    forks: list[set[int]] = [set() for _ in range(nodes)]  # a ClientApp's own children caught before exec
+
     def sample(fed: LocalFederation) -> None:
         for k in range(nodes):
             rss = rss_by_pid(fed.node_tree(k))
-            peaks[k] = max(peaks[k], sum(rss.values()))
-            apps = [pid for pid in rss if is_clientapp(pid)]
+            apps = {pid for pid in rss if is_clientapp(pid)}
+            # A child that a ClientApp forks to run a program (e.g. a library probing with subprocess) bears
+            # the ClientApp's command line and counts its shared pages in RSS until it execs: not counted.
+            child_forks = {pid for pid in apps if parent(pid) in apps}
+            forks[k].update(child_forks)
+            apps -= child_forks
             clientapps[k].update(apps)
+            peaks[k] = max(peaks[k], sum(v for pid, v in rss.items() if pid not in child_forks))
             app_peaks[k] = max([app_peaks[k], *(rss[pid] for pid in apps)])
 
     started = time.perf_counter()
@@ -96,6 +111,7 @@ def measure(nodes: int, defense: str, rounds: int, workdir: Path) -> dict:
     return {"nodes": nodes, "defense": defense, "rounds": rounds, "startup_s": startup_s, "per_round": per_round,
             "peak_rss_mib_nodes": peaks, "peak_clientapp_rss_mib_nodes": app_peaks,
             "clientapp_processes_per_node": [len(p) for p in clientapps],
+            "clientapp_forks_seen_per_node": [len(p) for p in forks],
             "rounds_wall_s": summary["seconds"], "round_wall_s": summary["seconds"] / rounds,
             "train_s": statistics.mean(m["train-seconds"] for m in metrics),
             "defense_s": statistics.mean(m["defense-seconds"] for m in metrics),
@@ -117,6 +133,10 @@ def print_split(rows: list[dict]) -> None:
             print(f"| {row['nodes']} | {row['defense']} | {r['round']} | {r['exchange_s']:.1f} | {_s(r['startup_s'])} "
                   f"| {_s(r['app_import_s'])} | {r['train_s']:.2f} | {_s(r['data_s'], '.3f')} | {r['defense_s']:.3f} "
                   f"| {r['rest_s']:.1f} | {'/'.join(map(str, row['clientapp_processes_per_node']))} |")
+    for row in rows:
+        if any(row["clientapp_forks_seen_per_node"]):
+            print(f"\n(K = {row['nodes']} {row['defense']}: ClientApp children caught before exec, not counted: "
+                  f"{'/'.join(map(str, row['clientapp_forks_seen_per_node']))} per node)")
     print("\n# Peak RSS per node, MiB (whole node: SuperNode + SuperExec + ClientApp; ClientApp process alone)")
     print("| K | defense | node | peak RSS node | peak RSS ClientApp | SuperNode + SuperExec (difference) |")
     print("|---|---|---|---|---|---|")
