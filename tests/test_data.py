@@ -332,6 +332,19 @@ def test_load_digits_splits():
         data.load_digits("val")
 
 
+def test_load_digits_rows_builds_only_those_examples_equal_to_indexing_the_split():
+    x, y = data.load_digits("train")
+    rows = torch.tensor([3999, 0, 17, 17, 2500])
+    xr, yr = data.load_digits("train", rows=rows)
+    assert torch.equal(xr, x[rows]) and torch.equal(yr, y[rows]) and xr.is_contiguous()
+    assert torch.equal(data.digit_labels("train"), y) and torch.equal(data.digit_labels("test"), data.load_digits("test")[1])
+    assert data.load_digits("test", rows=[]) [0].shape == (0, 3, 32, 32)
+    with pytest.raises(IndexError):
+        data.load_digits("test", rows=[1000])
+    with pytest.raises(ValueError):
+        data.digit_labels("val")
+
+
 def test_load_digits_returns_fresh_tensors():
     x, y = data.load_digits("test")
     x.zero_()

@@ -225,6 +225,24 @@ def _configure(strategy, nodes, server_round=1):
 
 # ------------------------------------------------------------------------------ privacy of a recorded round
 
+def test_the_example_clientapp_reports_its_rounds_cost_split(server_process):
+    """bench/flower_scaling.py splits a round with these: the process's age at the handler (Flower's start-up
+    of a fresh ClientApp process), the app module's imports within it, and the shard's loading."""
+    from tipflower import client_app
+
+    settings = RoundSettings(lr=0.2, clip=5.0, batch_size=32, local_epochs=1, examples_per_round=2)
+    model = task.build_model("convnet", 0)
+    msg = _ids(Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                   "config": ConfigRecord({**settings.to_config(), "server-round": 1})}),
+                       dst_node_id=7, message_type=MessageType.TRAIN), "train-7-cost")
+    context = Context(run_id=1, node_id=7, state=RecordDict(), run_config={"seed": 0, "model": "convnet"},
+                      node_config={"partition-id": 1, "num-partitions": 3})
+    metrics = client_app.train(msg, context).content["metrics"]
+    assert 0 < metrics["app-import-seconds"] < metrics["startup-seconds"]  # this process is older than the import
+    assert 0 <= metrics["data-seconds"] <= metrics["train-seconds"]
+    assert metrics["num-examples"] == 2
+
+
 def test_a_round_on_a_sample_of_the_shard_is_recorded_and_attacked_and_scored_from_the_audit(
         tmp_path, server_process, capsys):
     """examples-per-round: the example's own ClientApp (training and DefenseMod) on 2 real shards, one round

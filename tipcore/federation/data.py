@@ -317,26 +317,42 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 DIGITS_TRAIN, DIGITS_TEST = 4000, 1000  # the fixed split of the 5000 bundled digits (load_digits)
 
 
-def load_digits(split: Literal["train", "test", "all"] = "train") -> tuple[torch.Tensor, torch.Tensor]:
+def _digit_split(split: str) -> np.ndarray:
+    _, _, test_mask = _digits()
+    if split == "train":
+        return ~test_mask
+    if split == "test":
+        return test_mask
+    if split == "all":
+        return np.ones_like(test_mask)
+    raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+
+
+def digit_labels(split: Literal["train", "test", "all"] = "train") -> torch.Tensor:
+    """The labels ``load_digits(split)`` returns (int64 [N]), without building the images."""
+    import torch
+
+    return torch.from_numpy(_digits()[1][_digit_split(split)].copy())
+
+
+def load_digits(split: Literal["train", "test", "all"] = "train",
+                rows: Sequence[int] | np.ndarray | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The 5000 MNIST digits (4000 train / 1000 test, a fixed split) as CIFAR-shaped tensors.
 
     Returns x float32 [N, 3, 32, 32] in [0, 1] (28x28 zero-padded by 2 px, gray repeated to 3
     channels) and y int64 [N], in stored order, which is sorted by label: shuffle before training.
+    ``rows`` (indices into the split): only those examples, in that order, equal to
+    ``load_digits(split)[0][rows]`` but built for those rows only (a client's shard costs its share).
     Both are fresh tensors on every call; changing them is safe.
     """
-    images, labels, test_mask = _digits()
-    if split == "train":
-        keep = ~test_mask
-    elif split == "test":
-        keep = test_mask
-    elif split == "all":
-        keep = np.ones_like(test_mask)
-    else:
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    x = np.zeros((int(keep.sum()), 32, 32), dtype=np.float32)
-    x[:, 2:30, 2:30] = images[keep] / np.float32(255.0)
+    images, labels, _ = _digits()
+    index = np.flatnonzero(_digit_split(split))
+    if rows is not None:
+        index = index[np.asarray(rows, dtype=np.int64)]
+    x = np.zeros((len(index), 32, 32), dtype=np.float32)
+    x[:, 2:30, 2:30] = images[index] / np.float32(255.0)
     import torch
 
     x_t = torch.from_numpy(x).unsqueeze(1).repeat(1, 3, 1, 1)
-    y_t = torch.from_numpy(labels[keep].copy())
+    y_t = torch.from_numpy(labels[index].copy())
     return x_t, y_t
