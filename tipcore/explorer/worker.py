@@ -363,7 +363,7 @@ class Spare:
 
     ``take(plan, images)`` hands the plan to the spare when it is alive and was made with the same priority
     and thread count (else starts a fresh worker); ``refill()`` starts the next spare (the app calls it when a
-    job's worker is done, so the spare's start never competes with a running attack). A spare is a
+    visitor opens the Live page and when a job's worker is done, not while that job's attack runs). A spare is a
     ``WorkerRun`` like any other: ``stop_all`` at exit ends it, and it ends by itself when its parent is gone.
     """
 
