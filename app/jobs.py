@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # A visitor who closed the tab stops polling; their attack then stops too, freeing the slot. Background
 # tabs poll at least once a minute even when the browser throttles timers, so 3 minutes is safe.
 ABANDON_S = 180.0
+FIRST_SNAPSHOT_WINDOW_S = 3.0  # how long after its start a run's page waits for the first snapshot
 
 
 # The client round's stages (tipcore.pipeline.experiment.prepare_stream), as the progress widget names them.
@@ -102,6 +103,8 @@ class Job:
     worker_pid: int | None = None
     keys: dict[str, str] = field(default_factory=dict)  # defense -> run key of its RunSpec (filled on start)
     stop_requested_at: float | None = None  # when Stop was asked (monotonic)
+    first_snapshot: threading.Event = field(default_factory=threading.Event)  # set by the first snapshot or the end
+    first_snapshot_window_s: float = FIRST_SNAPSHOT_WINDOW_S
     _thread: threading.Thread | None = None
     _worker: Any = None  # the running tipcore.explorer.worker.WorkerRun
 
@@ -142,6 +145,15 @@ class Job:
     def done(self) -> bool:
         return self.finished is not None
 
+    def wait_first_snapshot(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the run's first snapshot, but only while the run has just started (a
+        queued job, or one long under way, returns at once: the page must not stall on every poll)."""
+        just_started = self.status == "running" and self.started is not None \
+            and time.monotonic() - self.started < self.first_snapshot_window_s
+        if just_started and not self.first_snapshot.is_set():
+            self.first_snapshot.wait(timeout)
+        return self.first_snapshot.is_set()
+
     def wait(self, timeout: float | None = None) -> bool:
         if self._thread is not None:
             self._thread.join(timeout)
@@ -158,6 +170,7 @@ class Job:
         if hasattr(event, "step"):
             self.latest[name] = event
             self.latest_at = time.monotonic()
+            self.first_snapshot.set()
         else:
             self.events[name] = event
 
@@ -259,6 +272,7 @@ class Job:
         finally:
             if self.finished is None:
                 self.finished = time.monotonic()
+            self.first_snapshot.set()  # nothing more will come: a waiting page draws the end at once
             # The page shows the results from here on; the worker's exit (torch's teardown takes seconds on a
             # loaded machine) is waited for after that, and the slot is freed only once it is gone.
             run = self._worker

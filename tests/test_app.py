@@ -128,6 +128,38 @@ def _waiting_runner(calls: list):
     return runner
 
 
+def test_a_just_started_job_waits_for_its_first_snapshot_and_a_queued_one_does_not() -> None:
+    from types import SimpleNamespace
+
+    from app import jobs, resources
+
+    def runner(cfg, images, *, should_stop, on_event):
+        time.sleep(0.3)
+        on_event(SimpleNamespace(step=1, loss=1.0))
+        while not should_stop():
+            time.sleep(0.01)
+        return f"record of {cfg}"
+
+    slots = resources.AttackSlots(1)
+    window = 600.0  # "just started" however loaded the machine is
+    first = jobs.Job(plan=[("none", "a")], images=None, slots=slots, iterations=10,
+                     first_snapshot_window_s=window).start(runner)
+    second = jobs.Job(plan=[("none", "b")], images=None, slots=slots, iterations=10,
+                      first_snapshot_window_s=window).start(runner)
+    deadline = time.monotonic() + 60
+    while first.status != "running" and time.monotonic() < deadline:  # state, not a fixed delay
+        time.sleep(0.01)
+    assert second.status == "waiting"
+    waited = time.monotonic()
+    assert not second.wait_first_snapshot(30)  # queued: returns at once instead of stalling the page
+    assert time.monotonic() - waited < 5
+    assert first.wait_first_snapshot(30)  # running: returns when the snapshot is there
+    assert first.latest["none"].step == 1
+    first.stop(), second.stop()
+    assert first.wait(60) and second.wait(60)
+    assert second.first_snapshot.is_set()  # ended without a snapshot: a waiting page is released too
+
+
 def test_jobs_share_the_slots_and_abandoned_jobs_stop() -> None:
     from app import jobs, resources
 
@@ -449,6 +481,9 @@ def test_run_streams_results_that_persist() -> None:
     no_exceptions(at)
     assert at.session_state["settings"].iterations == 5
     click(at, "Run attack")
+    # One script run after the click already draws the running page (no idle redraw and rerun first).
+    assert any(md.value.startswith("Running:") for md in at.markdown)
+    assert [b for b in at.button if b.label == "Run attack"][0].disabled
     wait_for_results(at)
     res = at.session_state["results"]
     assert [d.defense for d in res.defenses] == ["none", "tip"]

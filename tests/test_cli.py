@@ -613,7 +613,15 @@ def _command(argv: list[str], *python_flags: str) -> subprocess.Popen:
     """``python -m tipcore ...`` as a process of its own (signals are a process's business), stderr piped."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, *python_flags, "-m", "tipcore", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_at_default)
+
+
+def _sigint_at_default() -> None:
+    """In the child before exec: Ctrl-C at its default, as in a terminal's foreground command. A suite started
+    in the background by a script (``cmd &`` without job control) has SIGINT ignored, which every process it
+    starts inherits across exec, and Python then leaves it ignored: the interrupt tests would see no interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("signum, code, line", [(signal.SIGTERM, 143, "error: terminated"),

@@ -16,6 +16,10 @@ from app.components import (
 
 # Reconstructions per row: 4 keeps every picture and caption readable from 1 to 8 defenses.
 PER_ROW = 4
+RUN_KEY = "run_attack"
+# A warm worker sends its first snapshot within about half a second of Run: the panel drawn right after Run
+# waits that long for it rather than showing "queued" until its next poll (0.75 s later).
+FIRST_SNAPSHOT_WAIT_S = 1.0
 
 resources.configure_threads()
 s = state.current()
@@ -69,6 +73,33 @@ if job is not None and job.done:
     del st.session_state["job"]
     job = None
 running = job is not None
+
+
+def _start_job() -> jobs.Job | None:
+    """Start the run the visitor asked for with the settings the page showed, or say why it cannot run."""
+    try:
+        plan = controls.build_plan(s, image)
+    except ValueError as exc:
+        st.error(f"Cannot run with these settings: {exc}")
+        return None
+    new_job = jobs.Job(plan=plan, images=None if image.gallery_id else image.image[None],
+                       slots=resources.attack_slots(), iterations=int(s.iterations), cache=jobs.result_cache(),
+                       throughput=resources.throughput(), keys=dict(keys_now or ()),
+                       spare=resources.spare_worker())
+    st.session_state["job"] = new_job
+    st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
+    st.session_state["job_image"] = (image.caption, image.image)
+    st.session_state.pop("results", None)
+    jobs.watch_toolbar_stop(True, new_job)  # a toolbar Stop from now on stops this job
+    return new_job.start()
+
+
+# Run's click is read before the page is drawn (a keyed button's value is in session state from the start of
+# the run its click triggers), so the page is drawn once, already running, instead of drawn idle and rerun.
+if (st.session_state.get(RUN_KEY) and image is not None and not running and s.defenses
+        and not (controls.image_problem(s, image) or controls.clip_problem(s, s.defenses))):
+    job = _start_job()
+    running = job is not None
 if running:
     job.touch()
 
@@ -111,30 +142,11 @@ with top_right:
     if not s.defenses:
         st.info("Pick at least one defense in the sidebar.")
     c1, _ = st.columns([1, 1])
-    run_clicked = c1.button(
-        "Run attack", type="primary", icon=":material/play_arrow:", width="stretch",
+    c1.button(
+        "Run attack", type="primary", icon=":material/play_arrow:", width="stretch", key=RUN_KEY,
         disabled=running or image is None or bool(problem) or not s.defenses,
         help="Start the comparison: one attack per defense, one after the other. One run per visitor at a time.",
     )
-
-if run_clicked and image is not None and not running:
-    try:
-        plan = controls.build_plan(s, image)
-    except ValueError as exc:
-        st.error(f"Cannot run with these settings: {exc}")
-    else:
-        job = jobs.Job(plan=plan, images=None if image.gallery_id else image.image[None],
-                       slots=resources.attack_slots(), iterations=int(s.iterations), cache=jobs.result_cache(),
-                       throughput=resources.throughput(), keys=dict(keys_now or ()),
-                       spare=resources.spare_worker())
-        st.session_state["job"] = job
-        st.session_state["job_meta"] = (state.snapshot(), image.caption, image.dataset)
-        st.session_state["job_image"] = (image.caption, image.image)
-        st.session_state.pop("results", None)
-        jobs.watch_toolbar_stop(True, job)  # a toolbar Stop from now on stops this job
-        job.start()
-        running = True
-        st.rerun()  # redraw: Run disabled, the live panel with its Stop button
 
 controls.gallery_browser()
 
@@ -148,6 +160,7 @@ def live_panel() -> None:
     job.touch()
     if job.done:
         st.rerun()  # the whole page: collect and show the results
+    job.wait_first_snapshot(FIRST_SNAPSHOT_WAIT_S)
     with jobs.stop_on_script_stop(job):  # Streamlit's toolbar Stop stops the attack too
         _live_panel_body(job)
 
