@@ -13,6 +13,7 @@ double-backward once instead of differentiating the distance's own graph too.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -65,19 +66,28 @@ class Attacked:
             self.labels = torch.tensor(self.fitted.labels, dtype=torch.long, device=self.problem.device)
 
 
-def run_recipe(recipe: Recipe, view: ServerView, update: SharedUpdate, *, generator: torch.Generator,
-               should_stop: StopHook = never_stop, report_every: int = 10) -> AttackStream:
-    """Attack one received update with ``recipe``: a stream of snapshots, then the ``AttackResult``."""
-    attacked = Attacked(recipe, view, update, generator)
-    problem, fitted, targets, target_norm = attacked.problem, attacked.fitted, attacked.targets, attacked.target_norm
-    hard_labels = attacked.labels
-    soft = hard_labels is None
+def splitter(problem: MatchingProblem, soft: bool, num_classes: int
+             ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]:
+    """z -> (its image block as the batch's shape, its soft label block or None)."""
     nx = math.prod(problem.shape)
-    num_classes = view.num_classes
 
     def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = z[:nx].view(problem.shape)
         return x, (z[nx:].view(problem.batch, num_classes) if soft else None)
+
+    return split
+
+
+def attack_closure(recipe: Recipe, attacked: Attacked, num_classes: int
+                   ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """One problem's closure: the flat variable z = [image, soft label if learnt] -> (loss, its gradient).
+
+    The batched comparison (``tipcore.attacks.speed.batched``) evaluates a problem left alone in its
+    batch with this same closure, so that its evaluations cost (and round) as a single attack's."""
+    problem, fitted, targets, target_norm = attacked.problem, attacked.fitted, attacked.targets, attacked.target_norm
+    hard_labels = attacked.labels
+    soft = hard_labels is None
+    split = splitter(problem, soft, num_classes)
 
     features = fitted.features
     if features is not None:
@@ -106,6 +116,21 @@ def run_recipe(recipe: Recipe, view: ServerView, update: SharedUpdate, *, genera
             grad_z = grad_z + recipe.tv * torch.autograd.grad(tv, [z])[0]
             loss = loss + recipe.tv * tv.detach()
         return loss.detach(), grad_z
+
+    return closure
+
+
+def run_recipe(recipe: Recipe, view: ServerView, update: SharedUpdate, *, generator: torch.Generator,
+               should_stop: StopHook = never_stop, report_every: int = 10) -> AttackStream:
+    """Attack one received update with ``recipe``: a stream of snapshots, then the ``AttackResult``."""
+    attacked = Attacked(recipe, view, update, generator)
+    problem, fitted = attacked.problem, attacked.fitted
+    hard_labels = attacked.labels
+    soft = hard_labels is None
+    nx = math.prod(problem.shape)
+    num_classes = view.num_classes
+    split = splitter(problem, soft, num_classes)
+    closure = attack_closure(recipe, attacked, num_classes)
 
     clock = Clock(recipe.iterations * recipe.trials)
     slot = Slot(lambda: start_vector(recipe, problem.shape, num_classes, soft, generator, problem.device),
