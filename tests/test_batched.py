@@ -122,3 +122,109 @@ def test_per_problem_clip_is_each_problems_own_clip():
             assert torch.allclose(a[k], b, rtol=1e-6, atol=0)
     norms = torch.sqrt(sum((g * g).flatten(1).sum(1) for g in stacked))
     assert norms[0] < 5.0 and torch.allclose(norms[1:], torch.tensor([5.0, 5.0]), rtol=1e-5)
+
+
+def test_lockstep_lbfgs_evaluates_only_the_problems_still_in_their_step():
+    """A problem whose step ends early (here: zero gradient, converged at once) leaves the batch, a finished
+    one is never evaluated, and the others take exactly the steps they take alone."""
+    from tipcore import attacks
+    from tipcore.attacks.engine import LockstepLBFGS
+    from tipcore.attacks.speed.lbfgs import FlatLBFGS
+
+    recipe = attacks.create("idlg", {"iterations": 2}).recipe()
+    centre = torch.tensor([3.0, -1.0, 2.0])
+
+    def loss_and_grad(k: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if k == 1:  # flat: L-BFGS stops after its first evaluation
+            return torch.tensor(0.0), torch.zeros_like(z)
+        scale = torch.tensor([1.0, 4.0, 9.0]) * (k + 1)
+        return (scale * (z - centre) ** 2).sum(), 2 * scale * (z - centre)
+
+    calls: list[tuple[int, ...]] = []
+
+    def closure(zs: torch.Tensor, rows: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(rows)
+        out = [loss_and_grad(k, z) for k, z in zip(rows, zs)]
+        return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+    z = torch.zeros((4, 3))
+    group = LockstepLBFGS(recipe, closure, z)
+    first = group.step([True, True, False, True])
+    assert calls[0] == (0, 1, 3) and set(calls[1:]) <= {(0, 3), (0,), (3,)} and len(calls) > 2, calls
+    assert first[1] == (0.0, 1) and np.isnan(first[2][0]) and first[2][1] == 0
+    assert sum(len(r) for r in calls) == sum(used for _, used in first)  # no evaluation is thrown away
+    made = len(calls)
+    second = group.step([True, False, False, True])
+    assert calls[made] == (0, 3) and all(1 not in rows and 2 not in rows for rows in calls[made:]), calls
+    for k in (0, 3):  # the same two steps alone
+        alone = FlatLBFGS(torch.zeros(3), lr=recipe.lr, max_iter=recipe.evals_per_step, history_size=recipe.history_size)
+        assert [alone.step(lambda v: loss_and_grad(k, v)) for _ in range(2)] == [first[k], second[k]]
+        assert torch.equal(alone.z, z[k])
+
+
+def test_shared_adam_evaluates_only_active_slots_and_leaves_finished_ones_where_they_are():
+    from tipcore import attacks
+    from tipcore.attacks.engine import SharedAdam
+
+    recipe = attacks.create("ig", {"iterations": 4}).recipe()
+    calls: list[tuple[int, ...]] = []
+
+    def closure(zs: torch.Tensor, rows: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(rows)
+        return (zs ** 2).sum(1), 2 * zs
+
+    z = torch.full((3, 5), 0.7)
+    group = SharedAdam(recipe, closure, z)
+    group.step([True, True, True])
+    before = z.detach().clone()
+    losses = group.step([True, False, True])
+    assert calls == [(0, 1, 2), (0, 2)]
+    assert torch.equal(z.detach()[1], before[1]) and not torch.equal(z.detach()[0], before[0])
+    assert losses[1][1] == 0 and losses[0] == (pytest.approx(float((before[0] ** 2).sum())), 1)
+
+
+class _EveryRowLockstep:
+    """The lockstep of before issue #18: every closure call evaluated all N problems."""
+
+    def __new__(cls, recipe, closure, z):
+        from tipcore.attacks.engine import LockstepLBFGS
+
+        everyone = tuple(range(z.shape[0]))
+
+        def all_rows(zs: torch.Tensor, rows: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, grad_z = closure(z.detach().clone(), everyone)
+            return loss[list(rows)], grad_z[list(rows)]
+
+        return LockstepLBFGS(recipe, all_rows, z)
+
+
+def test_batched_lbfgs_evaluates_each_problem_as_often_as_it_asks_and_matches_the_old_lockstep(monkeypatch):
+    """Against TIP, iDLG's L-BFGS steps end after fewer evaluations than against the other defenses: those
+    evaluations are no longer made, and every problem's result is the old every-row lockstep's."""
+    from tipcore import attacks
+    from tipcore.attacks.speed import batched
+    from tipcore.pipeline import metrics
+
+    cfgs = configs("idlg", 4)
+    prepared = [experiment.prepare(c) for c in cfgs]
+
+    def run() -> tuple[list, batched.SubsetClosures]:
+        comparison = batched.BatchedComparison(attacks.create("idlg", {"iterations": 4}))
+        results = drive(comparison.reconstruct(prepared[0].view, [p.defended for p in prepared],
+                                               generators=[generator(c.seed, "attack") for c in cfgs]))
+        assert comparison.evaluated is not None
+        return results, comparison.evaluated
+
+    results, evaluated = run()
+    assert evaluated.rows_evaluated == sum(r.evaluations for r in results)
+    assert sum(c for rows, c in evaluated.calls_by_rows.items() if rows < len(cfgs)) > 0, evaluated.calls_by_rows
+    monkeypatch.setattr(batched, "LockstepLBFGS", _EveryRowLockstep)
+    old, old_evaluated = run()
+    calls = sum(old_evaluated.calls_by_rows.values())
+    assert old_evaluated.calls_by_rows == {len(cfgs): calls}
+    assert evaluated.rows_evaluated < old_evaluated.rows_evaluated
+    for p, new, was in zip(prepared, results, old):
+        psnr_new = metrics.score(p.images, new.images, p.labels, new.labels).psnr
+        psnr_old = metrics.score(p.images, was.images, p.labels, was.labels).psnr
+        assert abs(psnr_new - psnr_old) < 0.5, (p.config.defense, psnr_new, psnr_old)
+        assert new.iterations == was.iterations and new.labels == was.labels

@@ -26,6 +26,9 @@ from tipcore.attacks.recipe import Distance, Recipe
 from tipcore.common.progress import Event, StopHook
 
 Closure = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# Several problems' closure: the variables of the problems to evaluate [R, n] and which slots they are ->
+# their losses [R] and gradients [R, n]. Only problems that need an evaluation are given.
+RowsClosure = Callable[[torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]]
 
 
 def to_images(x: torch.Tensor) -> np.ndarray:
@@ -198,9 +201,13 @@ class SingleGroup:
 
 
 class LockstepLBFGS:
-    """One FlatLBFGS per slot (each on its own row of z), advanced together through one batched closure."""
+    """One FlatLBFGS per slot (each on its own row of z), advanced together through one batched closure.
 
-    def __init__(self, recipe: Recipe, closure: Closure, z: torch.Tensor) -> None:
+    Each closure call evaluates only the slots still inside their step: one that needs fewer evaluations
+    this step (converged, or stopped by a tolerance) leaves the batch when its step ends, and a finished
+    slot is not evaluated at all."""
+
+    def __init__(self, recipe: Recipe, closure: RowsClosure, z: torch.Tensor) -> None:
         self.z, self.recipe, self.closure = z, recipe, closure
         self.opts = [self._new(k) for k in range(z.shape[0])]
 
@@ -222,10 +229,11 @@ class LockstepLBFGS:
             next(run)
         out: dict[int, tuple[float, int]] = {}
         while runs:
-            loss, grad_z = self.closure(self.z)
-            for k in list(runs):
+            rows = tuple(runs)
+            loss, grad_z = self.closure(self.z.detach()[list(rows)], rows)
+            for i, k in enumerate(rows):
                 try:
-                    runs[k].send((loss[k], grad_z[k]))
+                    runs[k].send((loss[i], grad_z[i]))
                 except StopIteration as done:
                     out[k] = done.value
                     del runs[k]
@@ -233,9 +241,12 @@ class LockstepLBFGS:
 
 
 class SharedAdam(SignedAdamOptimiser):
-    """Adam is elementwise: one Adam over all rows of z [N, image] is N independent Adams (rows never mix)."""
+    """Adam is elementwise: one Adam over all rows of z [N, image] is N independent Adams (rows never mix).
 
-    def __init__(self, recipe: Recipe, closure: Closure, z: torch.Tensor) -> None:
+    Only the active slots are evaluated; a finished slot's row gets a zero gradient and is put back where
+    it was after the shared step (Adam's moments would otherwise still move it)."""
+
+    def __init__(self, recipe: Recipe, closure: RowsClosure, z: torch.Tensor) -> None:
         super().__init__(z, recipe)
         self.closure = closure
 
@@ -254,10 +265,11 @@ class SharedAdam(SignedAdamOptimiser):
         return self.z[k]
 
     def step(self, active: list[bool]) -> list[tuple[float, int]]:  # type: ignore[override]
-        loss, grad_z = self.closure(self.z)
-        grad_z = grad_z.sign() if self.recipe.signed else grad_z
+        rows = tuple(k for k, on in enumerate(active) if on)
+        loss, grad_rows = self.closure(self.z.detach()[list(rows)], rows)
+        grad_z = torch.zeros_like(self.z)
+        grad_z[list(rows)] = grad_rows.sign() if self.recipe.signed else grad_rows
         idle = ~torch.tensor(active)
-        grad_z[idle] = 0  # finished slots stay where they are
         self.z.grad = grad_z
         frozen = self.z.detach()[idle].clone()
         self.opt.step()
@@ -266,7 +278,10 @@ class SharedAdam(SignedAdamOptimiser):
         self._box()
         with torch.no_grad():
             self.z[idle] = frozen
-        return [(float(loss[k]), 1) for k in range(len(active))]
+        losses = [(float("nan"), 0)] * len(active)
+        for i, k in enumerate(rows):
+            losses[k] = (float(loss[i]), 1)
+        return losses
 
 
 # ------------------------------------------------------------------------------------------------ loop
