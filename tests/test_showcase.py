@@ -35,6 +35,26 @@ def test_privacy_curves_cover_the_sweep_grid_for_both_attackers():
     build_parser().parse_args(shlex.split(curves["command"])[3:])
 
 
+def test_the_readmes_frontier_table_is_the_committed_curves():
+    """README's frontier table is copied from assets/showcase/privacy_curves.json: regenerating the curves
+    without rewriting the table (or editing a number by hand) fails here."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- frontier-table:", 1)[1].split("<!-- /frontier-table -->", 1)[0]
+    rows = [line.strip("|").split("|") for line in block.splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+    curves = showcase.load_privacy_curves()
+    points = {(p["defense"], float(p["strength"]), p["attacker"]): p for p in curves["points"]}
+    assert len(rows) == 5
+    for cells in rows:
+        z, *numbers = [c.strip() for c in cells]
+        expected = []
+        for defense in ("tip", "dp_paper"):
+            naive, adaptive = (points[(defense, float(z), kind)] for kind in ("naive", "adaptive"))
+            expected += [f"{naive['psnr']:.1f}", f"{adaptive['psnr']:.1f}", f"{naive['accuracy']:.3f}"]
+        assert numbers == expected, f"README frontier row z = {z}"
+
+
 def test_the_picture_helper_writes_the_committed_showcase_pngs_byte_for_byte(tmp_path):
     """tipcore.common.pictures is the one PNG path (showcase, TIP grid, artifacts, app): a committed asset read
     and written again gives its exact bytes, so moving or changing the helper cannot silently change them."""
