@@ -48,8 +48,10 @@ points = list(curves["points"])
 reference = dict(curves.get("reference") or {})
 axes = [x for x in CURVE_AXES if any(p.get(x) is not None for p in points)]
 x = st.radio("Horizontal axis", axes, horizontal=True, key="frontier_x", format_func=lambda v: X_LABELS.get(v, v),
-             help="**Held-out accuracy**: the digits model after a few FedAvg rounds in which every client applies "
-                  "the defense. **Update cosine**: how close the defended update stays to the clean one. "
+             help="**Held-out accuracy**: utility from scratch, "
+                  + str(dict(curves.get("settings") or {}).get("utility", "FedAvg from random init in which every "
+                                                                 "client applies the defense"))
+                  + ". **Update cosine**: how close the defended update stays to the clean one. "
                   "**Noise scale**: the defense's own noise parameter, where it has one. **Noise-to-signal**: "
                   "‖defended − clean‖ / ‖clean‖ on the slices the defense changed.")
 st.plotly_chart(privacy_curves_figure(points, reference, x), key="frontier")
