@@ -12,8 +12,8 @@ Then, per attack, what a batched run evaluated: the problem evaluations (rows) o
 against the four separate runs' evaluations, and how many calls evaluated 1, 2, 3 or 4 problems at once.
 
 Last, the floor: one closure evaluation of K copies of a problem (``batched_closure``'s K-fold replicated
-model, K = 1, 2, 3, 4; also with PyTorch's native kernels instead of the oneDNN ones the batched run
-uses) against one evaluation of the single attack's own closure on the same problem,
+model, K = 1, 2, 3, 4, with the kernels the batched run takes: PyTorch's native ones up to 3 copies,
+oneDNN's from 4 (``batched.NATIVE_MAX_FOLDS``); also all-native) against one evaluation of the single attack's own closure on the same problem,
 interleaved, median over ``--floor-repeat`` samples. With the calls counted above, Σ calls(K) · t(K) (t(1):
 the single closure, which the batched run uses for a problem left alone) is what the batched run's
 evaluations cost at least, the rest of its time being the optimiser and the loop; beside it, the target
@@ -134,7 +134,7 @@ def main() -> None:
 
     print()
     print("floor: one closure call, ms (median of interleaved samples); K-fold / single in brackets; "
-          "K-fold with native kernels (the batched run uses oneDNN) after the slash")
+          "K-fold as the batched run evaluates it (native kernels up to 3 copies, oneDNN from 4), all-native after the slash")
     print("attack | single | " + " | ".join(f"{k}-fold" for k in FOLDS) +
           " | floor of the batched run s (batched s / floor) | 2 mean singles s (their closure calls alone s)")
     for attack, iterations in ATTACKS:

@@ -18,6 +18,7 @@ optimiser, can amplify over hundreds of steps); ``bench/batched_comparison.py`` 
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, OrderedDict
 from typing import Callable, Generator, Sequence
 
@@ -35,6 +36,8 @@ from tipcore.attacks.speed.replicate import Replicated
 from tipcore.attacks.template import Attacked, attack_closure
 from tipcore.federation.fl import ServerView, SharedUpdate, clip_by_global_norm
 from tipcore.common.progress import Event, StopHook, never_stop
+
+NATIVE_MAX_FOLDS = 3  # replicas of at most this many copies of a small model use the native kernels
 
 
 class BatchedComparison:
@@ -117,11 +120,18 @@ def batched_closure(recipe: Recipe, problems: Sequence[Attacked]
             feature_coefficient(f.weight, f.known, f.target, recipe.distance, p.target_norm).reshape(())
             for f, p in zip(features, problems)]).to(device)
 
+    # Kernels: a small model's replica of up to NATIVE_MAX_FOLDS copies runs faster in PyTorch's native
+    # kernels, as the single problem does (problem.backend()); from 4 copies on, oneDNN's grouped
+    # convolutions win (LeNet, 2 cores: 2 copies 3.5 vs 4.4 ms, 4 copies 5.2 vs 5.3, 16 copies 15.3 vs 11.4).
+    backend = first.backend if k <= NATIVE_MAX_FOLDS else contextlib.nullcontext
+
     def closure(zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with backend():
+            return evaluate(zs)
+
+    def evaluate(zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         zs = zs.detach().requires_grad_(True)
         x = zs.view(k, *shape)
-        # No backend switch here: the replicated model's grouped convolutions are fast in oneDNN and
-        # several times slower in PyTorch's native kernels (the opposite of a small single model).
         grads, phi = gradients(x)
         dummy = [match(name, g) for name, g in zip(names, grads)]
         loss, seeds = distances_per_problem(recipe.distance, dummy, targets, target_norms)
