@@ -3,7 +3,7 @@
 Everything here is made by the same engine the app and CLI run, stored in assets/showcase with the
 command that regenerates it:
 - punchline: one gallery image attacked (iDLG on LeNet) with no defense, DP and TIP at the same budget, and
-  TIP once more against every adaptive attacker built on iDLG (``tipcore.attacks.adaptive_variants``), of
+  TIP once more against every adaptive attacker built on iDLG (``tipcore.studies.cells.adaptive_attacks``), of
   which the entry keeps the best by PSNR, naming it and recording every candidate's PSNR (the strongest
   attacker we can build is the one a defense is judged by); the channel views come from an attacker that
   flags channels (the winner when it does);
