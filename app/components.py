@@ -18,8 +18,8 @@ from plotly.subplots import make_subplots
 # engine lookup of its own.
 from tipcore.common.pictures import png_bytes, to_uint8, upscale  # noqa: F401
 from app.labels import (  # noqa: F401
-    ATTACK_LABELS, MODEL_LABELS, adaptive_labels, attack_label, defense_label, defense_labels, knob_symbol,
-    split_attack,
+    ATTACK_LABELS, MODEL_LABELS, adaptive_labels, attack_label, attacker_name, defense_label, defense_labels,
+    knob_symbol, split_attack,
 )
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")

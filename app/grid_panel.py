@@ -1,8 +1,9 @@
 """The "How TIP works" page's reconstruction panel: what the server rebuilds at the sliders' setting.
 
-On a point of the precomputed grid (``python -m tipcore showcase tip-grid``) the naive and the adaptive
-attacker's reconstructions and PSNR are read from disk, with no attack run; off the grid the panel says
-why and offers to run the setting on the Live attack page.
+On a point of the precomputed grid (``python -m tipcore showcase tip-grid``) the naive attacker's and the best
+adaptive attacker's reconstructions and PSNR (the highest of the grid's adaptive attackers at that point, named)
+are read from disk, with no attack run; off the grid the panel says why and offers to run the setting on the
+Live attack page, the adaptive run with the attacker that is the best at the most grid points.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import numpy as np
 import streamlit as st
 
 from app import controls, resources, state
-from app.components import defense_label, fmt_db, upscale
+from app.components import adaptive_labels, attacker_name, defense_label, fmt_db, split_attack, upscale
 
-ADAPTIVE_KNOWLEDGE = "drop"  # idlg_drop: the grid's adaptive attacker
 LIVE_PAGE = "views/live.py"
 RUN_ITERATIONS = 100  # the grid's L-BFGS steps, so a run on Live is comparable with the grid
 
@@ -31,6 +31,11 @@ def _query(s: state.Settings, image: controls.ImageChoice) -> Any:
     return GridQuery(image_id=image.gallery_id, model=s.model, weights=s.weights, round=controls.round_dict(s),
                      seed=int(s.seed), variant=s.tip_variant, noise=s.noise, epsilon=float(s.epsilon),
                      delta=float(s.delta), ratio=float(s.ratio), cutoff=float(s.cutoff))
+
+
+def _best_of(match: Any) -> str:
+    n = len(match.candidates)
+    return f"best of {n} adaptive attackers" if n > 1 else "the one adaptive attacker on the grid"
 
 
 def _picture(title: str, cell: Any, caption: str) -> None:
@@ -53,9 +58,10 @@ def summary(s: state.Settings, image: controls.ImageChoice) -> None:
     if match is None:
         st.caption("The attackers at this setting: off the precomputed grid (see below to run it).")
         return
-    st.markdown(f"**The attackers at this setting** (precomputed, pictures below): naive iDLG "
-                f"**{fmt_db(float(match.naive.psnr))} dB** · iDLG that drops the noised channels "
-                f"**{fmt_db(float(match.adaptive.psnr))} dB** · no defense {fmt_db(float(match.undefended[0].psnr))} dB")
+    naive, adaptive, none = (fmt_db(float(c.psnr)) for c in (match.naive, match.adaptive, match.undefended[0]))
+    st.markdown(f"**The attackers at this setting** (precomputed, pictures below): naive iDLG **{naive} dB** · "
+                f"{attacker_name(match.adaptive.attack)} ({_best_of(match)}) **{adaptive} dB** · "
+                f"no defense {none} dB")
 
 
 def reconstructions(s: state.Settings, image: controls.ImageChoice) -> None:
@@ -73,7 +79,7 @@ def reconstructions(s: state.Settings, image: controls.ImageChoice) -> None:
             return
         match, reason = grid.find(_query(s, image))
         if match is None:
-            _off_grid(s, reason, grid)
+            _off_grid(s, reason, grid, image.gallery_id)
         else:
             _on_grid(match, grid)
 
@@ -90,7 +96,8 @@ def _on_grid(match: Any, grid: Any) -> None:
         if match.adaptive.flag_precision is not None:
             found = (f"; found the noised channels with precision {match.adaptive.flag_precision:.2f}, "
                      f"recall {match.adaptive.flag_recall:.2f}")
-        _picture("TIP vs adaptive iDLG", match.adaptive, "drops the channels it finds noised" + found)
+        _picture("TIP vs the best adaptive iDLG", match.adaptive,
+                 f"{attacker_name(match.adaptive.attack)}, {_best_of(match)} at this setting" + found)
     with cols[3]:
         same = "" if match.exact else (
             f" These sliders give the same defense as the grid's p = {match.ratio:g}, r = {match.cutoff:g} (TIP "
@@ -124,16 +131,21 @@ def _points_line(grid: Any) -> str:
     return "; ".join(f"p = {p:g}, r = {r:g}, ε = {e:g}" for p, r, e in sorted(points))
 
 
-def _off_grid(s: state.Settings, reason: str, grid: Any) -> None:
+def _off_grid(s: state.Settings, reason: str, grid: Any, image_id: str | None) -> None:
     st.markdown(f"**Off the precomputed grid**: {reason}. Run this setting on the Live attack page "
                 f"({RUN_ITERATIONS} iDLG steps against {defense_label(s.tip_variant)} with these sliders):")
     st.caption(f"The grid ({_model_line(grid)}, gallery image{'s' if len(grid.images) > 1 else ''} "
                f"{', '.join(grid.images)}, δ = {grid.settings['delta']:.0e}) holds {_points_line(grid)}.")
+    # The grid's best adaptive attacker varies by point: run the one that is the best at the most of this
+    # image's points (of every image's for an image the grid does not hold).
+    strongest = grid.strongest_adaptive(image_id if image_id in grid.images else None)
+    knowledge = split_attack(strongest)[1]
     c_naive, c_adaptive, _ = st.columns([1, 1, 2])
     go = c_naive.button("Run it: naive iDLG", key="grid_run_naive", on_click=_run_on_live,
                         args=(s.tip_variant, "none"), help="Opens Live attack with these settings, ready to run.")
     go = c_adaptive.button("Run it: adaptive iDLG", key="grid_run_adaptive", on_click=_run_on_live,
-                           args=(s.tip_variant, ADAPTIVE_KNOWLEDGE),
-                           help="The attacker who drops the channels it finds noised; opens Live attack.") or go
+                           args=(s.tip_variant, knowledge),
+                           help=f"{attacker_name(strongest)} ({adaptive_labels().get(knowledge, knowledge)}), the "
+                                "best adaptive attacker at the most points of the grid; opens Live attack.") or go
     if go:
         st.switch_page(LIVE_PAGE)

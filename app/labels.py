@@ -56,14 +56,24 @@ def split_attack(name: str) -> tuple[str, str]:
     return spec["base"], spec["matcher"]
 
 
-def attack_label(name: str) -> str:
-    """A readable name for an engine attack, naive or adaptive: "iDLG + drop (knows the defense)"."""
+def attack_label(name: str, recorded: str = "") -> str:
+    """A readable name for an engine attack, naive or adaptive: "iDLG + drop (knows the defense)".
+
+    ``recorded``: the registry's label stored with a precomputed asset (``PunchEntry.label``), used while the
+    engine loads, so that a page drawn before it words the attack exactly as the registry does ("iDLG +
+    low-pass", which the name alone does not give)."""
     reg = _registries()
-    if reg is None:  # the engine is loading: the registry's own wording, from the name (base_matcher)
+    if reg is None:  # the engine is loading: the registry's own wording, recorded or from the name
         base, _, matcher = name.partition("_")
         label = ATTACK_LABELS.get(base, base)
-        return f"{label} + {matcher} (knows the defense)" if matcher else label
+        label = recorded or (f"{label} + {matcher}" if matcher else label)
+        return f"{label} (knows the defense)" if matcher else label
     spec = reg["attacks"].get(name)
     if spec is None:
         return ATTACK_LABELS.get(name, name)
     return spec["label"] if spec["matcher"] == "all" else f"{spec['label']} (knows the defense)"
+
+
+def attacker_name(name: str, recorded: str = "") -> str:
+    """``attack_label`` without "(knows the defense)", for a title or caption that already says adaptive."""
+    return attack_label(name, recorded).replace(" (knows the defense)", "")

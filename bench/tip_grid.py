@@ -27,7 +27,7 @@ def main() -> None:
     s = grid.settings
     sizes = {name: (SHOWCASE_DIR / name).stat().st_size for name in (tip_grid.GRID_JSON, tip_grid.GRID_NPZ)}
     print(f"images {', '.join(grid.images)}; {len(s['points'])} TIP points + no defense; attackers {s['naive']}, "
-          f"{s['adaptive']}; {s['iterations']} steps; {len(grid.cells)} cells")
+          f"{', '.join(grid.adaptive)}; {s['iterations']} steps; {len(grid.cells)} cells")
     print(f"size: {', '.join(f'{k} {v / 1024:.0f} KiB' for k, v in sizes.items())}, "
           f"total {sum(sizes.values()) / 1024:.0f} KiB")
     print(f"attack time recorded by the cells: {s['attack_seconds']:.0f} s")

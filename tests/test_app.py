@@ -222,7 +222,7 @@ def test_first_page_is_drawn_before_the_engine_loads(monkeypatch: pytest.MonkeyP
     no_exceptions(at)
     assert at.title[0].value == "Can the server see your photo in a gradient?" and waited == []
     if any(m.label == "PSNR (dB)" for m in at.metric):  # the precomputed comparison is drawn, in the same words
-        assert captions(at) == loaded and any("drop" in c for c in loaded)
+        assert captions(at) == loaded and any(c.startswith("attacker: iDLG + ") for c in loaded)
     at.switch_page("views/teach.py").run()
     no_exceptions(at)
     assert waited == []
@@ -396,25 +396,93 @@ def test_punchline_shows_tip_against_the_adaptive_attacker() -> None:
     punch = showcase.load_punchline()
     if punch is None:
         pytest.skip("no precomputed punchline")
+    from tipcore import attacks
+
+    best = punch.best_adaptive("tip")
     pairs = [(e.defense, e.attack) for e in punch.entries]
-    assert pairs == [("none", "idlg"), ("dp", "idlg"), ("tip", "idlg"), ("tip", "idlg_drop")]
+    assert pairs == [("none", "idlg"), ("dp", "idlg"), ("tip", "idlg"), ("tip", best.attack)]
+    assert attacks.is_adaptive(best.attack)
     assert [m.label for m in at.metric].count("PSNR (dB)") == 4
-    assert any(c.value.startswith("attacker: iDLG + drop") for c in at.caption)
+    assert any(c.value.startswith(f"attacker: {attacks.ATTACKS[best.attack].label}, ") for c in at.caption)
     assert any(i.value.startswith("Why: TIP leaves most of the update clean") for i in at.info)
-    # The adaptive attacker recovers the image the naive one cannot (the precomputed numbers say so).
-    assert punch.entry("tip", "idlg_drop").psnr > punch.entry("tip", "idlg").psnr + 15
+    # The strongest adaptive attacker recovers the image the naive one cannot (the precomputed numbers say so).
+    assert best.psnr > punch.entry("tip", "idlg").psnr + 15
+
+
+def test_the_pages_name_the_adaptive_attacker_that_won_and_how_many_it_beat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A punchline whose best adaptive attacker flags no channels (low-pass, best of 3): the first page names it
+    (also while the engine loads, from the label the punchline recorded), the TIP page's panel titles it, and
+    its channel chart says whose flags it shows."""
+    from dataclasses import replace
+
+    from tipcore.explorer import showcase
+
+    from app import resources
+
+    punch = showcase.load_punchline()
+    if punch is None:
+        pytest.skip("no precomputed punchline")
+    best = punch.best_adaptive("tip")
+    won = replace(best, attack="idlg_lowpass", label="iDLG + low-pass", analysis={},
+                  candidates={"idlg_drop": best.psnr - 4, "idlg_lowpass": best.psnr, "idlg_energy": best.psnr - 9})
+    entries = tuple(won if e is best else e for e in punch.entries)
+    monkeypatch.setattr(showcase, "load_punchline",
+                        lambda: replace(punch, entries=entries, channels_attack="idlg_drop"))
+    caption = "attacker: iDLG + low-pass, the best of 3 adaptive attackers"
+
+    class Loading:
+        error, ready, core_ready = None, False, False
+
+        def wait(self, timeout: float | None = None) -> bool:
+            return True
+
+        def wait_core(self, timeout: float | None = None) -> bool:
+            return True
+
+    def no_registries() -> None:
+        raise AssertionError("the first page read the engine's registries while the engine loads")
+
+    resources.punchline.clear()
+    try:
+        at = new_app()
+        no_exceptions(at)
+        assert caption in [c.value for c in at.caption]
+        at.switch_page("views/tip.py").run()
+        no_exceptions(at)
+        assert "**TIP vs iDLG + low-pass**" in [md.value for md in at.markdown]
+        texts = [c.value for c in at.caption]
+        assert "the best of 3 adaptive attackers against this update" in texts  # no detection: it flags none
+        assert any("Outlined: the channels iDLG + drop (the strongest attacker here that flags channels; "
+                   "iDLG + low-pass flags none) flagged" in c for c in texts)
+        assert any("set **Attacker knows the defense** to *matches low frequencies only*" in c for c in texts)
+        with monkeypatch.context() as loading:
+            loading.setattr(resources, "engine_warmup", lambda: Loading())
+            loading.setattr(resources, "engine_core_ready", lambda: False)
+            loading.setattr(resources, "registries", no_registries)
+            at = new_app()
+            no_exceptions(at)
+            assert caption in [c.value for c in at.caption]  # the recorded label, not "iDLG + lowpass"
+    finally:
+        resources.punchline.clear()
 
 
 def test_tip_and_teach_pages_show_tip_against_both_attackers() -> None:
+    from tipcore import attacks
+    from tipcore.explorer import showcase
+
+    punch = showcase.load_punchline()
+    if punch is None:
+        pytest.skip("no precomputed punchline")
+    adaptive = f"**TIP vs {attacks.ATTACKS[punch.best_adaptive('tip').attack].label}**"  # the winner, by name
     at = new_app()
     at.switch_page("views/tip.py").run()
     no_exceptions(at)
     heads = [md.value for md in at.markdown]
-    assert "**TIP vs the naive iDLG**" in heads and "**TIP vs iDLG that drops the noised channels**" in heads
+    assert "**TIP vs the naive iDLG**" in heads and adaptive in heads
     assert any(t.startswith("What the attacker sees") for t in chart_titles(at))
     at.switch_page("views/teach.py").run()
     no_exceptions(at)
-    assert "**TIP vs iDLG that drops the noised channels**" in [md.value for md in at.markdown]
+    assert adaptive in [md.value for md in at.markdown]
 
 
 def test_every_page_renders() -> None:
@@ -1022,6 +1090,7 @@ def test_comparison_figure_has_titles_and_psnr() -> None:
 
 
 def test_tip_page_shows_the_precomputed_reconstructions_on_the_grid_and_run_it_off_it() -> None:
+    from tipcore import attacks
     from tipcore.explorer import tip_grid
 
     grid = tip_grid.load()
@@ -1030,13 +1099,14 @@ def test_tip_page_shows_the_precomputed_reconstructions_on_the_grid_and_run_it_o
     at.switch_page("views/tip.py").run()
     no_exceptions(at)
     heads = [md.value for md in at.markdown]
-    assert "**TIP vs naive iDLG**" in heads and "**TIP vs adaptive iDLG**" in heads
+    assert "**TIP vs naive iDLG**" in heads and "**TIP vs the best adaptive iDLG**" in heads
     psnrs = [m.value for m in at.metric if m.label == "PSNR (dB)"]
     defaults = (0.1, 0.5, 5.0)  # the page's p, r, ε
     expected = {(c["attack"], c["defense"]): c["psnr"] for c in grid.cells if c["image"] == "cifar10-00"
                 and (c["defense"] == "none" or (c["ratio"], c["cutoff"], c["epsilon"]) == defaults)}
-    for key in (("idlg", "none"), ("idlg", "tip"), ("idlg_drop", "tip")):
-        assert f"{expected[key]:.1f}" in psnrs, (key, psnrs)
+    best = max(expected[(a, "tip")] for a in grid.adaptive)  # the strongest adaptive attacker at the defaults
+    for psnr in (expected[("idlg", "none")], expected[("idlg", "tip")], best):
+        assert f"{psnr:.1f}" in psnrs, (psnr, psnrs)
     assert not any(md.value.startswith("**Off the precomputed grid**") for md in at.markdown)
 
     at.slider(key="w_ratio").set_value(0.15).run()  # k = 1 channel per layer, as at the grid's p = 0.1
@@ -1052,5 +1122,45 @@ def test_tip_page_shows_the_precomputed_reconstructions_on_the_grid_and_run_it_o
     click(at, "Run it: adaptive iDLG")
     no_exceptions(at)
     s = at.session_state["settings"]
-    assert (s.defenses, s.attack, s.adaptive, s.ratio) == (("tip",), "idlg", "drop", 0.45)
+    mode = attacks.ATTACKS[grid.strongest_adaptive("cifar10-00")].matcher  # the grid's most frequent winner
+    assert (s.defenses, s.attack, s.adaptive, s.ratio) == (("tip",), "idlg", mode, 0.45)
     assert at.title[0].value == "Live attack"
+
+
+def test_tip_page_names_the_grids_best_adaptive_attacker_and_runs_it_off_the_grid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid with two adaptive attackers where the second (low-pass, flags nothing) beats idlg_drop by 5 dB
+    everywhere: the panel shows its picture under its name, "best of 2", and Run it on Live picks it."""
+    from dataclasses import replace
+
+    from tipcore.explorer import tip_grid
+
+    from app import resources
+
+    grid = tip_grid.load()
+    assert grid is not None, tip_grid.TIP_GRID_COMMAND
+    drop = [c for c in grid.cells if c["attack"] == "idlg_drop"]
+    lowpass = [{**c, "attack": "idlg_lowpass", "psnr": c["psnr"] + 5.0, "flag_precision": None,
+                "flag_recall": None} for c in drop]
+    kept = [c for c in grid.cells if c["attack"] in (grid.settings["naive"], "idlg_drop")]
+    forced = replace(grid, cells=tuple(kept + lowpass),
+                     settings={**grid.settings, "adaptive": ["idlg_drop", "idlg_lowpass"]})
+    monkeypatch.setattr(tip_grid, "load", lambda directory=None: forced)
+    resources.tip_grid.clear()
+    try:
+        at = new_app()
+        at.switch_page("views/tip.py").run()
+        no_exceptions(at)
+        winner = next(c for c in lowpass if c["image"] == "cifar10-00" and c["defense"] == "tip"
+                      and (c["ratio"], c["cutoff"], c["epsilon"]) == (0.1, 0.5, 5.0))
+        assert f"{winner['psnr']:.1f}" in [m.value for m in at.metric if m.label == "PSNR (dB)"]
+        assert "iDLG + low-pass, best of 2 adaptive attackers at this setting" in [c.value for c in at.caption]
+        assert any(md.value.startswith("**The attackers at this setting**") and
+                   f"iDLG + low-pass (best of 2 adaptive attackers) **{winner['psnr']:.1f} dB**" in md.value
+                   for md in at.markdown)
+        at.slider(key="w_ratio").set_value(0.45).run()  # off the grid
+        click(at, "Run it: adaptive iDLG")
+        no_exceptions(at)
+        assert at.session_state["settings"].adaptive == "lowpass"
+    finally:
+        resources.tip_grid.clear()

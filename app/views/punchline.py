@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from app import panels, resources
-from app.components import attack_label, defense_label, fmt_db, upscale
+from app.components import attack_label, attacker_name, defense_label, fmt_db, upscale
 from app.state import TIP_FAMILY
 
 
@@ -31,7 +31,7 @@ st.markdown(
     "Below: one private image, and what the attack recovered from the update the client sent with no "
     "defense, with differential privacy, and with **TIP** (targeted interpretable perturbation, "
     "[arXiv 2602.11633](https://arxiv.org/abs/2602.11633)): first against the usual attacker, who ignores "
-    "the defense, then against one who knows TIP and leaves out the channels it noised."
+    "the defense, then against the strongest of the attackers we built that know TIP and adapt to it."
 )
 
 try:
@@ -63,9 +63,11 @@ else:
             if attack == "idlg":
                 st.caption("attacker: iDLG (naive)", help="Matches the whole update, the defense's noise included.")
             else:
-                st.caption(f"attacker: {attack_label(attack).replace(' (knows the defense)', '')}",
-                           help=f"{attack_label(attack)}: adapts its matching to the defense, from the update "
-                                "alone (drop: finds the channels TIP noised and leaves them out).")
+                recorded = str(getattr(entry, "label", "") or "")
+                st.caption(f"attacker: {attacker_name(attack, recorded)}, {panels.best_of(entry)}",
+                           help=f"{attack_label(attack, recorded)}: adapts its matching to the defense, from the "
+                                "update alone. The picture is the strongest adaptive attacker's against this "
+                                f"update; every one's PSNR: {panels.candidates_line(entry)}.")
             psnr, ssim = float(entry.psnr), float(entry.ssim)
             true, pred = getattr(entry, "label_true", None), getattr(entry, "label_pred", None)
             # One above the other: side by side in a fifth of the page, the labels were cut to "PSNR (…".
@@ -77,7 +79,7 @@ else:
                 verdict = "✓ leaked" if ok else "✗ wrong"
                 st.caption(f"label inferred by the attacker: {_names(punch, pred)} {verdict}")
 
-    if hasattr(punch, "entry") and punch.entry("tip", panels.ADAPTIVE_ATTACK) is not None:
+    if panels.adaptive_entry(punch) is not None:
         st.info(panels.why_sentence(punch))
     tip_leaks = any(
         str(getattr(e, "defense", "")) in TIP_FAMILY

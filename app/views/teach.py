@@ -128,8 +128,9 @@ not as a privacy guarantee. For a guarantee, use DP with an accountant, and pay 
 frontier page shows.
 """
 )
-st.markdown("**Measured, not hypothetical**: the same TIP update, attacked by the naive iDLG and by the iDLG "
-            "that drops the channels it finds noised (live attack: *Attacker knows the defense*).")
+st.markdown("**Measured, not hypothetical**: the same TIP update, attacked by the naive iDLG and by the "
+            "strongest of the adaptive iDLG attackers, named under its picture (live attack: *Attacker knows the "
+            "defense*).")
 panels.tip_vs_adaptive(panels.punchline(), key="teach", show_channels=False)
 
 st.header("6. How to read the numbers")

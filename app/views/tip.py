@@ -11,7 +11,8 @@ import streamlit as st
 
 from app import controls, grid_panel, panels, resources, state, tip_setting
 from app.components import (
-    alpha_bars, defense_label, heatmap_overlay, kernel_figure, noise_energy_bars, spectrum_figure, upscale,
+    adaptive_labels, alpha_bars, defense_label, heatmap_overlay, kernel_figure, noise_energy_bars, split_attack,
+    spectrum_figure, upscale,
 )
 
 INTRO = {
@@ -178,5 +179,7 @@ st.markdown(
 if not panels.tip_vs_adaptive(panels.punchline(), key="tip_page"):
     st.info("The precomputed comparison is not available yet. Generate it with\n\n"
             f"```\n{resources.showcase_command('punchline')}\n```")
-st.caption("Try it on your own setting: on Live attack, set **Attacker knows the defense** to *drops the "
-           "noised channels*.")
+_best = panels.adaptive_entry(panels.punchline())  # the strongest adaptive attacker on the punchline image
+_mode = split_attack(_best.attack)[1] if _best is not None else ""
+st.caption("Try it on your own setting: on Live attack, set **Attacker knows the defense** to "
+           + (f"*{adaptive_labels().get(_mode, _mode)}* (the strongest above)." if _mode else "one of its attackers."))

@@ -3,7 +3,10 @@
 Everything here is made by the same engine the app and CLI run, stored in assets/showcase with the
 command that regenerates it:
 - punchline: one gallery image attacked (iDLG on LeNet) with no defense, DP and TIP at the same budget, and
-  TIP once more against the adaptive iDLG that finds TIP's noised channels and leaves them out (idlg_drop);
+  TIP once more against every adaptive attacker built on iDLG (``tipcore.studies.cells.adaptive_attacks``), of
+  which the entry keeps the best by PSNR, naming it and recording every candidate's PSNR (the strongest
+  attacker we can build is the one a defense is judged by); the channel views come from an attacker that
+  flags channels (the winner when it does);
 - privacy curves (``load_privacy_curves``): attack PSNR against defense strength and utility for the naive
   and the best adaptive attacker, written by the sweep into assets/showcase/privacy_curves.json;
 - frontier: attack PSNR (iDLG and every adaptive iDLG on LeNet, two CIFAR-10 images) against utility from
@@ -31,12 +34,15 @@ if TYPE_CHECKING:
 SHOWCASE_DIR = bundle.ASSETS_DIR / "showcase"
 
 PUNCHLINE_IMAGE = "cifar10-00"
-# (defense, attack, title): the naive iDLG against each defense, then TIP against the adaptive iDLG.
+PUNCHLINE_NAIVE = "idlg"
+# The attack column's value for "every adaptive attacker built on PUNCHLINE_NAIVE, the best one by PSNR kept".
+BEST_ADAPTIVE = "best adaptive"
+# (defense, attack, title): the naive iDLG against each defense, then TIP against the best adaptive iDLG.
 PUNCHLINE_ENTRIES = (
-    ("none", "idlg", "No defense"),
-    ("dp", "idlg", "DP (ε = 5)"),
-    ("tip", "idlg", "TIP (ε = 5, p = 0.1, r = 0.5)"),
-    ("tip", "idlg_drop", "TIP vs adaptive iDLG"),  # drops the channels it finds noised
+    ("none", PUNCHLINE_NAIVE, "No defense"),
+    ("dp", PUNCHLINE_NAIVE, "DP (ε = 5)"),
+    ("tip", PUNCHLINE_NAIVE, "TIP (ε = 5, p = 0.1, r = 0.5)"),
+    ("tip", BEST_ADAPTIVE, "TIP vs the best adaptive iDLG"),
 )
 PUNCHLINE_DEFENSES = tuple((d, title) for d, _, title in PUNCHLINE_ENTRIES)  # (defense, title) per entry
 PUNCHLINE_COMMAND = "python -m tipcore showcase punchline"
@@ -58,7 +64,10 @@ def _attack_config(image_id: str, defense: str, options: dict[str, Any], iterati
 
 
 def _punch_file(defense: str, attack: str) -> str:
-    return f"punchline_{defense}.png" if attack == "idlg" else f"punchline_{defense}_{attack}.png"
+    """The entry's picture; the best adaptive entry's name does not depend on which attacker won."""
+    if attack == PUNCHLINE_NAIVE:
+        return f"punchline_{defense}.png"
+    return f"punchline_{defense}_adaptive.png" if attack == BEST_ADAPTIVE else f"punchline_{defense}_{attack}.png"
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,11 @@ class PunchEntry:
     ssim: float
     label_true: int
     label_pred: int
-    attack: str = "idlg"
+    attack: str = PUNCHLINE_NAIVE
     analysis: dict[str, Any] = field(default_factory=dict)  # RunRecord.analysis (noise-to-signal, detection)
+    # An adaptive entry: the PSNR of every adaptive attacker it was the best of (the winner's included).
+    candidates: dict[str, float] = field(default_factory=dict)
+    label: str = ""  # the engine's display name of the attack when the punchline was made ("iDLG + drop")
 
 
 @dataclass(frozen=True)
@@ -93,12 +105,18 @@ class Punchline:
     command: str
     settings: dict[str, Any]
     channels: tuple[ChannelView, ...] = ()  # the TIP update the adaptive entry attacked
+    channels_attack: str = ""  # the attacker whose flags ``channels`` show
 
-    def entry(self, defense: str, attack: str = "idlg") -> PunchEntry | None:
+    def entry(self, defense: str, attack: str = PUNCHLINE_NAIVE) -> PunchEntry | None:
         for e in self.entries:
             if e.defense == defense and e.attack == attack:
                 return e
         return None
+
+    def best_adaptive(self, defense: str = "tip") -> PunchEntry | None:
+        """The entry of the strongest adaptive attacker against ``defense``: any entry whose attack is not the
+        naive iDLG (a punchline made before the best was kept holds one adaptive attacker, idlg_drop)."""
+        return next((e for e in self.entries if e.defense == defense and e.attack != PUNCHLINE_NAIVE), None)
 
 
 def _plain(value: Any) -> Any:
@@ -135,62 +153,126 @@ def _channel_views(record: Any) -> list[dict[str, Any]]:
     return out
 
 
-def punchline(iterations: int = 300, *, should_stop: StopHook = never_stop) -> Generator[Event, None, Path]:
-    """Attack the punchline image once per entry; each entry's run is relayed as ``punchline i/n · stage``
-    events, and a "punchline" event per finished entry carries its scores. Stopped: nothing is written."""
+def _adaptive_choice(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Of the adaptive attackers' runs on one update: the best by PSNR (the entry), and the run whose
+    channel flags the page draws: the winner's when it flags channels, else the best flagging run's (an
+    attacker that does not flag, e.g. a low-pass one, has nothing to outline on the channel chart), or None."""
+    from tipcore.studies.cells import best_per_image
+
+    rows = [{"image": PUNCHLINE_IMAGE, "attack": r["attack"], "psnr": r["psnr"], "run": r} for r in runs]
+    winner = best_per_image(rows, [r["attack"] for r in runs])[(PUNCHLINE_IMAGE, "")]["run"]
+    if winner["flags"]:
+        return winner, winner
+    flagging = [row for row in rows if row["run"]["flags"]]
+    best_flagging = best_per_image(flagging, [row["attack"] for row in flagging]) if flagging else {}
+    return winner, (best_flagging[(PUNCHLINE_IMAGE, "")]["run"] if best_flagging else None)
+
+
+def _punch_runs(adaptive: tuple[str, ...]) -> list[tuple[int, str, str]]:
+    """(entry, defense, attack) of every attack the punchline runs: one per entry, and for the best adaptive
+    entry one per adaptive attacker."""
+    return [(i, defense, a) for i, (defense, attack, _) in enumerate(PUNCHLINE_ENTRIES)
+            for a in (adaptive if attack == BEST_ADAPTIVE else (attack,))]
+
+
+def punchline(iterations: int = 300, *, adaptive: tuple[str, ...] | None = None, out_dir: str | Path | None = None,
+              should_stop: StopHook = never_stop) -> Generator[Event, None, Path]:
+    """Attack the punchline image once per entry, and once per adaptive attacker for the best adaptive entry
+    (``adaptive``: every adaptive attacker built on iDLG by default); each run is relayed as ``punchline i/n ·
+    stage`` events, and a "punchline" event per finished run carries its scores. The files go to ``out_dir``
+    (assets/showcase by default), replacing any earlier punchline picture. Stopped: nothing is written."""
+    from tipcore import attacks
     from tipcore.attacks.base import flags_channels
     from tipcore.pipeline.experiment import stream
+    from tipcore.studies.cells import adaptive_attacks
 
-    entries, channels = [], []
+    adaptive = tuple(adaptive) if adaptive is not None else adaptive_attacks(PUNCHLINE_NAIVE)
+    if not adaptive or len(set(adaptive)) != len(adaptive):
+        raise ValueError("adaptive must be a non-empty list of distinct attack names")
+    for name in adaptive:
+        if name not in attacks.ATTACKS or not attacks.is_adaptive(name):
+            raise ValueError(f"'{name}' is not a registered adaptive attack; choose from: "
+                             f"{', '.join(adaptive_attacks(PUNCHLINE_NAIVE))}")
+    runs: dict[int, list[dict[str, Any]]] = {}
     watch = Stopwatch()
-    total = len(PUNCHLINE_ENTRIES)
-    for i, (defense, attack, title) in enumerate(PUNCHLINE_ENTRIES):
+    plan = _punch_runs(adaptive)
+    total = len(plan)
+    for n, (i, defense, attack) in enumerate(plan):
         cfg = _attack_config(PUNCHLINE_IMAGE, defense, {}, iterations, attack=attack)
-        record = yield from within(stream(cfg, should_stop=should_stop), f"punchline {i + 1}/{total}")
+        record = yield from within(stream(cfg, should_stop=should_stop), f"punchline {n + 1}/{total}")
         if record.result.stopped:
-            yield watch.event("punchline", i, total, "entry", "stopped: nothing written", stopped=True)
+            yield watch.event("punchline", n, total, "entry", "stopped: nothing written", stopped=True)
             raise Stopped("stopped: the punchline was not written")
-        name = _punch_file(defense, attack)
-        entries.append({"defense": defense, "attack": attack, "title": title, "file": name,
-                        "psnr": record.scores.psnr, "ssim": record.scores.ssim,
-                        "label_true": record.prepared.labels[0], "label_pred": record.result.labels[0],
-                        "analysis": _plain(dict(record.analysis)), "image": record.result.images[0]})
-        if flags_channels(record.result):  # the views need the defense's record of what it noised (TIP's)
-            channels = _channel_views(record) or channels
-        yield watch.event("punchline", i + 1, total, "entry",
+        flags = flags_channels(record.result)
+        runs.setdefault(i, []).append({
+            "attack": attack, "label": attacks.ATTACKS[attack].label, "psnr": record.scores.psnr,
+            "ssim": record.scores.ssim, "label_true": record.prepared.labels[0],
+            "label_pred": record.result.labels[0], "analysis": _plain(dict(record.analysis)),
+            "image": record.result.images[0], "flags": flags,
+            # the views need the defense's record of what it noised (TIP's) and the attacker's flags
+            "channels": _channel_views(record) if flags else []})
+        yield watch.event("punchline", n + 1, total, "entry",
                           f"{defense}/{attack}: psnr {record.scores.psnr:.2f} ssim {record.scores.ssim:.3f}")
-    SHOWCASE_DIR.mkdir(parents=True, exist_ok=True)
+    entries, channels, channels_attack = [], [], ""
+    for i, (defense, attack, title) in enumerate(PUNCHLINE_ENTRIES):
+        run, extra = runs[i][0], {}
+        if attack == BEST_ADAPTIVE:
+            run, flagged = _adaptive_choice(runs[i])
+            extra = {"candidates": {r["attack"]: r["psnr"] for r in runs[i]}}
+            if flagged is not None and flagged["channels"]:
+                channels, channels_attack = flagged["channels"], flagged["attack"]
+        entries.append({"defense": defense, "attack": run["attack"], "label": run["label"], "title": title,
+                        "file": _punch_file(defense, attack), "image": run["image"],
+                        **{k: run[k] for k in ("psnr", "ssim", "label_true", "label_pred", "analysis")}, **extra})
+    out = Path(out_dir) if out_dir is not None else SHOWCASE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"punchline_original.png"}
     for entry in entries:
-        save_png(SHOWCASE_DIR / entry["file"], entry.pop("image"))
-    save_png(SHOWCASE_DIR / "punchline_original.png", record.prepared.images[0])
-    settings = {**record.config.to_dict(), "defense": "see entries", "attack": "see entries",
+        save_png(out / entry["file"], entry.pop("image"))
+        written.add(entry["file"])
+    save_png(out / "punchline_original.png", record.prepared.images[0])
+    for stale in out.glob("punchline_*.png"):  # an earlier punchline's pictures (an adaptive winner's old name)
+        if stale.name not in written:
+            stale.unlink()
+    settings = {**record.config.to_dict(), "defense": "see entries",
+                "attack": f"see entries; the adaptive entry is the best by PSNR of {', '.join(adaptive)}",
                 "defense_cfg": "epsilon=5, delta=1e-5"}
     meta = {"image_id": PUNCHLINE_IMAGE, "command": PUNCHLINE_COMMAND, "entries": entries,
-            "channels": channels, "settings": settings}
-    path = SHOWCASE_DIR / "punchline.json"
+            "channels": channels, "channels_attack": channels_attack, "settings": settings}
+    path = out / "punchline.json"
     path.write_text(json.dumps(meta, indent=1, default=float) + "\n")
     return path
 
 
-def make_punchline(iterations: int = 300, on_event: Callable[[Event], None] | None = None) -> Path:
-    return drive(punchline(iterations), on_event)
+def make_punchline(iterations: int = 300, on_event: Callable[[Event], None] | None = None, *,
+                   adaptive: tuple[str, ...] | None = None, out_dir: str | Path | None = None) -> Path:
+    return drive(punchline(iterations, adaptive=adaptive, out_dir=out_dir), on_event)
 
 
-def load_punchline() -> Punchline | None:
-    path = SHOWCASE_DIR / "punchline.json"
+def load_punchline(directory: str | Path | None = None) -> Punchline | None:
+    """The punchline in ``directory`` (assets/showcase by default), or None when it has not been made. A file
+    made before the best adaptive attacker was kept (one adaptive entry, idlg_drop, no candidates) loads with
+    that attacker as its only candidate."""
+    base = Path(directory) if directory is not None else SHOWCASE_DIR
+    path = base / "punchline.json"
     if not path.is_file():
         return None
     meta = json.loads(path.read_text())
     sample = data.get_sample(meta["image_id"])
-    entries = tuple(
-        PunchEntry(e["defense"], e["title"], load_png(SHOWCASE_DIR / e["file"]), e["psnr"], e["ssim"],
-                   e["label_true"], e["label_pred"], e.get("attack", "idlg"), dict(e.get("analysis") or {}))
-        for e in meta["entries"]
-    )
+    entries = []
+    for e in meta["entries"]:
+        attack = e.get("attack", PUNCHLINE_NAIVE)
+        candidates = e.get("candidates") or ({attack: e["psnr"]} if attack != PUNCHLINE_NAIVE else {})
+        entries.append(PunchEntry(e["defense"], e["title"], load_png(base / e["file"]), e["psnr"], e["ssim"],
+                                  e["label_true"], e["label_pred"], attack, dict(e.get("analysis") or {}),
+                                  {str(k): float(v) for k, v in candidates.items()}, str(e.get("label", ""))))
     channels = tuple(ChannelView(c["layer"], tuple(float(v) for v in c["roughness"]), tuple(c["noised"]),
                                  tuple(c["flagged"])) for c in meta.get("channels", ()))
-    return Punchline(load_png(SHOWCASE_DIR / "punchline_original.png"), sample.class_name, entries,
-                     meta["command"], meta["settings"], channels)
+    # An older file's channel views came from its one adaptive attacker, the one that flags (idlg_drop).
+    channels_attack = meta.get("channels_attack") or (
+        next((e.attack for e in entries if e.attack != PUNCHLINE_NAIVE), "") if channels else "")
+    return Punchline(load_png(base / "punchline_original.png"), sample.class_name, tuple(entries),
+                     meta["command"], meta["settings"], channels, channels_attack)
 
 
 # ------------------------------------------------------------------------------------------ privacy curves

@@ -2,12 +2,15 @@
 
 ``python -m tipcore showcase tip-grid`` attacks the first gallery images in the class-demo round (DLG's
 LeNet, random init, FedSGD on one image, clip 5, seed 0) under TIP at every (p, r, ε) of the grid, and once
-without a defense, with the naive iDLG and the adaptive ``idlg_drop`` (100 L-BFGS steps); the settings of
-one image and attacker run as batched optimisations. Finished cells are kept in ``runs/showcase-tip-grid``
-(a resumable table plus one PNG per cell), so an interrupted build resumes; at the end the scores go to
+without a defense, with the naive iDLG and every adaptive attacker built on it (100 L-BFGS steps); the
+settings of one image and attacker run as batched optimisations. Finished cells are kept in
+``runs/showcase-tip-grid`` (a resumable table plus one PNG per cell, keyed by attacker, so an interrupted
+build resumes and one with more attackers runs only theirs); at the end the scores go to
 ``assets/showcase/tip_grid.json`` and the reconstructions, as uint8 pixels, to ``tip_grid.npz``.
 
-``load()`` reads them back without running anything, and ``TipGrid.find`` answers for a slider setting.
+``load()`` reads them back without running anything, and ``TipGrid.find`` answers for a slider setting with
+the naive attacker's cell and the best adaptive one's: per image and setting the highest PSNR among the
+adaptive attackers (``tipcore.studies.cells.best_per_image``), as a defense must be judged.
 Two settings that give the same defense are the same grid point: TIP noises k = max(1, floor(p · C_out))
 channels per layer and the bins of the high-frequency mask M_r, so every p with the same k per layer and
 every r with the same masks produce bit for bit the same defended update (same seed, same random draws).
@@ -57,7 +60,7 @@ class TipGridConfig:
     points: tuple[tuple[float, float, float], ...] = field(default_factory=default_points)  # (p, r, ε)
     delta: float = 1e-5
     naive: str = "idlg"
-    adaptive: str = "idlg_drop"
+    adaptive: tuple[str, ...] | None = None  # None: every registered adaptive attacker built on ``naive``
     iterations: int = 100
     seed: int = 0
     batch: int = 14  # settings per batched optimisation
@@ -65,6 +68,7 @@ class TipGridConfig:
     def __post_init__(self) -> None:
         from tipcore import attacks
         from tipcore.federation import data
+        from tipcore.studies.cells import adaptive_attacks
 
         ids = {s.id for s in data.gallery()}
         if not self.images or len(set(self.images)) != len(self.images):
@@ -82,9 +86,20 @@ class TipGridConfig:
                 raise ValueError(f"point {point}: p and r must lie in [0, 1] and ε in (0, 1e6]")
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
-        for attack in (self.naive, self.adaptive):
+        if self.naive not in attacks.ATTACKS:
+            raise ValueError(f"unknown attack '{self.naive}'; choose from: {', '.join(attacks.ATTACKS)}")
+        if isinstance(self.adaptive, str):
+            raise ValueError(f"adaptive is a list of attack names, got the string '{self.adaptive}'")
+        adaptive = adaptive_attacks(self.naive) if self.adaptive is None else tuple(self.adaptive)
+        object.__setattr__(self, "adaptive", adaptive)
+        if not adaptive or len(set(adaptive)) != len(adaptive):
+            raise ValueError("adaptive must be a non-empty list of distinct attack names")
+        for attack in adaptive:
             if attack not in attacks.ATTACKS:
                 raise ValueError(f"unknown attack '{attack}'; choose from: {', '.join(attacks.ATTACKS)}")
+            if not attacks.is_adaptive(attack):
+                raise ValueError(f"'{attack}' does not know the defense; adaptive attackers are: "
+                                 f"{', '.join(adaptive_attacks(self.naive))}")
         if not 1 <= self.iterations <= 100_000:
             raise ValueError(f"iterations must be in [1, 100000], got {self.iterations}")
         if not 0 <= self.seed < 2**63:
@@ -93,9 +108,10 @@ class TipGridConfig:
             raise ValueError(f"batch must be in [1, 64], got {self.batch}")
 
     def manifest(self) -> dict[str, Any]:
-        """What every cell shares. The images and points are left out: a cell is keyed by them, so a grid
-        with more points or images resumes from the cells an earlier build finished."""
-        return {"job": "tip-grid", "delta": self.delta, "naive": self.naive, "adaptive": self.adaptive,
+        """What every cell shares. The images, points and adaptive attackers are left out: a cell is keyed by
+        them (its image, setting and attack), so a grid with more points, images or attackers resumes from the
+        cells an earlier build finished; the written settings list them."""
+        return {"job": "tip-grid", "delta": self.delta, "naive": self.naive,
                 "iterations": self.iterations, "seed": self.seed, "model": MODEL, "weights": WEIGHTS,
                 "round": ROUND, "variant": VARIANT}
 
@@ -107,7 +123,7 @@ class TipGridConfig:
         return out
 
     def attackers(self) -> list[tuple[str, str]]:
-        return [(self.naive, "naive"), (self.adaptive, "adaptive")]
+        return [(self.naive, "naive")] + [(a, "adaptive") for a in self.adaptive]
 
 
 def _experiment(cfg: TipGridConfig, image: str, setting: Mapping[str, Any], attack: str):
@@ -211,8 +227,8 @@ def write(cfg: TipGridConfig, table: ResumableTable, work: Path, out: Path) -> P
                               "label_accuracy": float(row["label_accuracy"]),
                               "flag_precision": _num(row["flag_precision"]), "flag_recall": _num(row["flag_recall"]),
                               "steps": int(row["steps"]), "index": len(pixels) - 1})
-    settings = {**cfg.manifest(), "images": list(cfg.images), "points": [list(p) for p in cfg.points],
-                "attack_seconds": round(seconds, 1)}
+    settings = {**cfg.manifest(), "adaptive": list(cfg.adaptive), "images": list(cfg.images),
+                "points": [list(p) for p in cfg.points], "attack_seconds": round(seconds, 1)}
     meta = {"command": TIP_GRID_COMMAND, "settings": settings,
             "layers": _layers(), "cells": cells}
     out.mkdir(parents=True, exist_ok=True)
@@ -270,9 +286,10 @@ class GridMatch:
     epsilon: float
     channels: tuple[int, ...]  # k per conv layer
     naive: GridCell
-    adaptive: GridCell
-    undefended: tuple[GridCell, GridCell]  # the same two attackers without a defense
+    adaptive: GridCell  # the best adaptive attacker's cell at this point (highest PSNR among the grid's)
+    undefended: tuple[GridCell, GridCell]  # the naive and the best adaptive attacker without a defense
     exact: bool  # the query's p and r are the grid's own values (not only the same defense)
+    candidates: Mapping[str, float] = field(default_factory=dict)  # every adaptive attacker's PSNR at this point
 
 
 @dataclass(frozen=True)
@@ -286,6 +303,29 @@ class TipGrid:
     @property
     def images(self) -> tuple[str, ...]:
         return tuple(self.settings["images"])
+
+    @property
+    def adaptive(self) -> tuple[str, ...]:
+        """The grid's adaptive attackers (a grid built before it held several names one: idlg_drop)."""
+        names = self.settings["adaptive"]
+        return (names,) if isinstance(names, str) else tuple(names)
+
+    def strongest_adaptive(self, image: str | None = None) -> str:
+        """The adaptive attacker that is the best one at the most TIP points (of ``image``, else of every
+        image; a tie goes to the higher mean PSNR): the one to run where the grid has no cell."""
+        from tipcore.studies.cells import best_per_image
+
+        wins = {a: 0 for a in self.adaptive}
+        psnrs: dict[str, list[float]] = {a: [] for a in self.adaptive}
+        by_point: dict[tuple, list[Mapping[str, Any]]] = {}
+        for c in self.cells:
+            if c["attack"] in wins and c["defense"] != "none" and (image is None or c["image"] == image):
+                by_point.setdefault((c["image"], c["ratio"], c["cutoff"], c["epsilon"]), []).append(c)
+                psnrs[c["attack"]].append(float(c["psnr"]))
+        for rows in by_point.values():
+            for best in best_per_image(rows, self.adaptive).values():
+                wins[best["attack"]] += 1
+        return max(self.adaptive, key=lambda a: (wins[a], float(np.mean(psnrs[a])) if psnrs[a] else -math.inf))
 
     def signature(self, ratio: float, cutoff: float) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
         """What TIP does at (p, r) on this model: k per conv layer and each layer's noised-bin mask."""
@@ -323,14 +363,24 @@ class TipGrid:
             return None, (f"p = {q.ratio:g} (k = {wanted[0][0]} of {self.layers[0]['out_channels']} channels per "
                           f"layer) with r = {q.cutoff:g} at ε = {epsilon:g} is not on the grid")
         ratio, cutoff = found
-        naive, adaptive = s["naive"], s["adaptive"]
+        naive = s["naive"]
         point = {"defense": VARIANT, "ratio": ratio, "cutoff": cutoff, "epsilon": epsilon}
         none = {"defense": "none"}
-        match = GridMatch(ratio, cutoff, epsilon, wanted[0], self._cell(q.image_id, naive, **point),
-                          self._cell(q.image_id, adaptive, **point),
-                          (self._cell(q.image_id, naive, **none), self._cell(q.image_id, adaptive, **none)),
-                          exact=math.isclose(ratio, q.ratio) and math.isclose(cutoff, q.cutoff))
+        adaptive, candidates = self._best_adaptive(q.image_id, **point)
+        match = GridMatch(ratio, cutoff, epsilon, wanted[0], self._cell(q.image_id, naive, **point), adaptive,
+                          (self._cell(q.image_id, naive, **none), self._best_adaptive(q.image_id, **none)[0]),
+                          exact=math.isclose(ratio, q.ratio) and math.isclose(cutoff, q.cutoff),
+                          candidates=candidates)
         return match, ""
+
+    def _best_adaptive(self, image: str, **setting: Any) -> tuple[GridCell, dict[str, float]]:
+        """The best adaptive attacker's cell at a setting (highest PSNR), and every adaptive attacker's PSNR."""
+        from tipcore.studies.cells import best_per_image
+
+        cells = {a: self._cell(image, a, **setting) for a in self.adaptive}
+        rows = [{"image": image, "attack": a, "psnr": cell.psnr} for a, cell in cells.items()]
+        best = best_per_image(rows, self.adaptive)[(image, "")]["attack"]
+        return cells[best], {a: cell.psnr for a, cell in cells.items()}
 
 
 def _list(values: Sequence[float]) -> str:
