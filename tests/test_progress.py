@@ -181,10 +181,11 @@ def test_showcase_punchline_stopped_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(showcase, "SHOWCASE_DIR", tmp_path / "showcase")
     seen: list[Event] = []
     token = stop_after(seen, lambda e: e.stage == "punchline")  # once the first entry is done
+    adaptive = ("idlg_drop", "idlg_lowpass")  # the best-adaptive entry runs each: 3 naive entries + 2 runs
     with pytest.raises(Stopped, match="before the client round"):
-        drive(showcase.punchline(5, should_stop=token), seen.append)
-    assert seen[0].stage == "punchline 1/4 · client round" and seen[-1].stage == "punchline"
-    assert (seen[-1].done, seen[-1].total) == (1, 4) and "psnr" in seen[-1].message
+        drive(showcase.punchline(5, adaptive=adaptive, should_stop=token), seen.append)
+    assert seen[0].stage == "punchline 1/5 · client round" and seen[-1].stage == "punchline"
+    assert (seen[-1].done, seen[-1].total) == (1, 5) and "psnr" in seen[-1].message
     assert not (tmp_path / "showcase").exists()  # three entries missing: nothing written
 
 
