@@ -68,7 +68,7 @@ def batched_counts(cfgs: list[experiment.RunSpec]) -> Counter[int]:
     return comparison.evaluated.calls_by_rows
 
 
-def floor(cfg: experiment.RunSpec, repeat: int) -> tuple[float, dict[int, float]]:
+def floor(cfg: experiment.RunSpec, repeat: int, folds: tuple[int, ...] = FOLDS) -> tuple[float, dict[int, float]]:
     """(seconds of one single-attack closure call, {K: seconds of one K-fold closure call, -K: the same with
     PyTorch's native kernels instead of oneDNN}) on ``cfg``'s problem."""
     prepared = experiment.prepare(cfg)
@@ -77,7 +77,7 @@ def floor(cfg: experiment.RunSpec, repeat: int) -> tuple[float, dict[int, float]
     single = attack_closure(recipe, problem, prepared.view.num_classes)
     z = torch.rand(problem.problem.shape, generator=generator(0, "bench-floor")).flatten()
     variants: dict[int, Callable[[], object]] = {0: lambda: single(z)}
-    for k in FOLDS:
+    for k in folds:
         closure, zs = batched_closure(recipe, [problem] * k), z.expand(k, -1).clone()
         variants[k] = lambda closure=closure, zs=zs: closure(zs)
 
@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--floor-repeat", type=int, default=15)
+    ap.add_argument("--wide-folds", default="8,16",
+                    help="also time one closure call of these many copies (the sweep batches 16 settings), comma-separated; '' for none")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     header("batched comparison of 4 defenses vs one single attack (LeNet, cifar10-00)")
@@ -147,6 +149,18 @@ def main() -> None:
               " | ".join(f"{folded[k] * 1e3:.2f} ({folded[k] / single:.2f}) / {folded[-k] * 1e3:.2f} "
                          f"({folded[-k] / single:.2f})" for k in FOLDS) +
               f" | {cost:.2f} ({batched / cost:.2f}) | {2 * mean:.2f} ({two_singles:.2f})")
+
+    wide = tuple(int(k) for k in args.wide_folds.split(",") if k.strip())
+    if wide:
+        print()
+        print("wider replicas: one closure call, ms (K-fold / single in brackets); as the batched run evaluates it "
+              "(oneDNN from 4 copies), all-native after the slash")
+        print("attack | single | " + " | ".join(f"{k}-fold" for k in wide))
+        for attack, iterations in ATTACKS:
+            single, folded = floor(configs(attack, iterations)[FLOOR_PROBLEM[attack]], args.floor_repeat, wide)
+            print(f"{attack} | {single * 1e3:.2f} | " +
+                  " | ".join(f"{folded[k] * 1e3:.2f} ({folded[k] / single:.2f}) / {folded[-k] * 1e3:.2f} "
+                             f"({folded[-k] / single:.2f})" for k in wide))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ def batched_closure(recipe: Recipe, problems: Sequence[Attacked]
 
     # Kernels: a small model's replica of up to NATIVE_MAX_FOLDS copies runs faster in PyTorch's native
     # kernels, as the single problem does (problem.backend()); from 4 copies on, oneDNN's grouped
-    # convolutions win (LeNet, 2 cores: 2 copies 3.5 vs 4.4 ms, 4 copies 5.2 vs 5.3, 16 copies 15.3 vs 11.4).
+    # convolutions win (bench/batched_comparison.py, LeNet iDLG, 2 cores: 2 copies native 3.4 ms vs oneDNN
+    # 4.3, 4 copies 5.2 vs 5.5, 16 copies 15.2 vs 11.3).
     backend = first.backend if k <= NATIVE_MAX_FOLDS else contextlib.nullcontext
 
     def closure(zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
