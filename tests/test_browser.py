@@ -90,9 +90,12 @@ def page(server: str) -> Iterator[object]:
 
 
 def wait_until_idle(page: object, timeout_s: float = UI_S) -> None:
-    """Wait until no script run is in progress: Streamlit shows its status widget while a script runs."""
+    """Wait until no script run is in progress: Streamlit shows its status widget while a script runs (only
+    after a moment, so a run that has just begun is seen by the previous run's elements it has not redrawn
+    yet, marked data-stale="true" until the run ends and removes them)."""
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000)
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " && !document.querySelector('[data-stale=\"true\"]')", timeout=timeout_s * 1000)
 
 
 # Elements in the main area whose text the browser cuts with an ellipsis (metric values and labels, button
